@@ -1,0 +1,179 @@
+"""From a data config to train / val / test tensors and a LightningDataModule.
+
+Everything is held in memory: MedMNIST-scale data (thousands of images of
+28-224 px) fits easily, and in-memory tensors keep the CPU busy with the model,
+not with loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from medsynth.data.folder import read_folder
+from medsynth.data.intensity import to_unit_range
+from medsynth.data.npz import read_npz
+from medsynth.errors import MedsynthError
+
+
+@dataclass
+class ImageSet:
+    """images: float32 N x C x *spatial in [-1, 1]; labels: long N (classes), float N x k (multi-label) or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class SplitData:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
+    num_classes: int | None  # classes (labels N x 1) or label count (N x k); None without labels
+    multilabel: bool
+    source: str
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> list[int]:
+        return [int(s) for s in self.train.images.shape[2:]]
+
+
+def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    path = Path(data_cfg.path)
+    fmt = data_cfg.format
+    if fmt == "auto":
+        if path.is_dir():
+            fmt = "folder"
+        elif path.suffix == ".npz":
+            fmt = "npz"
+        elif not path.exists():
+            raise MedsynthError(f"{path}: data path not found")
+        else:
+            raise MedsynthError(f"{path}: unknown data format (expected a .npz file or an image folder)")
+    if fmt == "npz":
+        return read_npz(path, spatial_dims)
+    return read_folder(path, data_cfg.channels, data_cfg.labels_csv, data_cfg.image_size)
+
+
+def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> SplitData:
+    """Read, check and rescale a data source into train / val / test ImageSets."""
+    raw = read_source(data_cfg, spatial_dims)
+    source = str(data_cfg.path)
+    if data_cfg.limit is not None:
+        raw = {s: (im[: data_cfg.limit], None if lb is None else lb[: data_cfg.limit]) for s, (im, lb) in raw.items()}
+    shapes = {s: im.shape[1:] for s, (im, _) in raw.items()}
+    if len(set(shapes.values())) > 1:
+        raise MedsynthError(f"{source}: splits have different image shapes {shapes}")
+    with_labels = {s for s, (_, lb) in raw.items() if lb is not None}
+    if with_labels and with_labels != set(raw):
+        raise MedsynthError(f"{source}: labels given for splits {sorted(with_labels)} but not for all of {sorted(raw)}")
+    names = list(raw)
+    scaled = to_unit_range([raw[s][0] for s in names], source)
+    images = {s: torch.from_numpy(np.ascontiguousarray(a)) for s, a in zip(names, scaled)}
+    labels_np = {s: raw[s][1] for s in names}
+
+    multilabel = False
+    num_classes = None
+    labels: dict[str, torch.Tensor | None] = {s: None for s in names}
+    if with_labels:
+        width = labels_np["train"].shape[1]
+        multilabel = width > 1
+        if multilabel:
+            num_classes = width
+            labels = {s: torch.from_numpy(labels_np[s].astype(np.float32)) for s in names}
+        else:
+            num_classes = int(max(int(labels_np[s].max(initial=0)) for s in names)) + 1
+            labels = {s: torch.from_numpy(labels_np[s][:, 0].astype(np.int64)) for s in names}
+
+    if data_cfg.image_size is not None and data_cfg.format != "folder":
+        images = {s: resize(im, data_cfg.image_size) for s, im in images.items()}
+
+    sets = {s: ImageSet(images[s], labels[s]) for s in names}
+    if "val" not in sets:  # hold out a seeded part of train
+        sets["train"], sets["val"] = _hold_out(sets["train"], data_cfg.val_fraction, seed, source)
+    if len(sets["train"]) == 0:
+        raise MedsynthError(f"{source}: the training split is empty")
+    return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source)
+
+
+def resize(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
+    """Resize N x C x *spatial to `size` along every spatial axis (antialiased when shrinking 2D)."""
+    spatial = images.shape[2:]
+    if all(s == size for s in spatial):
+        return images
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    antialias = len(spatial) == 2 and min(spatial) > size
+    out = [F.interpolate(images[i:i + chunk], size=(size,) * len(spatial), mode=mode,
+                         align_corners=False, antialias=antialias) for i in range(0, len(images), chunk)]
+    return torch.cat(out).clamp_(-1.0, 1.0)
+
+
+def _hold_out(train: ImageSet, fraction: float, seed: int, source: str) -> tuple[ImageSet, ImageSet]:
+    n = len(train)
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n_val == 0 and n > 1:
+        n_val = 1
+    if n_val >= n:
+        raise MedsynthError(f"{source}: {n} images are too few to hold out a validation split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+
+    def take(idx):
+        return ImageSet(train.images[idx], None if train.labels is None else train.labels[idx])
+
+    return take(train_idx), take(val_idx)
+
+
+class _Batches(Dataset):
+    def __init__(self, data: ImageSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        item = {"image": self.data.images[i]}
+        if self.data.labels is not None:
+            item["label"] = self.data.labels[i]
+        return item
+
+
+class MedsynthDataModule(L.LightningDataModule):
+    """Batches of {"image": B x C x *spatial, "label": B or B x k (when labelled)}."""
+
+    def __init__(self, splits: SplitData, batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def _loader(self, data: ImageSet, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(_Batches(data), batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.num_workers, drop_last=False,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.splits.train, shuffle=True)
+
+    def val_dataloader(self):
+        if len(self.splits.val) == 0:
+            return []
+        return self._loader(self.splits.val, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.splits.test or self.splits.val, shuffle=False)

@@ -1,0 +1,81 @@
+"""MedMNIST-format `.npz` files, read directly (no `medmnist` package).
+
+Keys are `{train,val,test}_images` and `{train,val,test}_labels`, as the
+MedMNIST releases ship them; a file with plain `images` (and `labels`) is one
+training split, which is how `medsynth sample` writes its output.
+Layouts: N x H x W (2D grayscale), N x H x W x 3 (2D RGB), N x D x H x W (3D).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.errors import MedsynthError
+
+SPLITS = ("train", "val", "test")
+
+
+def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Split name -> (images N x C x *spatial, labels or None), images as stored (not rescaled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsynthError(f"{path}: data file not found")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MedsynthError(f"{path}: not a readable .npz file ({exc})") from None
+    with archive:
+        keys = set(archive.files)
+        if "images" in keys:
+            layout = {"train": ("images", "labels")}
+        else:
+            layout = {s: (f"{s}_images", f"{s}_labels") for s in SPLITS if f"{s}_images" in keys}
+        if "train" not in layout:
+            raise MedsynthError(
+                f"{path}: no 'train_images' (or 'images') key; keys found: {sorted(keys) or 'none'}")
+        out = {}
+        for split, (ikey, lkey) in layout.items():
+            try:
+                images = archive[ikey]
+                labels = archive[lkey] if lkey in keys else None
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise MedsynthError(f"{path}: key '{ikey}' cannot be read ({exc})") from None
+            images = _channels_first(images, f"{path}[{ikey}]", spatial_dims)
+            if labels is not None:
+                labels = _check_labels(labels, len(images), f"{path}[{lkey}]")
+            out[split] = (images, labels)
+    return out
+
+
+def _channels_first(images: np.ndarray, source: str, spatial_dims: int | None) -> np.ndarray:
+    if images.ndim == 3:  # N x H x W
+        return images[:, None]
+    if images.ndim == 4:
+        last = images.shape[-1]
+        # N x H x W x 3 (RGB) unless told it is 3D; a 3D volume is never 3 voxels wide in practice.
+        if spatial_dims != 3 and last in (1, 3) and images.shape[1] > 3:
+            return np.moveaxis(images, -1, 1)
+        return images[:, None]  # N x D x H x W
+    if images.ndim == 5 and images.shape[-1] in (1, 3):  # N x D x H x W x C
+        return np.moveaxis(images, -1, 1)
+    raise MedsynthError(
+        f"{source}: images of shape {images.shape} are not N x H x W, N x H x W x 3 or N x D x H x W")
+
+
+def _check_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
+    if len(labels) != n:
+        raise MedsynthError(f"{source}: {len(labels)} labels for {n} images")
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2:
+        raise MedsynthError(f"{source}: labels of shape {labels.shape} are not N x 1 or N x k")
+    if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
+        raise MedsynthError(f"{source}: labels of dtype {labels.dtype} are not numbers")
+    if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise MedsynthError(f"{source}: labels hold NaN or inf")
+    if labels.shape[1] == 1 and labels.min(initial=0) < 0:
+        raise MedsynthError(f"{source}: class labels must be >= 0, found {labels.min()}")
+    return labels

@@ -1,0 +1,18 @@
+"""One recipe (a LightningModule) per model family, all with the same small interface:
+sample(n, condition=None, generator=None), reconstruct(x, condition=None), encode(x, condition=None)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from medsynth.errors import MedsynthError
+
+
+def build_recipe(cfg: DictConfig):
+    """The LightningModule for cfg.model.family (model fields must already hold the data's shape)."""
+    family = cfg.model.family
+    if family == "vae":
+        from medsynth.models.vae import VAERecipe
+
+        return VAERecipe(cfg)
+    raise MedsynthError(f"model.family={family!r} is not a known model family")

@@ -1,0 +1,145 @@
+"""The VAE family as one recipe; each variant is a config choice:
+
+- vanilla VAE: loss.kl_weight=1, reconstruction l1 | mse | bce, optional KL warm-up;
+- beta-VAE (Higgins et al. 2017): loss.kl_weight=beta;
+- capacity-annealed beta-VAE (Burgess et al. 2018): loss.capacity_max=C, gamma * |KL - C(step)|;
+- conditional VAE: model.conditional=true (one-hot labels into encoder and decoder);
+- MS-SSIM VAE: loss.reconstruction=msssim;
+- JointVAE (Dupont 2018): model.discrete_dims=[K, ...] with its own capacity schedule;
+- decoder upsampling: model.upsample=transposed | bilinear | nearest; model.arch=conv | ct.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from medsynth.errors import MedsynthError, NonFiniteLossError
+from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
+from medsynth.nets.vae import build_vae_net
+
+
+def ramp(step: int, steps: int) -> float:
+    """0 -> 1 linearly over `steps` (1 at once when steps <= 0)."""
+    return 1.0 if steps <= 0 else min(1.0, step / steps)
+
+
+class VAERecipe(L.LightningModule):
+    """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
+
+    def __init__(self, cfg: DictConfig | dict):
+        super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        # A plain dict, so Lightning checkpoints hold no OmegaConf objects.
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        self.cfg = cfg
+        m = cfg.model
+        if m.in_channels is None or m.image_size is None:
+            raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
+        if m.conditional and not m.num_classes:
+            raise MedsynthError("model.conditional=true needs labelled data (no labels found)")
+        if cfg.loss.reconstruction == "msssim":
+            from medsynth.losses import msssim_settings
+
+            msssim_settings(list(m.image_size), cfg.loss.msssim_scales, cfg.loss.msssim_kernel)  # fail early
+        self.net = build_vae_net(m)
+        self.conditional = bool(m.conditional)
+
+    # --- the shared interface -------------------------------------------------------------
+    def condition_vector(self, labels, n: int | None = None) -> torch.Tensor | None:
+        """Labels (ints B, an int, or multi-hot B x k) -> B x cond_dim float, or None when unconditional."""
+        if not self.conditional:
+            return None
+        k = self.cfg.model.num_classes
+        if labels is None:
+            raise MedsynthError("this model is conditional: give a label (e.g. --label 0)")
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.ndim == 0:
+            labels = labels.expand(n if n is not None else 1)
+        if labels.ndim == 2:  # multi-label
+            return labels.float()
+        if labels.min() < 0 or labels.max() >= k:
+            raise MedsynthError(f"label {labels.max().item()} is outside the model's classes 0..{k - 1}")
+        return F.one_hot(labels.long(), k).float()
+
+    @torch.no_grad()
+    def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images B x C x *spatial in [-1, 1] from the prior."""
+        c = self.condition_vector(condition, n)
+        z = self.net.prior(n, generator=generator, device=self.device)
+        return torch.tanh(self.net.decode(z, c)).float()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        """Decode the posterior mode of x (deterministic)."""
+        c = self.condition_vector(condition, len(x))
+        mu, logvar, alphas = self.net.encode(x.to(self.device), c)
+        z = self.net.latent(mu, logvar, alphas, self.cfg.model.temperature, sample=False)
+        return torch.tanh(self.net.decode(z, c)).float()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        """Posterior mean (with the categorical modes as one-hots for JointVAE): B x latent."""
+        c = self.condition_vector(condition, len(x))
+        mu, logvar, alphas = self.net.encode(x.to(self.device), c)
+        return self.net.latent(mu, logvar, alphas, self.cfg.model.temperature, sample=False).float()
+
+    # --- training -------------------------------------------------------------------------
+    def loss_terms(self, batch, step: int) -> dict[str, torch.Tensor]:
+        lc = self.cfg.loss
+        x = batch["image"]
+        c = self.condition_vector(batch.get("label"), len(x)) if self.conditional else None
+        logits, mu, logvar, alphas = self.net(x, c, self.cfg.model.temperature)
+        recon = reconstruction_loss(lc.reconstruction, logits, x, scales=lc.msssim_scales,
+                                    kernel=lc.msssim_kernel).mean()
+        kl = kl_normal(mu.float(), logvar.float()).mean()
+        terms = {"recon": recon, "kl": kl}
+        if lc.capacity_max is not None:
+            capacity = lc.capacity_max * ramp(step, lc.capacity_steps)
+            terms["capacity"] = torch.tensor(capacity)
+            kl_term = lc.capacity_gamma * (kl - capacity).abs()
+        else:
+            kl_term = lc.kl_weight * ramp(step, lc.kl_warmup_steps) * kl
+        loss = recon + kl_term
+        if alphas:
+            kl_disc = sum(kl_categorical_uniform(a.float()) for a in alphas).mean()
+            terms["kl_discrete"] = kl_disc
+            if lc.discrete_capacity_max is not None:
+                # A categorical channel cannot carry more than log K nats.
+                most = sum(math.log(k) for k in self.cfg.model.discrete_dims)
+                capacity = min(lc.discrete_capacity_max, most) * ramp(step, lc.discrete_capacity_steps)
+                loss = loss + lc.discrete_capacity_gamma * (kl_disc - capacity).abs()
+            else:
+                loss = loss + lc.kl_weight * ramp(step, lc.kl_warmup_steps) * kl_disc
+        terms["loss"] = loss
+        return terms
+
+    def training_step(self, batch, batch_idx):
+        terms = self.loss_terms(batch, self.global_step)
+        if not torch.isfinite(terms["loss"]):
+            raise NonFiniteLossError(
+                f"training loss became {terms['loss'].item()} at step {self.global_step} "
+                f"(recon {terms['recon'].item():.4g}, kl {terms['kl'].item():.4g}); try a lower optim.lr "
+                "or trainer.precision=32")
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
+                      on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["image"]))
+        self.log("loss", terms["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False,
+                 logger=False)
+        return terms["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        # The full objective (warm-up and capacity schedules at their end), so
+        # val_loss compares across epochs and "best" is not just "earliest".
+        terms = self.loss_terms(batch, step=10**12)
+        self.log_dict({f"val/{k}": v.float() for k, v in terms.items()}, on_epoch=True,
+                      prog_bar=False, batch_size=len(batch["image"]))
+        self.log("val_loss", terms["loss"].float(), on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["image"]), logger=False)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        return torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))

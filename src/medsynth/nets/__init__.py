@@ -1,0 +1,1 @@
+"""Architectures we own; anything MONAI has is imported from MONAI instead."""

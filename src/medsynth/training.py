@@ -1,0 +1,193 @@
+"""`train(config)`: data -> recipe -> run directory, on Lightning.
+
+All checks that can fail on bad input (config, data, model shape) run before
+the run directory is created, so a refused run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from medsynth.config import load_config, to_yaml
+from medsynth.data import MedsynthDataModule, load_splits
+from medsynth.errors import MedsynthError, NonFiniteLossError
+from medsynth.io import CONFIG, export_weights, save_grid, write_text
+from medsynth.models import build_recipe
+from medsynth.runs import CHECKPOINTS, last_checkpoint, new_run_dir
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """"auto": bf16 autocast where the hardware runs bf16 natively (measured faster, see
+    benchmarks/train_throughput.py), else fp32."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16-mixed" if native else "32"
+
+
+def fill_data_shape(cfg: DictConfig, splits) -> None:
+    """Write what the data tells (channels, size, classes) into cfg.model, refusing contradictions."""
+    m = cfg.model
+    found = {"in_channels": splits.in_channels, "image_size": splits.image_size, "num_classes": splits.num_classes}
+    if len(splits.image_size) != m.spatial_dims:
+        raise MedsynthError(f"{splits.source}: images are {len(splits.image_size)}D "
+                            f"{splits.image_size} but model.spatial_dims={m.spatial_dims}")
+    for key, value in found.items():
+        given = m[key]
+        given = list(given) if key == "image_size" and given is not None else given
+        if given is not None and value is not None and given != value:
+            raise MedsynthError(f"model.{key}={given} contradicts the data {splits.source} ({value})")
+        m[key] = value
+
+
+class _ChannelsLast(L.Callback):
+    """NHWC memory layout for 2D convs: oneDNN's fast path on CPU."""
+
+    def on_fit_start(self, trainer, pl_module):
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks=()) -> L.Trainer:
+    t = cfg.trainer
+    callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val_loss" if has_val else None,
+                                 mode="min", save_top_k=1, save_last=True, enable_version_counter=False),
+                 *extra_callbacks]
+    if t.channels_last and cfg.model.spatial_dims == 2:
+        callbacks.append(_ChannelsLast())
+    # One CSV per session (logs/version_N): Lightning deletes an existing metrics file,
+    # which would lose a resumed run's history; merge_metrics joins them.
+    loggers = [CSVLogger(save_dir=run_dir, name="logs")]
+    if cfg.tracking.mlflow:
+        loggers.append(_mlflow_logger(cfg, run_dir))
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=t.max_epochs, max_steps=t.max_steps,
+        precision=resolve_precision(t.precision, t.accelerator), accelerator=t.accelerator, devices=t.devices,
+        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.limit_val_batches if has_val else 0, callbacks=callbacks, logger=loggers,
+        deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
+    )
+
+
+def _mlflow_logger(cfg: DictConfig, run_dir: Path):
+    try:
+        from lightning.pytorch.loggers import MLFlowLogger
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise MedsynthError("tracking.mlflow=true needs mlflow: pip install 'medsynth[tracking]'") from None
+    runs_root = run_dir.parent.resolve()
+    uri = cfg.tracking.mlflow_uri or f"sqlite:///{runs_root / 'mlflow.db'}"
+    return MLFlowLogger(experiment_name=cfg.name, run_name=run_dir.name, tracking_uri=uri,
+                        artifact_location=str(runs_root / "mlartifacts"))
+
+
+def train(config: str | Path | DictConfig | None = None, overrides: list[str] | None = None,
+          resume: str | Path | None = None, log=print) -> Path:
+    """Train a recipe; return its run directory.
+
+    config: a YAML path (or a loaded config); overrides: `key=value` strings;
+    resume: a run directory to continue from its last checkpoint (its saved
+    config, plus overrides such as trainer.max_epochs=20).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = last_checkpoint(run_dir)
+        if not (run_dir / CONFIG).is_file() or not ckpt.is_file():
+            raise MedsynthError(f"{run_dir}: cannot resume, no {CONFIG} or {ckpt.relative_to(run_dir)} found")
+        cfg = load_config(run_dir / CONFIG, overrides)
+    else:
+        cfg = config if isinstance(config, DictConfig) else load_config(config, overrides)
+        ckpt = None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
+    fill_data_shape(cfg, splits)
+    recipe = build_recipe(cfg)
+    data = MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
+
+    if resume is None:
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    write_text(run_dir / CONFIG, to_yaml(cfg))
+    log(f"run directory: {run_dir}")
+    trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
+    start = time.perf_counter()
+    try:
+        trainer.fit(recipe, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)
+    except NonFiniteLossError as exc:
+        kept = last_checkpoint(run_dir)
+        where = f"last good checkpoint: {kept}" if kept.is_file() else "no checkpoint had been written yet"
+        _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="diverged", error=str(exc))
+        merge_metrics(run_dir)
+        raise MedsynthError(f"{run_dir}: {exc}; {where}") from None
+    seconds = time.perf_counter() - start
+    merge_metrics(run_dir)
+    recipe.eval()
+    export_weights(run_dir, recipe)
+    write_outputs(recipe, splits, run_dir, cfg.trainer.samples_after_training, cfg.seed)
+    _write_summary(run_dir, cfg, trainer, seconds, status="finished")
+    log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / 'model.safetensors'}")
+    log(f"sample grid: {run_dir / 'samples.png'}; reconstructions: {run_dir / 'reconstructions.png'}")
+    return run_dir
+
+
+def write_outputs(recipe, splits, run_dir: Path, n: int, seed: int) -> None:
+    """samples.png from the prior; reconstructions.png: rows of test originals above their reconstructions."""
+    recipe = recipe.to(torch.float32)
+    generator = torch.Generator(device=recipe.device).manual_seed(seed)
+    k = recipe.cfg.model.num_classes
+    condition = torch.arange(n) % k if recipe.conditional and not splits.multilabel else None
+    if recipe.conditional and splits.multilabel:
+        condition = splits.train.labels[:n]
+        n = len(condition)
+    save_grid(run_dir / "samples.png", recipe.sample(n, condition=condition, generator=generator))
+    held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
+    if held_out is None or len(held_out) == 0:
+        held_out = splits.train
+    x = held_out.images[:32]
+    labels = held_out.labels[:32] if held_out.labels is not None else None
+    recon = recipe.reconstruct(x, condition=labels if recipe.conditional else None).cpu()
+    width = 8
+    rows = []
+    for i in range(0, len(x), width):
+        rows += [x[i:i + width], recon[i:i + width]]
+    save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width)
+
+
+def merge_metrics(run_dir: Path) -> Path:
+    """Concatenate every session's CSV log into <run_dir>/metrics.csv (columns: the union)."""
+    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows, columns = [], []
+    for part in parts:
+        with open(part, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns += [c for c in reader.fieldnames or [] if c not in columns]
+            rows += list(reader)
+    out = run_dir / "metrics.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out, buffer.getvalue())
+    return out
+
+
+def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, error: str | None = None) -> None:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    summary = {"status": status, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+               "train_seconds": round(seconds, 2), "precision": str(trainer.precision), "metrics": metrics}
+    if error:
+        summary["error"] = error
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
