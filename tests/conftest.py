@@ -21,14 +21,24 @@ def pneumonia() -> Path:
     return PNEUMONIA
 
 
+def subset_npz(src: Path, out: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """A seeded random subset of each split (the shared PneumoniaMNIST train split is sorted by
+    class, so its first images are all one class)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    with np.load(src) as f:
+        for split, n in sizes.items():
+            pick = np.sort(rng.choice(len(f[f"{split}_images"]), n, replace=False))
+            arrays[f"{split}_images"] = f[f"{split}_images"][pick]
+            arrays[f"{split}_labels"] = f[f"{split}_labels"][pick]
+    np.savez(out, **arrays)
+    return out
+
+
 @pytest.fixture
 def small_npz(tmp_path, pneumonia) -> Path:
-    """A slice of real PneumoniaMNIST: 96 train / 32 val / 32 test images."""
-    with np.load(pneumonia) as src:
-        out = tmp_path / "small.npz"
-        np.savez(out, **{f"{s}_{k}": src[f"{s}_{k}"][:n] for s, n in (("train", 96), ("val", 32), ("test", 32))
-                         for k in ("images", "labels")})
-    return out
+    """Real PneumoniaMNIST: 96 train / 32 val / 32 test images, both classes."""
+    return subset_npz(pneumonia, tmp_path / "small.npz", {"train": 96, "val": 32, "test": 32})
 
 
 def overrides(data_path, runs_dir, *extra):

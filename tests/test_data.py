@@ -32,6 +32,7 @@ def test_resize_and_limit(pneumonia):
     assert s.train.images.shape == (50, 1, 64, 64)
     assert s.test.images.shape == (50, 1, 64, 64)
     assert -1.0 <= s.train.images.min() and s.train.images.max() <= 1.0
+    assert set(s.train.labels.tolist()) == {0, 1}  # a random subset, not the class-sorted head of the file
 
 
 def test_rgb_3d_and_multilabel_layouts(tmp_path):

@@ -34,6 +34,35 @@ def _sample(args) -> None:
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+def _features_train(args) -> None:
+    from medsynth.models.classifier import FEATURE_DEFAULTS
+    from medsynth.training import train
+
+    base = [] if args.config else list(FEATURE_DEFAULTS)
+    print(train(args.config, [*base, f"data.path={args.data}", *args.overrides]))
+
+
+def _evaluate(args) -> None:
+    import json
+
+    from medsynth.evaluate import evaluate
+
+    result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
+                      k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
+                      utility_steps=args.utility_steps, seed=args.seed)
+    short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
+             for s in ("fidelity", "reconstruction", "utility") if s in result}
+    short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
+                          "real": result["diversity"]["real"]["ms_ssim_mean"]}
+    print(json.dumps(short, indent=1))
+
+
+def _report(args) -> None:
+    from medsynth.report import report
+
+    print(report(args.run_dir, out=args.out, evaluation=args.evaluation))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsynth", description="Train, sample and audit generative models of medical images.")
@@ -63,6 +92,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("features", help="the domain feature network (for metrics and perceptual loss)",
+                       description="Train the domain feature network on real images.")
+    fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
+    fsub.required = True
+    f = fsub.add_parser("train", help="train a feature network on the real training split",
+                        description="Train a VGG-style classifier on --data (labels: its classes; no labels: "
+                                    "rotation prediction). The run directory holds model.safetensors and "
+                                    "features.json (test accuracy / ROC AUC, SHA-256 of the weights).")
+    f.add_argument("--data", required=True, help="training data (.npz or image folder)")
+    f.add_argument("--config", help="feature recipe YAML (default: the settings of configs/features_pneumonia.yaml)")
+    f.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=3")
+    f.set_defaults(func=_features_train)
+
+    p = sub.add_parser("evaluate", help="fidelity, diversity, reconstruction, privacy and utility metrics",
+                       description="Compare a synthetic set with real images and write JSON. Each set is a .npz, "
+                                   "an image folder, or a run directory to sample from. From a data file REAL "
+                                   "is its test split (else val) and the training images its train split.")
+    p.add_argument("--real", required=True, help="real images (held-out split of a data file)")
+    p.add_argument("--fake", required=True, help="synthetic images: .npz / folder, or a run directory")
+    p.add_argument("--train", help="training images for the privacy check (default: REAL's train split)")
+    p.add_argument("--features", help="feature network: a `medsynth features train` run or a local "
+                                      "DenseNet121 weights file; without it FID/KID/PRDC are not computed")
+    p.add_argument("--out", help="JSON output (default: RUN_DIR/evaluation.json for a run, else metrics.json)")
+    p.add_argument("-n", "--n", type=int, help="images per set (default: all real; as many fake as real)")
+    p.add_argument("--k", type=int, default=5, help="nearest neighbours for PRDC (default 5)")
+    p.add_argument("--diversity-images", type=int, default=1000,
+                   help="images per set for all-pairs MS-SSIM (default 1000)")
+    p.add_argument("--utility-steps", type=int, default=300, help="training steps of each TSTR classifier")
+    p.add_argument("--no-utility", action="store_true", help="skip train-on-synthetic-test-on-real")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run",
+                       description="Sample grid, reconstructions, loss curves, the metric table beside the "
+                                   "real-vs-real floor, nearest-neighbour strip and the config, in one HTML file.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--evaluation", help="evaluation JSON (default RUN_DIR/evaluation.json)")
+    p.add_argument("--out", help="output HTML (default RUN_DIR/report.html)")
+    p.set_defaults(func=_report)
     return parser
 
 

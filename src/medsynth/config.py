@@ -28,7 +28,7 @@ class DataConfig:
     image_size: Optional[int] = None  # resize (e.g. 28 -> 64); None keeps the file's size
     channels: Optional[int] = None  # image folders: 1 (grayscale) or 3 (RGB); None = as stored
     labels_csv: Optional[str] = None  # image folders: CSV with columns filename,label
-    limit: Optional[int] = None  # at most this many images per split (quick runs)
+    limit: Optional[int] = None  # at most this many images per split, a seeded random subset (quick runs)
     val_fraction: float = 0.1  # image folders without a val/ sub-folder
     batch_size: int = 64
     num_workers: int = 0
@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"
+    family: str = "vae"  # vae | classifier (the domain feature network)
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -49,6 +49,7 @@ class ModelConfig:
     in_channels: Optional[int] = None
     image_size: Optional[List[int]] = None
     num_classes: Optional[int] = None
+    multilabel: Optional[bool] = None
 
 
 @dataclass
@@ -66,6 +67,11 @@ class LossConfig:
     discrete_capacity_gamma: float = 1000.0
     msssim_scales: Optional[int] = None  # None: as many as the image size allows (max 5)
     msssim_kernel: Optional[int] = None  # None: follows the image size
+    # Perceptual loss: taps of a domain feature network (a `medsynth features train` run directory).
+    perceptual_net: Optional[str] = None
+    perceptual_weight: float = 0.0  # 0 switches it off
+    perceptual_layers: List[int] = field(default_factory=lambda: [2, 5, 9])
+    perceptual_layer_weights: Optional[List[float]] = None  # None: 1 for each layer
 
 
 @dataclass
@@ -111,7 +117,7 @@ class Config:
 
 CHOICES = {
     "data.format": ("auto", "npz", "folder"),
-    "model.family": ("vae",),
+    "model.family": ("vae", "classifier"),
     "model.arch": ("conv", "ct"),
     "model.spatial_dims": (2, 3),
     "model.upsample": ("transposed", "bilinear", "nearest"),
@@ -144,6 +150,8 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.channels must be a non-empty list of positive ints")
     if any(k < 2 for k in cfg.model.discrete_dims):
         raise MedsynthError(f"{source}: model.discrete_dims entries must be >= 2 categories")
+    if cfg.loss.perceptual_weight > 0 and not cfg.loss.perceptual_net:
+        raise MedsynthError(f"{source}: loss.perceptual_weight > 0 needs loss.perceptual_net (a feature run)")
     if not 0 <= cfg.data.val_fraction < 1:
         raise MedsynthError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
 

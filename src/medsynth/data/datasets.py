@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from medsynth.data.folder import read_folder
 from medsynth.data.intensity import to_unit_range
@@ -73,7 +73,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     raw = read_source(data_cfg, spatial_dims)
     source = str(data_cfg.path)
     if data_cfg.limit is not None:
-        raw = {s: (im[: data_cfg.limit], None if lb is None else lb[: data_cfg.limit]) for s, (im, lb) in raw.items()}
+        raw = {s: _limit(im, lb, data_cfg.limit, seed) for s, (im, lb) in raw.items()}
     shapes = {s: im.shape[1:] for s, (im, _) in raw.items()}
     if len(set(shapes.values())) > 1:
         raise MedsynthError(f"{source}: splits have different image shapes {shapes}")
@@ -109,6 +109,15 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source)
 
 
+def _limit(images: np.ndarray, labels: np.ndarray | None, n: int, seed: int):
+    """A seeded random subset of n images, in file order: files sorted by class (the shared
+    PneumoniaMNIST train split is) would otherwise give a one-class head."""
+    if len(images) <= n:
+        return images, labels
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+    return images[pick], None if labels is None else labels[pick]
+
+
 def resize(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
     """Resize N x C x *spatial to `size` along every spatial axis (antialiased when shrinking 2D)."""
     spatial = images.shape[2:]
@@ -138,16 +147,20 @@ def _hold_out(train: ImageSet, fraction: float, seed: int, source: str) -> tuple
 
 
 class _Batches(Dataset):
+    """Indexed by a list of indices, returning a whole batch: one tensor gather instead of a
+    __getitem__ and a collate per image (about 1 ms of a 25 ms CPU step at 28 px)."""
+
     def __init__(self, data: ImageSet):
         self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i):
-        item = {"image": self.data.images[i]}
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx)
+        item = {"image": self.data.images[idx]}
         if self.data.labels is not None:
-            item["label"] = self.data.labels[i]
+            item["label"] = self.data.labels[idx]
         return item
 
 
@@ -163,9 +176,10 @@ class MedsynthDataModule(L.LightningDataModule):
 
     def _loader(self, data: ImageSet, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(_Batches(data), batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, drop_last=False,
-                          persistent_workers=self.num_workers > 0)
+        order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
+        # batch_size=None: the sampler yields index lists and _Batches gathers each batch at once
+        return DataLoader(_Batches(data), sampler=BatchSampler(order, self.batch_size, drop_last=False),
+                          batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
         return self._loader(self.splits.train, shuffle=True)

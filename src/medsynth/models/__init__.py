@@ -15,4 +15,8 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.vae import VAERecipe
 
         return VAERecipe(cfg)
+    if family == "classifier":
+        from medsynth.models.classifier import ClassifierRecipe
+
+        return ClassifierRecipe(cfg)
     raise MedsynthError(f"model.family={family!r} is not a known model family")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from medsynth.errors import MedsynthError, NonFiniteLossError
+from medsynth.errors import MedsynthError
+from medsynth.models.base import Recipe
 from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
 from medsynth.nets.vae import build_vae_net
 
@@ -28,7 +28,7 @@ def ramp(step: int, steps: int) -> float:
     return 1.0 if steps <= 0 else min(1.0, step / steps)
 
 
-class VAERecipe(L.LightningModule):
+class VAERecipe(Recipe):
     """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
 
     def __init__(self, cfg: DictConfig | dict):
@@ -89,6 +89,21 @@ class VAERecipe(L.LightningModule):
         return self.net.latent(mu, logvar, alphas, self.cfg.model.temperature, sample=False).float()
 
     # --- training -------------------------------------------------------------------------
+    def prepare_training(self) -> None:
+        """Load the frozen perceptual network, kept outside the module so it is neither trained
+        nor saved with the VAE's weights."""
+        lc = self.cfg.loss
+        self._perceptual = None
+        if lc.perceptual_weight > 0:
+            from medsynth.features import PerceptualLoss, load_feature_net
+
+            net = load_feature_net(lc.perceptual_net)
+            if net.image_size is not None and list(net.image_size) != list(self.cfg.model.image_size):
+                net.check(torch.zeros(1, self.cfg.model.in_channels, *self.cfg.model.image_size))
+            self._perceptual = [PerceptualLoss(net, list(lc.perceptual_layers),
+                                               None if lc.perceptual_layer_weights is None
+                                               else list(lc.perceptual_layer_weights))]
+
     def loss_terms(self, batch, step: int) -> dict[str, torch.Tensor]:
         lc = self.cfg.loss
         x = batch["image"]
@@ -98,6 +113,11 @@ class VAERecipe(L.LightningModule):
                                     kernel=lc.msssim_kernel).mean()
         kl = kl_normal(mu.float(), logvar.float()).mean()
         terms = {"recon": recon, "kl": kl}
+        perceptual = getattr(self, "_perceptual", None)
+        if perceptual:
+            module = perceptual[0].to(x.device)
+            terms["perceptual"] = module(torch.tanh(logits), x).mean()
+            recon = recon + lc.perceptual_weight * terms["perceptual"]
         if lc.capacity_max is not None:
             capacity = lc.capacity_max * ramp(step, lc.capacity_steps)
             terms["capacity"] = torch.tensor(capacity)
@@ -120,15 +140,8 @@ class VAERecipe(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         terms = self.loss_terms(batch, self.global_step)
-        if not torch.isfinite(terms["loss"]):
-            raise NonFiniteLossError(
-                f"training loss became {terms['loss'].item()} at step {self.global_step} "
-                f"(recon {terms['recon'].item():.4g}, kl {terms['kl'].item():.4g}); try a lower optim.lr "
-                "or trainer.precision=32")
-        self.log_dict({f"train/{k}": v.detach().float() for k, v in terms.items()},
-                      on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["image"]))
-        self.log("loss", terms["loss"].detach().float(), prog_bar=True, on_step=True, on_epoch=False,
-                 logger=False)
+        self.check_finite(terms["loss"], terms)
+        self.log_train_terms(terms)
         return terms["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -139,6 +152,31 @@ class VAERecipe(L.LightningModule):
                       prog_bar=False, batch_size=len(batch["image"]))
         self.log("val_loss", terms["loss"].float(), on_epoch=True, prog_bar=True,
                  batch_size=len(batch["image"]), logger=False)
+
+    def after_training(self, splits, run_dir, seed: int) -> dict:
+        """samples.png from the prior; reconstructions.png: rows of held-out originals above their
+        reconstructions."""
+        from medsynth.io import save_grid
+
+        n = self.cfg.trainer.samples_after_training
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        condition = None
+        if self.conditional:
+            condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % self.cfg.model.num_classes
+            n = len(condition)
+        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator))
+        held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
+        if held_out is None or len(held_out) == 0:
+            held_out = splits.train
+        x = held_out.images[:32]
+        labels = held_out.labels[:32] if held_out.labels is not None else None
+        recon = self.reconstruct(x, condition=labels if self.conditional else None).cpu()
+        width = 8
+        rows = []
+        for i in range(0, len(x), width):
+            rows += [x[i:i + width], recon[i:i + width]]
+        save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width)
+        return {}
 
     def configure_optimizers(self):
         o = self.cfg.optim

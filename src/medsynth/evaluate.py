@@ -1,0 +1,255 @@
+"""`evaluate(real, fake, ...)`: is the synthetic set realistic, diverse, private and useful?
+
+Each set is a data path (npz, image folder) or a run directory to sample from.
+From a data file, `real` is its held-out split (test, else val) and, unless
+`train` is given, the training images are its train split. Every section of
+the result holds numbers or {"not_computed": why}; `floor` holds the same
+metrics for real images against real images, the scale every number is read
+against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsynth.errors import MedsynthError
+
+MIN_IMAGES = 10
+
+
+@dataclass
+class EvalSet:
+    source: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    num_classes: int | None = None
+    multilabel: bool = False
+    recipe: object = None  # the model, when the set was sampled from a run
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
+
+
+def _read_splits(path: Path, seed: int):
+    from medsynth.config import load_config
+    from medsynth.data import load_splits
+
+    cfg = load_config()
+    cfg.data.path = str(path)
+    cfg.data.val_fraction = 0.0
+    return load_splits(cfg.data, None, seed)
+
+
+def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0) -> tuple[EvalSet, object]:
+    """(the set for `role`, the SplitData it came from, or None for a run). role: real | fake | train."""
+    path = Path(spec)
+    if _is_run(path):
+        from medsynth.io import load_run
+        from medsynth.sampling import draw
+
+        recipe = load_run(path)
+        if not hasattr(recipe, "sample"):
+            raise MedsynthError(f"{path}: this model does not sample images")
+        images, labels = draw(recipe, n or 1000, seed=seed)
+        if not torch.isfinite(images).all():
+            raise MedsynthError(f"{path}: samples hold NaN or inf (did the run diverge?)")
+        m = recipe.cfg.model
+        return EvalSet(str(path), "sampled", images, labels, m.get("num_classes"), bool(m.get("multilabel")),
+                       recipe), None
+    if not path.exists():
+        raise MedsynthError(f"{path}: {role} set not found")
+    splits = _read_splits(path, seed)
+    if role == "real":
+        for name in ("test", "val", "train"):
+            part = getattr(splits, name)
+            if part is not None and len(part):
+                break
+    else:
+        name, part = "train", splits.train
+    images, labels = part.images, part.labels
+    if n is not None and len(images) > n:
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        images, labels = images[pick], None if labels is None else labels[pick]
+    return EvalSet(str(path), name, images, labels, splits.num_classes, splits.multilabel), splits
+
+
+def _check_sets(sets: dict[str, EvalSet], least: int) -> None:
+    ref_name, ref = next(iter(sets.items()))
+    for name, s in sets.items():
+        if s.images.shape[1:] != ref.images.shape[1:]:
+            raise MedsynthError(f"{name} set {s.source} has images of shape {list(s.images.shape[1:])}, "
+                                f"the {ref_name} set {ref.source} {list(ref.images.shape[1:])} (channels x size "
+                                "must match; resize with data.image_size when sampling or training)")
+        if len(s.images) < least:
+            raise MedsynthError(f"{name} set {s.source}: {len(s.images)} images; evaluation needs at least {least}")
+        if not torch.isfinite(s.images).all():
+            raise MedsynthError(f"{name} set {s.source}: images hold NaN or inf")
+
+
+def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if len(x) <= n:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def _fidelity(real_f: torch.Tensor, fake_f: torch.Tensor, k: int, seed: int) -> dict:
+    from medsynth.metrics.fidelity import frechet_distance, kernel_inception_distance, prdc
+
+    a, b = real_f.numpy(), fake_f.numpy()
+    kid, kid_std, m = kernel_inception_distance(a, b, seed=seed)
+    return {"fid": frechet_distance(a, b), "kid": kid, "kid_std": kid_std, "kid_subset_size": m,
+            **prdc(a, b, k), "real_images": len(a), "fake_images": len(b)}
+
+
+def _clean(obj):
+    """NaN -> None, so the file is valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
+             out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
+             utility: bool = True, utility_steps: int = 300, seed: int = 0, log=print) -> dict:
+    """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
+    ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it."""
+    from medsynth.features import load_feature_net
+    from medsynth.io import save_grid, write_text
+    from medsynth.metrics.privacy import privacy_report
+    from medsynth.metrics.similarity import diversity, reconstruction_scores
+    from medsynth.metrics.utility import tstr
+
+    if k < 1:
+        raise MedsynthError(f"k must be >= 1, got {k}")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    real_set, real_splits = load_set(real, "real", n, seed)
+    fake_set, _ = load_set(fake, "fake", n or len(real_set.images), seed + 1)
+    train_set = None
+    if train is not None:
+        train_set, _ = load_set(train, "train", None, seed)
+    elif real_splits is not None and real_set.split != "train":
+        train_set = EvalSet(real_set.source, "train", real_splits.train.images, real_splits.train.labels,
+                            real_splits.num_classes, real_splits.multilabel)
+    # a second held-out real split gives the privacy floor (real unseen images vs the same threshold)
+    floor_set = None
+    if real_splits is not None and real_set.split == "test" and len(real_splits.val):
+        floor_set = real_splits.val
+    sets = {"real": real_set, "fake": fake_set, **({"train": train_set} if train_set is not None else {})}
+    _check_sets(sets, max(MIN_IMAGES, k + 1))
+    if out is None:
+        out = Path(fake) / "evaluation.json" if fake_set.recipe is not None else Path("metrics.json")
+    out = Path(out)
+    timings["load"] = time.perf_counter() - clock
+
+    result: dict = {"sets": {name: {"source": s.source, "split": s.split, "images": len(s.images),
+                                    "shape": list(s.images.shape[1:]), "labelled": s.labels is not None}
+                             for name, s in sets.items()},
+                    "floor": {}}
+    net = load_feature_net(features) if features is not None else None
+    feats = {}
+    clock = time.perf_counter()
+    if net is not None:
+        result["features"] = {**net.info, "dim": net.dim}
+        feats = {name: net.embed(s.images) for name, s in sets.items()}
+        if floor_set is not None:
+            feats["floor"] = net.embed(floor_set.images)
+    else:
+        result["features"] = {"not_computed": "no feature network given (--features; train one with "
+                                              "`medsynth features train`)"}
+    timings["features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if net is None:
+        result["fidelity"] = {"not_computed": "FID, KID and PRDC need a feature network (--features)"}
+    else:
+        result["fidelity"] = _fidelity(feats["real"], feats["fake"], k, seed)
+        if "train" in feats:
+            floor_train = _subset(feats["train"], len(feats["real"]), seed)
+            result["floor"]["fidelity"] = {**_fidelity(feats["real"], floor_train, k, seed),
+                                           "what": "real train subset vs real held-out"}
+        else:
+            result["floor"]["fidelity"] = {"not_computed": "no training set to compare with"}
+    timings["fidelity"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    result["diversity"] = {"fake": diversity(_subset(fake_set.images, diversity_images, seed)),
+                           "real": diversity(_subset(real_set.images, diversity_images, seed))}
+    result["floor"]["diversity"] = result["diversity"]["real"]
+    timings["diversity"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    recipe = fake_set.recipe
+    if recipe is not None and hasattr(recipe, "reconstruct"):
+        x = real_set.images
+        cond = real_set.labels if getattr(recipe, "conditional", False) else None
+        if getattr(recipe, "conditional", False) and cond is None:
+            result["reconstruction"] = {"not_computed": "conditional model and the real set has no labels"}
+        else:
+            recon = torch.cat([recipe.reconstruct(x[i:i + 256], None if cond is None else cond[i:i + 256]).cpu()
+                               for i in range(0, len(x), 256)])
+            result["reconstruction"] = {**reconstruction_scores(x, recon), "split": real_set.split}
+    else:
+        result["reconstruction"] = {"not_computed": "the synthetic set is not from a model that reconstructs "
+                                                    "(give a run directory as --fake)"}
+    timings["reconstruction"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    strip = out.with_name(out.stem + "_nearest.png")
+    if train_set is None:
+        result["privacy"] = {"not_computed": "no training set (--train, or a real file with a train split)"}
+        result["floor"]["privacy"] = result["privacy"]
+    else:
+        priv, pairs = privacy_report(fake_set.images, train_set.images, real_set.images,
+                                     feats.get("fake"), feats.get("train"), feats.get("real"))
+        result["privacy"] = {**priv, "heldout": f"{real_set.source} [{real_set.split}]", "strip": str(strip)}
+        top = pairs[:8]
+        save_grid(strip, torch.cat([fake_set.images[top[:, 0]], train_set.images[top[:, 1]]]), nrow=len(top))
+        if floor_set is not None:
+            floor, _ = privacy_report(floor_set.images, train_set.images, real_set.images,
+                                      feats.get("floor"), feats.get("train"), feats.get("real"))
+            result["floor"]["privacy"] = {**floor, "what": "real val images in place of the synthetic set"}
+        else:
+            result["floor"]["privacy"] = {"not_computed": "no second held-out real split (val) for a floor"}
+    timings["privacy"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    why = None
+    if not utility:
+        why = "switched off"
+    elif fake_set.labels is None:
+        why = "the synthetic set has no labels (sample a conditional model)"
+    elif train_set is None or train_set.labels is None or real_set.labels is None:
+        why = "the real train and test sets need labels"
+    if why:
+        result["utility"] = {"not_computed": why}
+        result["floor"]["utility"] = result["utility"]
+    else:
+        classes = real_set.num_classes or int(max(real_set.labels.max(), fake_set.labels.max())) + 1
+        from medsynth.data.datasets import ImageSet
+
+        res = tstr(ImageSet(fake_set.images, fake_set.labels), ImageSet(train_set.images, train_set.labels),
+                   ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, utility_steps, seed)
+        result["utility"] = res
+        result["floor"]["utility"] = {"what": "train on real, test on real (the ratio's denominator)", **res["real"]}
+    timings["utility"] = time.perf_counter() - clock
+
+    result["seconds"] = {k2: round(v, 3) for k2, v in timings.items()}
+    result["settings"] = {"k": k, "diversity_images": diversity_images, "seed": seed, "utility_steps": utility_steps}
+    result = _clean(result)
+    write_text(out, json.dumps(result, indent=2))
+    log(f"metrics: {out}")
+    return result

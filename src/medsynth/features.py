@@ -1,0 +1,194 @@
+"""The domain feature network: load it, embed images with it, tap it for a perceptual loss.
+
+Two sources:
+- a feature run made by `medsynth features train` (a run directory: the VGG-style
+  classifier of `nets/classifier.py`, its config and safetensors weights);
+- external weights in a local file (.pt / .pth / .safetensors), e.g. a chest
+  X-ray DenseNet121 state dict, loaded into MONAI's DenseNet121. State dicts in
+  torchvision's naming (CheXNet-style, optionally under "module." or
+  "state_dict") are renamed to MONAI's. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from medsynth.errors import MedsynthError
+
+
+@dataclass
+class FeatureNet:
+    """embed(x) -> B x dim; `module` is the torch network, `info` what the metrics record about it."""
+
+    module: nn.Module
+    embed_fn: callable
+    dim: int
+    info: dict = field(default_factory=dict)
+    image_size: list[int] | None = None
+    in_channels: int | None = None
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        self.check(images)
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = [self.embed_fn(images[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out)
+
+    def check(self, images: torch.Tensor) -> None:
+        where = self.info.get("source", "feature network")
+        if self.in_channels is not None and images.shape[1] != self.in_channels:
+            raise MedsynthError(f"{where} was trained on {self.in_channels}-channel images; "
+                                f"these have {images.shape[1]}")
+        if self.image_size is not None and list(images.shape[2:]) != list(self.image_size):
+            raise MedsynthError(f"{where} was trained on images of size {list(self.image_size)}; "
+                                f"these are {list(images.shape[2:])} (resize the sets or train a feature "
+                                "network at this size)")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_feature_net(source: str | Path, device: str = "cpu") -> FeatureNet:
+    source = Path(source)
+    if source.is_dir():
+        return _from_run(source, device)
+    if source.is_file():
+        return load_densenet121(source, device)
+    raise MedsynthError(f"{source}: feature network not found (a `medsynth features train` run directory "
+                        "or a local weights file)")
+
+
+def _from_run(run_dir: Path, device: str) -> FeatureNet:
+    from medsynth.io import load_run
+
+    recipe = load_run(run_dir, device)
+    if recipe.cfg.model.family != "classifier":
+        raise MedsynthError(f"{run_dir}: is a {recipe.cfg.model.family} run, not a feature network")
+    meta_path = run_dir / "features.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    info = {"source": str(run_dir), "kind": "medsynth-vgg", "sha256": meta.get("sha256") or
+            file_sha256(run_dir / "model.safetensors"), "task": meta.get("task"),
+            "test_accuracy": meta.get("accuracy"), "test_auc": meta.get("auc")}
+    return FeatureNet(recipe.net, recipe.net.embed, recipe.net.embed_dim, info,
+                      list(recipe.cfg.model.image_size), recipe.cfg.model.in_channels)
+
+
+_TV_LAYER = re.compile(r"^(.*denselayer\d+\.)(norm|relu|conv)\.?(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+
+
+def _monai_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision / CheXNet DenseNet121 keys -> MONAI DenseNet121 keys."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "model.", "densenet121."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        match = _TV_LAYER.match(key)
+        if match:
+            key = f"{match.group(1)}layers.{match.group(2)}{match.group(3)}.{match.group(4)}"
+        key = re.sub(r"^classifier\.(0\.)?", "class_layers.out.", key)
+        out[key] = value
+    return out
+
+
+def load_densenet121(path: Path, device: str = "cpu") -> FeatureNet:
+    """A DenseNet121 state dict from a local file; the embedding is the 1024-d pooled feature."""
+    from monai.networks.nets import DenseNet121
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refusals, truncated files, bad headers
+        raise MedsynthError(f"{path}: cannot read weights ({str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise MedsynthError(f"{path}: not a state dict of tensors")
+    state = _monai_names(state)
+    try:
+        in_channels = state["features.conv0.weight"].shape[1]
+        out_channels = state["class_layers.out.weight"].shape[0]
+    except KeyError as exc:
+        raise MedsynthError(f"{path}: not a DenseNet121 state dict (no {exc} key)") from None
+    net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MedsynthError(f"{path}: weights do not fit MONAI's DenseNet121 ({str(exc).splitlines()[0]})") from None
+    net = net.to(device).eval()
+    head = net.class_layers  # relu -> pool -> flatten -> out
+
+    def embed(x):
+        h = net.features(x)
+        for name, layer in head.named_children():
+            if name == "out":
+                break
+            h = layer(h)
+        return h
+
+    info = {"source": str(path), "kind": "monai-densenet121", "sha256": file_sha256(path)}
+    return FeatureNet(net, embed, head.out.in_features, info, None, in_channels)
+
+
+class PerceptualLoss(nn.Module):
+    """sum_l w_l * mean((phi_l(x_hat) - phi_l(x))^2) per sample, over taps `layers` of a frozen
+    feature network's `features` sequence (forward hooks), scaled by the pixel count so it sits on
+    the same per-image scale as the summed reconstruction errors."""
+
+    def __init__(self, net: FeatureNet, layers: list[int], weights: list[float] | None = None):
+        super().__init__()
+        features = getattr(net.module, "features", None)
+        if not isinstance(features, nn.Sequential):
+            raise MedsynthError(f"{net.info.get('source')}: perceptual taps need a network with a "
+                                "`features` sequence")
+        if weights is not None and len(weights) != len(layers):
+            raise MedsynthError(f"loss.perceptual_layer_weights has {len(weights)} entries for "
+                                f"{len(layers)} layers")
+        for i in layers:
+            if not 0 <= i < len(features):
+                raise MedsynthError(f"perceptual layer {i} is outside the feature network's "
+                                    f"{len(features)} layers")
+        self.net = net
+        self.features = features.eval().requires_grad_(False)
+        self.layers = list(layers)
+        self.weights = list(weights) if weights is not None else [1.0] * len(layers)
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the tapped layers, caught by forward hooks while `features` runs."""
+        caught: dict[int, torch.Tensor] = {}
+        handles = [self.features[i].register_forward_hook(lambda m, a, out, i=i: caught.__setitem__(i, out))
+                   for i in self.layers]
+        try:
+            self.features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return [caught[i] for i in self.layers]
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.net.check(target)
+        pixels = target[0].numel()
+        total = 0.0
+        with torch.no_grad():
+            ref = self.taps(target)
+        for w, a, b in zip(self.weights, self.taps(recon), ref):
+            total = total + w * (a.float() - b.float()).pow(2).flatten(1).mean(1)
+        return total * pixels

@@ -1,0 +1,1 @@
+"""What synthetic images are worth: fidelity, diversity, reconstruction, privacy, utility."""

@@ -1,0 +1,92 @@
+"""Train on synthetic, test on real (TSTR): is the synthetic data useful for a downstream task?
+
+Two classifiers of the same architecture and schedule: one trained on the
+labelled synthetic images, one on the same number of real training images;
+both tested on the real test split. The ratio of their scores is the utility.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from medsynth.errors import MedsynthError
+from medsynth.nets.classifier import VGGClassifier
+
+
+def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney U statistic (ties count half); NaN when one class is absent."""
+    positive = positive.astype(bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def accuracy_auc(scores: torch.Tensor, labels: torch.Tensor, multilabel: bool = False) -> dict[str, float]:
+    """Accuracy and ROC AUC (binary; macro one-vs-rest for several classes; macro per label for multi-label)."""
+    s, y = scores.numpy(), labels.numpy()
+    if multilabel:
+        acc = float(((s > 0.5) == (y > 0.5)).mean())
+        aucs = [binary_auc(s[:, c], y[:, c] > 0.5) for c in range(s.shape[1])]
+    else:
+        acc = float((s.argmax(1) == y).mean())
+        if s.shape[1] == 2:
+            aucs = [binary_auc(s[:, 1], y == 1)]
+        else:
+            aucs = [binary_auc(s[:, c], y == c) for c in range(s.shape[1])]
+    aucs = [a for a in aucs if not np.isnan(a)]
+    return {"accuracy": acc, "auc": float(np.mean(aucs)) if aucs else float("nan")}
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, multilabel: bool,
+                     steps: int = 300, batch_size: int = 64, seed: int = 0, channels=(16, 32, 64)) -> VGGClassifier:
+    """A small classifier trained for a fixed number of steps (the same budget for synthetic and real)."""
+    torch.manual_seed(seed)
+    net = VGGClassifier(images.ndim - 2, images.shape[1], num_classes, list(channels), embed_dim=64)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=images.device.type == "cpu"):
+            logits = net(images[idx])
+        logits = logits.float()
+        loss = (F.binary_cross_entropy_with_logits(logits, labels[idx].float()) if multilabel
+                else F.cross_entropy(logits, labels[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def scores_of(net: VGGClassifier, images: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    logits = torch.cat([net(images[i:i + 512]).float() for i in range(0, len(images), 512)])
+    return torch.sigmoid(logits) if multilabel else logits.softmax(1)
+
+
+def tstr(synthetic, real_train, real_test, num_classes: int, multilabel: bool = False, steps: int = 300,
+         seed: int = 0) -> dict:
+    """Scores of a classifier trained on synthetic vs one trained on as many real images; both tested on real.
+
+    synthetic / real_train / real_test are ImageSets with labels.
+    """
+    for name, s in (("synthetic", synthetic), ("real train", real_train), ("real test", real_test)):
+        if s.labels is None:
+            raise MedsynthError(f"utility needs labels on the {name} set")
+    n = min(len(synthetic), len(real_train))
+    rng = torch.Generator().manual_seed(seed)
+    pick_s = torch.randperm(len(synthetic), generator=rng)[:n]
+    pick_r = torch.randperm(len(real_train), generator=rng)[:n]
+    out = {"train_images": n, "steps": steps, "test_images": len(real_test)}
+    for name, s, pick in (("synthetic", synthetic, pick_s), ("real", real_train, pick_r)):
+        net = train_classifier(s.images[pick], s.labels[pick], num_classes, multilabel, steps=steps, seed=seed)
+        out[name] = accuracy_auc(scores_of(net, real_test.images, multilabel), real_test.labels, multilabel)
+    for key in ("accuracy", "auc"):
+        real = out["real"][key]
+        out[f"{key}_ratio"] = float(out["synthetic"][key] / real) if real and not np.isnan(real) else float("nan")
+    return out

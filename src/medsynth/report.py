@@ -1,0 +1,168 @@
+"""`report(run_dir)`: one self-contained HTML page (no server; images inline) for a run."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from medsynth.errors import MedsynthError  # noqa: E402
+from medsynth.io import CONFIG, write_text  # noqa: E402
+
+# (section, key, label, better): the metric table, in reading order
+ROWS = [
+    ("fidelity", "fid", "FID (domain features)", "lower"),
+    ("fidelity", "kid", "KID", "lower"),
+    ("fidelity", "precision", "precision", "higher"),
+    ("fidelity", "recall", "recall", "higher"),
+    ("fidelity", "density", "density", "~1"),
+    ("fidelity", "coverage", "coverage", "higher"),
+    ("diversity", "ms_ssim_mean", "mean pairwise MS-SSIM", "near real"),
+    ("reconstruction", "ms_ssim", "reconstruction MS-SSIM", "higher"),
+    ("reconstruction", "ssim", "reconstruction SSIM", "higher"),
+    ("reconstruction", "psnr", "reconstruction PSNR (dB)", "higher"),
+    ("privacy", "pixel.rate", "memorisation rate (pixels)", "~0.05"),
+    ("privacy", "feature.rate", "memorisation rate (features)", "~0.05"),
+    ("privacy", "near_copies", "near-exact copies", "0"),
+    ("privacy", "pixel.distance_median", "median distance to nearest training image (RMS)", "near floor"),
+    ("utility", "synthetic.accuracy", "TSTR accuracy (vs TRTR in the floor column)", "higher"),
+    ("utility", "synthetic.auc", "TSTR ROC AUC", "higher"),
+    ("utility", "auc_ratio", "utility ratio (AUC synthetic / real)", "~1"),
+]
+
+
+def _get(section: dict, dotted: str):
+    value = section
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f"<p class='missing'>{html.escape(alt)}: not found ({html.escape(str(path.name))}).</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def loss_curves(metrics_csv: Path) -> str | None:
+    """A PNG (base64) of the per-epoch train and validation loss terms, or None without data."""
+    if not metrics_csv.is_file():
+        return None
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value in (None, "") or key in ("epoch", "step") or key.endswith("_step"):
+                continue
+            if key.startswith(("train/", "val/")):
+                series.setdefault(key, []).append((float(row["step"]), float(value)))
+    if not series:
+        return None
+    terms = sorted({k.split("/", 1)[1] for k in series})
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for split in ("train", "val"):
+            points = series.get(f"{split}/{term}")
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", ms=3, label=split)
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def metric_table(evaluation: dict) -> str:
+    lines = ["<table><tr><th>metric</th><th>synthetic</th><th>real vs real (floor)</th><th>better</th></tr>"]
+    for section, key, label, better in ROWS:
+        sec = evaluation.get(section, {})
+        floor = evaluation.get("floor", {}).get(section, {})
+        if section == "diversity":
+            value, ref = _get(sec, f"fake.{key}"), _get(sec, f"real.{key}")
+        elif section == "utility" and key.startswith("synthetic."):
+            value, ref = _get(sec, key), _get(sec, "real." + key.split(".", 1)[1])
+        else:
+            value, ref = _get(sec, key), _get(floor, key)
+        if "not_computed" in sec:
+            cell = f"<td class='missing' colspan='2'>not computed: {html.escape(sec['not_computed'])}</td>"
+        else:
+            cell = f"<td>{_fmt(value)}</td><td>{_fmt(ref)}</td>"
+        lines.append(f"<tr><td>{html.escape(label)}</td>{cell}<td>{html.escape(better)}</td></tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+.missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}"""
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None) -> Path:
+    """Write <run_dir>/report.html (or `out`) and return its path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise MedsynthError(f"{run_dir}: not a run directory (no {CONFIG})")
+    out = Path(out) if out else run_dir / "report.html"
+    eval_path = Path(evaluation) if evaluation else run_dir / "evaluation.json"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medsynth: {html.escape(run_dir.name)}"
+             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(run_dir.name)}</h1>"]
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        parts.append(f"<p>status <b>{html.escape(str(s.get('status')))}</b>, {s.get('global_step')} steps, "
+                     f"{s.get('train_seconds')} s, precision {html.escape(str(s.get('precision')))}</p>")
+    parts.append("<h2>Samples</h2>" + _img(run_dir / "samples.png", "sample grid"))
+    parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
+                 + _img(run_dir / "reconstructions.png", "reconstructions"))
+    curves = loss_curves(run_dir / "metrics.csv")
+    parts.append("<h2>Loss curves</h2>" + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
+                                             if curves else "<p class='missing'>No metrics.csv with loss terms.</p>"))
+    parts.append("<h2>Metrics</h2>")
+    if eval_path.is_file():
+        ev = json.loads(eval_path.read_text())
+        feats = ev.get("features", {})
+        if "not_computed" in feats:
+            parts.append(f"<p class='missing'>Feature network: not given — {html.escape(feats['not_computed'])}</p>")
+        else:
+            parts.append(f"<p>Feature network {html.escape(str(feats.get('source')))} ({feats.get('dim')}-d, "
+                         f"sha256 {html.escape(str(feats.get('sha256', ''))[:16])}…).</p>")
+        sets = ev.get("sets", {})
+        parts.append("<p>" + "; ".join(f"{html.escape(k)}: {html.escape(v['source'])} [{v['split']}], "
+                                       f"{v['images']} images" for k, v in sets.items()) + "</p>")
+        parts.append(metric_table(ev))
+        strip = Path(ev.get("privacy", {}).get("strip", ""))
+        if strip.name:
+            parts.append("<h2>Closest synthetic / training pairs</h2><p>Top: synthetic; bottom: its nearest "
+                         "training image (pixel space), closest first.</p>" + _img(strip, "nearest neighbours"))
+    else:
+        parts.append(f"<p class='missing'>Not evaluated yet: no {html.escape(eval_path.name)}. Run "
+                     f"<code>medsynth evaluate --real DATA --fake {html.escape(str(run_dir))} --features NET</code>."
+                     "</p>")
+    parts.append("<h2>Config</h2><pre>" + html.escape((run_dir / CONFIG).read_text()) + "</pre></body></html>")
+    write_text(out, "\n".join(parts))
+    return out

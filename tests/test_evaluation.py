@@ -1,0 +1,156 @@
+"""Feature network, perceptual loss, `evaluate` and `report` on real PneumoniaMNIST slices."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import overrides, subset_npz
+from medsynth.errors import MedsynthError
+from medsynth.evaluate import evaluate
+from medsynth.features import PerceptualLoss, file_sha256, load_feature_net
+from medsynth.models.classifier import FEATURE_DEFAULTS
+from medsynth.report import report
+from medsynth.training import train
+
+quiet = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def medium_npz(tmp_path_factory, pneumonia):
+    return subset_npz(pneumonia, tmp_path_factory.mktemp("data") / "medium.npz",
+                      {"train": 600, "val": 120, "test": 120})
+
+
+@pytest.fixture(scope="module")
+def feature_run(medium_npz, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    return train(None, [*FEATURE_DEFAULTS, f"data.path={medium_npz}", f"runs_dir={runs}", "trainer.max_epochs=4",
+                        "data.batch_size=32", "model.channels=[16,32,64]", "model.latent_dim=32"], **quiet)
+
+
+@pytest.fixture(scope="module")
+def vae_run(medium_npz, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    return train("configs/cvae_pneumonia.yaml", overrides(medium_npz, runs, "trainer.max_epochs=2"), **quiet)
+
+
+def test_feature_network_records_accuracy_and_hash(feature_run):
+    info = json.loads((feature_run / "features.json").read_text())
+    assert info["task"] == "classes" and info["embed_dim"] == 32
+    assert info["sha256"] == file_sha256(feature_run / "model.safetensors")
+    assert 0.6 < info["accuracy"] <= 1.0 and 0.6 < info["auc"] <= 1.0  # it learnt normal vs pneumonia
+    net = load_feature_net(feature_run)
+    x = torch.zeros(4, 1, 28, 28)
+    assert net.embed(x).shape == (4, 32)
+    with pytest.raises(MedsynthError, match=r"trained on images of size \[28, 28\]"):
+        net.embed(torch.zeros(2, 1, 64, 64))
+
+
+def test_self_supervised_feature_network_without_labels(tmp_path, pneumonia):
+    with np.load(subset_npz(pneumonia, tmp_path / "s.npz", {"train": 300, "test": 100})) as src:
+        np.savez(tmp_path / "u.npz", train_images=src["train_images"], test_images=src["test_images"])
+    run = train(None, [*FEATURE_DEFAULTS, f"data.path={tmp_path / 'u.npz'}", f"runs_dir={tmp_path / 'runs'}",
+                       "trainer.max_epochs=10", "data.batch_size=32", "model.channels=[8,16]",
+                       "model.latent_dim=16"], **quiet)
+    info = json.loads((run / "features.json").read_text())
+    assert info["task"] == "rotation" and info["accuracy"] > 0.45  # 4-way chance is 0.25
+
+
+def test_external_densenet121_weights_load(tmp_path):
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=3).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = net.class_layers.flatten(net.class_layers.pool(net.class_layers.relu(net.features(x))))
+    torch.save(net.state_dict(), tmp_path / "monai.pt")
+    loaded = load_feature_net(tmp_path / "monai.pt")
+    assert loaded.dim == 1024 and torch.allclose(loaded.embed(x), expected, atol=1e-5)
+    # the same weights as a torchvision-style (CheXNet) checkpoint under "module." and "state_dict"
+    tv = {}
+    for key, value in net.state_dict().items():
+        key = re.sub(r"\.layers\.(norm|relu|conv)(\d)\.", r".\1\2.", key).replace("class_layers.out.", "classifier.")
+        tv["module." + key] = value
+    torch.save({"state_dict": tv}, tmp_path / "chexnet_style.pth")
+    assert torch.allclose(load_feature_net(tmp_path / "chexnet_style.pth").embed(x), expected, atol=1e-5)
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(MedsynthError, match="not a DenseNet121"):
+        load_feature_net(tmp_path / "other.pt")
+
+
+def test_perceptual_loss_taps_and_vae_training(feature_run, medium_npz, tmp_path):
+    net = load_feature_net(feature_run)
+    loss = PerceptualLoss(net, [2, 5, 9], [1.0, 0.5, 0.25])
+    assert all(isinstance(net.module.features[i], torch.nn.ReLU) for i in (2, 5, 9))
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    assert torch.allclose(loss(x, x), torch.zeros(3), atol=1e-4)
+    assert (loss(x.flip(-1), x) > 0).all()
+    run = train(None, overrides(medium_npz, tmp_path / "runs", "loss.perceptual_weight=0.5",
+                                f"loss.perceptual_net={feature_run}"), **quiet)
+    from safetensors.torch import load_file
+
+    keys = load_file(run / "model.safetensors").keys()
+    assert all(k.startswith("net.") for k in keys)  # the frozen feature net is not saved with the VAE
+    rows = (run / "metrics.csv").read_text()
+    assert "train/perceptual" in rows
+    with pytest.raises(MedsynthError, match="outside"):
+        PerceptualLoss(net, [99])
+
+
+def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_path):
+    result = evaluate(medium_npz, vae_run, features=feature_run, utility_steps=60, **quiet)
+    out = vae_run / "evaluation.json"
+    saved = json.loads(out.read_text())
+    assert saved["fidelity"]["fid"] == pytest.approx(result["fidelity"]["fid"])
+    assert saved["sets"]["real"]["split"] == "test" and saved["sets"]["fake"]["images"] == 120
+    assert saved["features"]["dim"] == 32 and len(saved["features"]["sha256"]) == 64
+    f = saved["fidelity"]
+    assert f["fid"] > 0 and f["k"] == 5 and 0 <= f["precision"] <= 1
+    # an undertrained VAE is further from real than real train is from real test
+    assert f["fid"] > saved["floor"]["fidelity"]["fid"]
+    assert 0 < saved["diversity"]["fake"]["ms_ssim_mean"] < 1 and saved["diversity"]["real"]["all_pairs"]
+    assert 0 < saved["reconstruction"]["ms_ssim"] <= 1 and saved["reconstruction"]["psnr"] > 5
+    assert 0 <= saved["privacy"]["pixel"]["rate"] <= 1 and "feature" in saved["privacy"]
+    assert 0 <= saved["floor"]["privacy"]["pixel"]["rate"] <= 0.3
+    assert saved["utility"]["train_images"] == 120 and "auc_ratio" in saved["utility"]
+    strip = vae_run / "evaluation_nearest.png"
+    assert strip.is_file()
+
+    page = report(vae_run).read_text()
+    for words in ("FID (domain features)", "memorisation rate", "TSTR", "Loss curves", "data:image/png;base64",
+                  "kl_weight"):
+        assert words in page
+    assert "http://" not in page and "https://" not in page and "src='data:" in page
+
+
+def test_evaluate_without_features_says_why(vae_run, medium_npz, tmp_path):
+    result = evaluate(medium_npz, vae_run, out=tmp_path / "m.json", utility=False, **quiet)
+    assert "not_computed" in result["fidelity"] and "--features" in result["fidelity"]["not_computed"]
+    assert result["utility"] == {"not_computed": "switched off"}
+    page = report(vae_run, out=tmp_path / "r.html", evaluation=tmp_path / "m.json").read_text()
+    assert "not computed: FID, KID and PRDC need a feature network" in page
+
+
+def test_evaluate_bad_inputs(medium_npz, feature_run, tmp_path):
+    small = tmp_path / "small.npz"
+    np.savez(small, images=np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(MedsynthError, match="at least 10"):
+        evaluate(medium_npz, small, **quiet)
+    big = tmp_path / "big.npz"
+    np.savez(big, images=np.zeros((20, 64, 64), np.uint8))
+    with pytest.raises(MedsynthError, match=r"shape \[1, 64, 64\]"):
+        evaluate(medium_npz, big, **quiet)
+    nan = tmp_path / "nan.npz"
+    arr = np.zeros((20, 28, 28), np.float32)
+    arr[3, 0, 0] = np.nan
+    np.savez(nan, images=arr)
+    with pytest.raises(MedsynthError, match="NaN"):
+        evaluate(medium_npz, nan, **quiet)
+    big_real = tmp_path / "bigreal.npz"
+    np.savez(big_real, test_images=np.zeros((20, 64, 64), np.uint8), train_images=np.zeros((20, 64, 64), np.uint8))
+    with pytest.raises(MedsynthError, match="trained on images of size"):
+        evaluate(big_real, big, features=feature_run, **quiet)

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from medsynth.data.datasets import ImageSet
+from medsynth.errors import MedsynthError
+from medsynth.losses import ms_ssim, msssim_settings
+from medsynth.metrics.fidelity import frechet_distance, kernel_inception_distance, prdc
+from medsynth.metrics.privacy import privacy_report
+from medsynth.metrics.similarity import diversity, pairwise_ms_ssim, psnr, ssim
+from medsynth.metrics.utility import accuracy_auc, binary_auc, tstr
+
+
+def scipy_fid(a, b):
+    """The textbook formula with scipy's matrix square root: an independent check."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_against_itself_and_against_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(600, 16))
+    b = rng.normal(0.3, 1.2, size=(500, 16)) @ rng.normal(size=(16, 16)) * 0.5
+    assert frechet_distance(a, a) < 1e-6
+    assert frechet_distance(a, b) == pytest.approx(scipy_fid(a, b), rel=1e-6)
+    assert frechet_distance(a, a + 1.0) == pytest.approx(16.0, rel=1e-6)  # a mean shift of 1 in 16 dims
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(800, 8)), rng.normal(size=(800, 8))
+    same, std, m = kernel_inception_distance(a, b, subsets=20, subset_size=400)
+    assert abs(same) < 3 * std + 1e-3 and m == 400
+    shifted, _, _ = kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=400)
+    assert shifted > 0.1
+
+
+def test_prdc_on_toy_gaussians():
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(1500, 8)), rng.normal(size=(1500, 8))
+    m = prdc(real, fake, k=5)
+    # Naeem et al. 2020: for identical distributions density -> 1 and coverage -> 1 - 1/2^k
+    assert m["density"] == pytest.approx(1.0, abs=0.12)
+    assert m["coverage"] == pytest.approx(1 - 0.5 ** 5, abs=0.03)
+    assert m["precision"] > 0.8 and m["recall"] > 0.8
+    far = prdc(real, fake + 20.0, k=5)
+    assert far["precision"] == far["recall"] == far["density"] == far["coverage"] == 0.0
+    # fake collapsed onto a small part of real: precise, but neither recall nor coverage
+    collapsed = prdc(real, rng.normal(scale=0.1, size=(1500, 8)), k=5)
+    assert collapsed["precision"] > 0.95 and collapsed["coverage"] < 0.2 and collapsed["recall"] < 0.2
+    with pytest.raises(MedsynthError, match="at least 6"):
+        prdc(real[:5], fake, k=5)
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_batched_pairwise_msssim_equals_per_pair_and_monai(size, pneumonia):
+    from monai.metrics.regression import compute_ms_ssim
+
+    with np.load(pneumonia) as f:
+        x = torch.from_numpy(f["test_images"][:12]).float()[:, None] / 127.5 - 1
+    if size != 28:
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear")
+    first, second = torch.triu_indices(12, 12, offset=1)
+    batched = pairwise_ms_ssim(x, first, second)
+    scales, k, sigma = msssim_settings((size, size))
+    w = torch.tensor([0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:scales])
+    monai = torch.cat([compute_ms_ssim(x[i:i + 1], x[j:j + 1], 2, data_range=2.0, kernel_size=k, kernel_sigma=sigma,
+                                       weights=(w / w.sum()).tolist()).flatten() for i, j in zip(first, second)])
+    assert torch.allclose(batched, monai, atol=1e-4)
+    ours = ms_ssim(x[first], x[second])
+    positive = ours > 1e-3
+    assert torch.allclose(batched[positive], ours[positive], atol=1e-4)
+
+
+def test_diversity_and_per_image_scores():
+    torch.manual_seed(0)
+    same = torch.rand(1, 1, 28, 28).repeat(6, 1, 1, 1) * 2 - 1
+    d = diversity(same)
+    assert d["ms_ssim_mean"] == pytest.approx(1.0, abs=1e-4) and d["pairs"] == 15 and d["all_pairs"]
+    noise = torch.rand(50, 1, 28, 28) * 2 - 1
+    sub = diversity(noise, max_pairs=100)
+    assert sub["pairs"] == 100 and not sub["all_pairs"] and sub["pairs_possible"] == 1225
+    assert sub["ms_ssim_mean"] < 0.2
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-5)
+    assert torch.allclose(psnr(x, x + 0.02), torch.full((3,), 10 * np.log10(4 / 0.0004)), atol=1e-2)
+
+
+def real_splits(path):
+    with np.load(path) as f:
+        return {k: torch.from_numpy(f[k]) for k in f.files}
+
+
+def test_memorisation_flags_planted_copies_and_not_fresh_images(pneumonia):
+    d = real_splits(pneumonia)
+    scale = lambda a: a.float()[:, None] / 127.5 - 1  # noqa: E731
+    train, test, val = scale(d["train_images"][:2000]), scale(d["test_images"][:300]), scale(d["val_images"][:300])
+    fresh, _ = privacy_report(val[:200], train, test)
+    assert fresh["near_copies"] <= 0.01  # PneumoniaMNIST itself holds a few near-duplicates across splits
+    assert fresh["pixel"]["rate"] < 0.12  # unseen real images: ~5% by construction
+    planted = torch.cat([train[:40], val[:160]])  # 20% exact copies of training images
+    result, pairs = privacy_report(planted, train, test)
+    assert result["near_copies"] == pytest.approx(0.2, abs=0.01)
+    assert result["pixel"]["rate"] >= 0.2
+    assert set(pairs[:40, 0].tolist()) == set(range(40))  # the copies are the closest pairs
+    assert torch.equal(pairs[:40, 1].sort().values, torch.arange(40))  # matched to their originals
+
+
+def test_tstr_real_as_synthetic_gives_ratio_near_one(pneumonia):
+    d = real_splits(pneumonia)
+    scale = lambda a: a.float()[:, None] / 127.5 - 1  # noqa: E731
+    labels = d["train_labels"][:, 0].long()
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    a, b = perm[:800], perm[800:1600]
+    real_test = ImageSet(scale(d["test_images"]), d["test_labels"][:, 0].long())
+    out = tstr(ImageSet(scale(d["train_images"][a]), labels[a]), ImageSet(scale(d["train_images"][b]), labels[b]),
+               real_test, num_classes=2, steps=150)
+    assert out["real"]["auc"] > 0.85  # the classifier learns the task at all
+    assert out["auc_ratio"] == pytest.approx(1.0, abs=0.08)
+    assert out["train_images"] == 800
+
+
+def test_auc_and_accuracy():
+    assert binary_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    res = accuracy_auc(scores, torch.tensor([0, 1, 1, 1]))
+    assert res["accuracy"] == pytest.approx(0.75) and res["auc"] == pytest.approx(1.0)
