@@ -16,14 +16,27 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+DATA ?= ../shared/data/medmnist/pneumoniamnist.npz
+
+# The main job on real data: a conditional VAE on PneumoniaMNIST, the domain feature
+# network, the evaluation against the real test split, and the HTML report.
 demo: $(STAMP)
-	$(BIN)/medsynth train configs/vae_pneumonia.yaml name=demo
+	@set -e; \
+	run=$$($(BIN)/medsynth train configs/cvae_pneumonia.yaml name=demo data.path=$(DATA) | tee /dev/stderr | tail -n 1); \
+	feats=$$($(BIN)/medsynth features train --data $(DATA) | tail -n 1); \
+	echo "feature network: $$feats"; \
+	$(BIN)/medsynth evaluate --real $(DATA) --fake $$run --features $$feats; \
+	page=$$($(BIN)/medsynth report $$run); \
+	echo; echo "demo done. samples: $$run/samples.png  reconstructions: $$run/reconstructions.png"; \
+	echo "metrics: $$run/evaluation.json  report: $$page"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/diversity_speed.py
+	$(BIN)/python benchmarks/evaluate_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -68,7 +68,7 @@ def test_external_densenet121_weights_load(tmp_path):
     with torch.no_grad():
         expected = net.class_layers.flatten(net.class_layers.pool(net.class_layers.relu(net.features(x))))
     torch.save(net.state_dict(), tmp_path / "monai.pt")
-    loaded = load_feature_net(tmp_path / "monai.pt")
+    loaded = load_feature_net(tmp_path / "monai.pt", precision="32")
     assert loaded.dim == 1024 and torch.allclose(loaded.embed(x), expected, atol=1e-5)
     # the same weights as a torchvision-style (CheXNet) checkpoint under "module." and "state_dict"
     tv = {}
@@ -76,7 +76,11 @@ def test_external_densenet121_weights_load(tmp_path):
         key = re.sub(r"\.layers\.(norm|relu|conv)(\d)\.", r".\1\2.", key).replace("class_layers.out.", "classifier.")
         tv["module." + key] = value
     torch.save({"state_dict": tv}, tmp_path / "chexnet_style.pth")
-    assert torch.allclose(load_feature_net(tmp_path / "chexnet_style.pth").embed(x), expected, atol=1e-5)
+    assert torch.allclose(load_feature_net(tmp_path / "chexnet_style.pth", precision="32").embed(x), expected,
+                          atol=1e-5)
+    fast = load_feature_net(tmp_path / "monai.pt", precision="bf16-mixed")
+    assert fast.info["precision"] == "bf16-mixed"
+    assert torch.nn.functional.cosine_similarity(fast.embed(x), expected).min() > 0.99
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(MedsynthError, match="not a DenseNet121"):
         load_feature_net(tmp_path / "other.pt")

@@ -70,6 +70,9 @@ def test_batched_pairwise_msssim_equals_per_pair_and_monai(size, pneumonia):
     monai = torch.cat([compute_ms_ssim(x[i:i + 1], x[j:j + 1], 2, data_range=2.0, kernel_size=k, kernel_sigma=sigma,
                                        weights=(w / w.sum()).tolist()).flatten() for i, j in zip(first, second)])
     assert torch.allclose(batched, monai, atol=1e-4)
+    from medsynth.metrics.similarity import all_pairs_ms_ssim
+
+    assert torch.allclose(all_pairs_ms_ssim(x, block=5), batched, atol=1e-5)  # blocks that do not divide 12
     ours = ms_ssim(x[first], x[second])
     positive = ours > 1e-3
     assert torch.allclose(batched[positive], ours[positive], atol=1e-4)

@@ -33,14 +33,21 @@ class FeatureNet:
     info: dict = field(default_factory=dict)
     image_size: list[int] | None = None
     in_channels: int | None = None
+    precision: str = "32"  # "bf16-mixed": bf16 autocast (2-3x faster on CPUs with native bf16)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         self.check(images)
         self.module.eval()
         device = next(self.module.parameters()).device
-        out = [self.embed_fn(images[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, len(images), batch_size)]
+        # NHWC: oneDNN's fast layout, 1.6x on top of bf16 for the 64 px VGG (measured on 2 cores)
+        layout = torch.channels_last if images.ndim == 4 else torch.contiguous_format
+        self.module.to(memory_format=layout)
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = images[i:i + batch_size].to(device).contiguous(memory_format=layout)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
+                out.append(self.embed_fn(batch).float().cpu())
         return torch.cat(out)
 
     def check(self, images: torch.Tensor) -> None:
@@ -62,12 +69,22 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_feature_net(source: str | Path, device: str = "cpu") -> FeatureNet:
+def load_feature_net(source: str | Path, device: str = "cpu", precision: str = "auto") -> FeatureNet:
+    """precision: "auto" (bf16 autocast where the hardware runs bf16 natively), "32" or "bf16-mixed";
+    recorded in `info`, since features, and so FID, differ slightly between the two."""
+    from medsynth.training import resolve_precision
+
     source = Path(source)
     if source.is_dir():
-        return _from_run(source, device)
-    if source.is_file():
-        return load_densenet121(source, device)
+        net = _from_run(source, device)
+    elif source.is_file():
+        net = load_densenet121(source, device)
+    else:
+        net = None
+    if net is not None:
+        net.precision = "bf16-mixed" if resolve_precision(precision, device) == "bf16-mixed" else "32"
+        net.info["precision"] = net.precision
+        return net
     raise MedsynthError(f"{source}: feature network not found (a `medsynth features train` run directory "
                         "or a local weights file)")
 

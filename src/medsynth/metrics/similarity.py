@@ -41,46 +41,90 @@ def _gauss_1d(k: int, sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
-def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Valid-mode separable Gaussian filter over every spatial axis of B x C x *spatial."""
-    c, nd = x.shape[1], x.ndim - 2
-    conv = getattr(F, f"conv{nd}d")
-    for axis in range(nd):
-        shape = [1] * nd
-        shape[axis] = len(g)
-        x = conv(x, g.view(1, 1, *shape).expand(c, 1, *shape).to(x.dtype), groups=c)
+def _band(size: int, g: torch.Tensor) -> torch.Tensor:
+    """The valid-mode 1D Gaussian filter as a (size - k + 1) x size banded matrix."""
+    k = len(g)
+    m = torch.zeros(size - k + 1, size)
+    for i in range(size - k + 1):
+        m[i, i:i + k] = g
+    return m
+
+
+def _blur(x: torch.Tensor, g: torch.Tensor, spatial_dims: int | None = None) -> torch.Tensor:
+    """Valid-mode separable Gaussian filter over the last `spatial_dims` axes (default: all
+    axes after B x C) of ... x C x *spatial.
+
+    Written as one matrix product per axis: 16x faster on CPU than a grouped
+    k x 1 convolution (measured at 64 px; benchmarks/diversity_speed.py).
+    """
+    nd = x.ndim - 2 if spatial_dims is None else spatial_dims
+    for axis in range(x.ndim - nd, x.ndim):
+        band = _band(x.shape[axis], g).to(x.dtype)
+        x = torch.movedim(torch.movedim(x, axis, -1) @ band.T, -1, axis)
     return x
+
+
+def _pyramid(images: torch.Tensor):
+    """Per scale and image: the pooled image, its local mean, and its local variance + C2 / 2
+    (so a pair's contrast denominator is one addition); and the scale weights."""
+    scales, k, sigma = msssim_settings(tuple(images.shape[2:]))
+    weights = torch.tensor(MSSSIM_WEIGHTS[:scales], dtype=torch.float64)
+    g = _gauss_1d(k, sigma)
+    c2 = (K2 * DATA_RANGE) ** 2
+    pool = getattr(F, f"avg_pool{images.ndim - 2}d")
+    levels, x = [], images.float()
+    for level in range(scales):
+        mu = _blur(x, g)
+        levels.append((x, mu, _blur(x * x, g) - mu * mu + c2 / 2))
+        if level < scales - 1:
+            x = pool(x, 2)
+    return levels, weights / weights.sum(), g
+
+
+def _combine(levels, weights, g, take_a, take_b) -> torch.Tensor:
+    """MS-SSIM of image pairs (a, b); take_a / take_b pick (by index or by broadcasting view) the
+    per-image statistics of each side from a pyramid level. In-place ops: this is the hot loop."""
+    c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
+    value = None
+    last = len(levels) - 1
+    for level, (xs, mu, var) in enumerate(levels):
+        mu_x, mu_y = take_a(mu), take_b(mu)
+        cs = _blur(take_a(xs) * take_b(xs), g, xs.ndim - 2)  # local E[xy]
+        cs.mul_(2).add_(c2).addcmul_(mu_x, mu_y, value=-2.0)  # 2 cov + C2
+        cs.div_(take_a(var) + take_b(var))  # / (var_x + var_y + C2)
+        if level == last:
+            cs.mul_((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1))
+        term = cs.flatten(-(xs.ndim - 1)).mean(-1).double().clamp_min(0.0) ** weights[level]
+        value = term if value is None else value * term
+    return value.float()
 
 
 def pairwise_ms_ssim(images: torch.Tensor, first: torch.Tensor, second: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """MS-SSIM of images[first[p]] vs images[second[p]] for every pair p (as `ms_ssim` with relu'd terms,
     which is how MONAI's metric treats negative contrast)."""
-    scales, k, sigma = msssim_settings(tuple(images.shape[2:]))
-    weights = torch.tensor(MSSSIM_WEIGHTS[:scales], dtype=torch.float64)
-    weights = weights / weights.sum()
-    g = _gauss_1d(k, sigma)
-    c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
-    pool = getattr(F, f"avg_pool{images.ndim - 2}d")
-    levels = []
-    x = images.float()
-    for level in range(scales):  # per image: the pooled image, its local mean and E[x^2]
-        levels.append((x, _blur(x, g), _blur(x * x, g)))
-        if level < scales - 1:
-            x = pool(x, 2)
-    out = torch.empty(len(first), dtype=torch.float64)
+    levels, weights, g = _pyramid(images)
+    out = torch.empty(len(first))
     for start in range(0, len(first), chunk):
         i, j = first[start:start + chunk], second[start:start + chunk]
-        value = torch.ones(len(i), dtype=torch.float64)
-        for level, (xs, mu, mu2) in enumerate(levels):
-            mu_x, mu_y = mu[i], mu[j]
-            var_x, var_y = mu2[i] - mu_x ** 2, mu2[j] - mu_y ** 2
-            cov = _blur(xs[i] * xs[j], g) - mu_x * mu_y
-            cs = (2 * cov + c2) / (var_x + var_y + c2)
-            term = cs if level < scales - 1 else cs * (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
-            term = term.flatten(1).mean(1).double().clamp_min(0.0)
-            value *= term ** weights[level]
-        out[start:start + len(i)] = value
-    return out.float()
+        out[start:start + len(i)] = _combine(levels, weights, g, lambda t: t[i], lambda t: t[j])
+    return out
+
+
+def all_pairs_ms_ssim(images: torch.Tensor, block: int = 48) -> torch.Tensor:
+    """MS-SSIM of every pair i < j, in the order of torch.triu_indices(n, n, 1).
+
+    Blocks of images are paired with blocks by broadcasting (no per-pair gathers
+    of the statistics); only the upper triangle of blocks is computed.
+    """
+    n = len(images)
+    levels, weights, g = _pyramid(images)
+    full = torch.zeros(n, n)
+    for a in range(0, n, block):
+        for b in range(a, n, block):
+            ia, ib = slice(a, a + block), slice(b, b + block)
+            full[ia, ib] = _combine(levels, weights, g, lambda t: t[ia, None], lambda t: t[None, ib])
+    first, second = torch.triu_indices(n, n, offset=1)
+    return full[first, second]
 
 
 def diversity(images: torch.Tensor, max_pairs: int = 500_000, seed: int = 0) -> dict:
@@ -90,7 +134,7 @@ def diversity(images: torch.Tensor, max_pairs: int = 500_000, seed: int = 0) -> 
         raise MedsynthError(f"diversity needs at least 2 images, got {n}")
     total = n * (n - 1) // 2
     if total <= max_pairs:
-        first, second = torch.triu_indices(n, n, offset=1)
+        values = all_pairs_ms_ssim(images)
         subset = False
     else:
         rng = np.random.default_rng(seed)
@@ -98,8 +142,8 @@ def diversity(images: torch.Tensor, max_pairs: int = 500_000, seed: int = 0) -> 
         b = rng.integers(0, n, size=2 * max_pairs)
         keep = a != b
         first, second = torch.from_numpy(a[keep][:max_pairs]), torch.from_numpy(b[keep][:max_pairs])
+        values = pairwise_ms_ssim(images, first, second)
         subset = True
-    values = pairwise_ms_ssim(images, first, second)
     return {"ms_ssim_mean": float(values.mean()), "ms_ssim_std": float(values.std()), "images": n,
             "pairs": int(len(values)), "all_pairs": not subset, "pairs_possible": total}
 

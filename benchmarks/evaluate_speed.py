@@ -1,0 +1,84 @@
+"""The whole evaluation of 5000 synthetic vs 5000 real 64 px images, timed part by part.
+
+Real: PneumoniaMNIST (all 5856 images of its three splits) resized to 64 px as
+the training set; 5000 of them mirrored left-right as the "real held-out" set
+(the file has too few images for 5000 + 5000 disjoint ones). Synthetic: a VAE
+run's samples if --fake is given, else 5000 real images with added noise
+standing in for one (every metric's cost depends on the set sizes, not on where
+the images came from). The feature network is trained here for one epoch if
+--features is not given. Utility (TSTR) is reported separately: the target
+covers FID, KID, PRDC, memorisation and diversity on 1000 images.
+
+    python benchmarks/evaluate_speed.py [--n 5000] [--features RUN] [--fake RUN_OR_NPZ]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth.evaluate import evaluate
+from medsynth.models.classifier import FEATURE_DEFAULTS
+from medsynth.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "medmnist" / "pneumoniamnist.npz"
+
+
+def to64(a: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(a).float()[:, None]
+    return F.interpolate(t, size=64, mode="bilinear", antialias=True).round().clamp(0, 255).byte()[:, 0].numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--features")
+    parser.add_argument("--fake")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="medsynth-evalbench-"))
+    with np.load(DATA) as f:
+        images = np.concatenate([f["train_images"], f["val_images"], f["test_images"]])
+        labels = np.concatenate([f["train_labels"], f["val_labels"], f["test_labels"]])
+    rng = np.random.default_rng(0)
+    n = min(args.n, len(images))
+    test_idx = rng.choice(len(images), n, replace=False)
+    train_idx = np.arange(len(images))
+    real = tmp / "real64.npz"
+    np.savez(real, train_images=to64(images[train_idx]), train_labels=labels[train_idx],
+             test_images=to64(images[test_idx])[:, :, ::-1].copy(), test_labels=labels[test_idx])
+    fake = args.fake
+    if fake is None:
+        noisy = to64(images[rng.choice(len(images), n, replace=True)]).astype(np.int16)
+        noisy = np.clip(noisy + rng.normal(0, 8, noisy.shape), 0, 255).astype(np.uint8)
+        fake = tmp / "fake64.npz"
+        np.savez(fake, images=noisy, labels=labels[rng.choice(len(images), n)])
+    features = args.features
+    if features is None:
+        start = time.perf_counter()
+        features = train(None, [*FEATURE_DEFAULTS, f"data.path={real}", f"runs_dir={tmp / 'runs'}",
+                                "trainer.max_epochs=1"], log=lambda *_: None)
+        print(f"feature network (1 epoch at 64 px): {time.perf_counter() - start:.1f} s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; real held-out {n} + train "
+          f"{len(train_idx)} images at 64 px; fake {fake}")
+    start = time.perf_counter()
+    result = evaluate(real, fake, features=features, out=tmp / "metrics.json", utility=False, log=lambda *_: None)
+    total = time.perf_counter() - start
+    parts = result["seconds"]
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    print(f"total without utility: {total:.1f} s (target < 60 s)")
+    start = time.perf_counter()
+    result = evaluate(real, fake, features=features, out=tmp / "metrics_u.json", log=lambda *_: None)
+    print(f"utility (TSTR, 2 x 300 steps): {result['seconds']['utility']:.1f} s; "
+          f"FID {result['fidelity']['fid']:.3f} (floor {result['floor']['fidelity']['fid']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
