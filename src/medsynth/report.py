@@ -51,8 +51,12 @@ def _get(section: dict, dotted: str):
 def _img(path: Path, alt: str) -> str:
     if not path.is_file():
         return f"<p class='missing'>{html.escape(alt)}: not found ({html.escape(str(path.name))}).</p>"
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width = min(3 * im.width, 960)  # 28 px tiles are unreadable at their own size
     data = base64.b64encode(path.read_bytes()).decode()
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='{html.escape(alt)}' width='{width}' src='data:image/png;base64,{data}'>"
 
 
 def loss_curves(metrics_csv: Path) -> str | None:
@@ -140,7 +144,9 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
     parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
                  + _img(run_dir / "reconstructions.png", "reconstructions"))
     curves = loss_curves(run_dir / "metrics.csv")
-    parts.append("<h2>Loss curves</h2>" + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
+    parts.append("<h2>Loss curves</h2><p>Per epoch. Train terms carry the warm-up / capacity schedule in force at "
+                 "that step; validation terms are the full objective, so the two can cross early on.</p>"
+                 + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
                                              if curves else "<p class='missing'>No metrics.csv with loss terms.</p>"))
     parts.append("<h2>Metrics</h2>")
     if eval_path.is_file():
