@@ -30,7 +30,8 @@ def _sample(args) -> None:
     from medsynth.sampling import sample
 
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
-                 batch_size=args.batch_size, device=args.device)
+                 batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
+                 shard_size=args.shard_size, workers=args.workers)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -81,11 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="draw synthetic images from a trained run",
-                       description="Write N synthetic images to an .npz (keys images, labels; MedMNIST layout, "
-                                   "uint8) and optionally a PNG grid of the first 64.")
+                       description="Write N synthetic images to an .npz (keys images, labels, provenance; "
+                                   "MedMNIST layout, uint8), or as shards with a manifest (--out-dir), and "
+                                   "optionally a PNG grid of the first 64. Every file is marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `medsynth train`")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
-    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--out", help="output .npz file (keys images, labels, provenance)")
+    p.add_argument("--out-dir", help="for large sets: write numbered shards and manifest.csv here; "
+                                     "running the same command again resumes a killed job")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard with --out-dir (default 10000)")
+    p.add_argument("--workers", type=int, default=1, help="sampling processes with --out-dir (default 1)")
     p.add_argument("--grid", help="also write a PNG grid of the first 64 samples here")
     p.add_argument("--label", type=int, help="class to draw (conditional models; default: cycle over classes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples; default 0)")

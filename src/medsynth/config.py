@@ -92,6 +92,7 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     limit_val_batches: Any = 1.0
     channels_last: bool = True
+    checkpoint_every_n_steps: int = 200  # also write last.ckpt every N steps (0: at epoch ends only)
     samples_after_training: int = 64  # size of the sample / reconstruction grids
 
 

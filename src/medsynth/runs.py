@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -34,3 +35,39 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
 
 def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS / LAST
+
+
+class SafeCheckpointIO:
+    """Lightning CheckpointIO that writes atomically beside the target and loads without
+    running code (weights_only=True); built lazily so importing runs.py stays light."""
+
+    @staticmethod
+    def create():
+        import pickle
+
+        import torch
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        from medsynth.errors import MedsynthError
+        from medsynth.io import atomic_path
+
+        class _IO(TorchCheckpointIO):
+            def save_checkpoint(self, checkpoint, path, storage_options=None):
+                # temp file in the same folder + fsync + rename: a SIGKILL leaves the old file or the new one
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as fh:
+                        torch.save(checkpoint, fh)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+
+            def load_checkpoint(self, path, map_location=None, weights_only=True):
+                try:
+                    return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+                except pickle.UnpicklingError as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+                    raise MedsynthError(f"{path}: refused to load, the checkpoint holds more than weights "
+                                        f"(objects that would run code when unpickled): {first}") from None
+                except (RuntimeError, EOFError, OSError) as exc:
+                    raise MedsynthError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+
+        return _IO()

@@ -1,48 +1,177 @@
-"""`sample(run_dir, n, out)`: draw synthetic images from a trained run."""
+"""`sample(run_dir, n, out)`: draw synthetic images from a trained run.
+
+Small sets go to one .npz. Large sets (`out_dir`) go to numbered shards of
+`shard_size` images, each drawn with its own seed (seed + shard number), so a
+shard is reproducible on its own; shards are written atomically, so a job
+killed halfway resumes by skipping the shards that exist, and `workers`
+processes split the shards between them. `manifest.csv` (file, index, label,
+seed, model_sha256) is rebuilt from the shards at the end.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medsynth.errors import MedsynthError
-from medsynth.io import load_run, save_grid, save_npz
+from medsynth.io import load_run, save_grid, save_npz, write_text
 
 
-def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256):
+def _labels(recipe, n: int, label: int | None, start: int = 0) -> torch.Tensor | None:
+    conditional = getattr(recipe, "conditional", False)
+    if label is not None and not conditional:
+        raise MedsynthError("--label given, but this model is not conditional")
+    if conditional and label is None:
+        if recipe.cfg.model.multilabel:
+            raise MedsynthError("this model is multi-label conditional: sampling it needs label vectors "
+                                "(use the Python API: recipe.sample(n, condition=labels))")
+        return (torch.arange(start, start + n)) % recipe.cfg.model.num_classes  # balanced classes
+    return None if label is None else torch.full((n,), int(label))
+
+
+def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256, start: int = 0):
     """n samples (B x C x *spatial, [-1, 1]) and their labels (None for unconditional models).
 
-    A conditional model with no label given cycles through its classes, so the
-    output is a balanced labelled set.
+    A conditional model with no label given cycles through its classes by
+    global index (start + i), so the output is a balanced labelled set.
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
-    if label is not None and not getattr(recipe, "conditional", False):
-        raise MedsynthError("--label given, but this model is not conditional")
-    if getattr(recipe, "conditional", False) and recipe.cfg.model.num_classes and label is None:
-        labels = torch.arange(n) % recipe.cfg.model.num_classes
-    elif label is not None:
-        labels = torch.full((n,), int(label))
-    else:
-        labels = None
+    labels = _labels(recipe, n, label, start)
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     chunks = []
-    for start in range(0, n, batch_size):
-        part = None if labels is None else labels[start:start + batch_size]
-        chunks.append(recipe.sample(min(batch_size, n - start), condition=part, generator=generator).cpu())
+    for first in range(0, n, batch_size):
+        part = None if labels is None else labels[first:first + batch_size]
+        chunks.append(recipe.sample(min(batch_size, n - first), condition=part, generator=generator).cpu())
     return torch.cat(chunks), labels
 
 
-def sample(run_dir: str | Path, n: int, out: str | Path, grid: str | Path | None = None,
-           label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu") -> Path:
-    """Write n samples to `out` (.npz with keys images, labels) and optionally a PNG grid."""
+def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str | Path | None = None,
+           label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
+           out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1) -> Path:
+    """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`."""
+    from medsynth.provenance import synthetic_provenance
+
+    if (out is None) == (out_dir is None):
+        raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
+    if out_dir is not None:
+        return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid)
     out = Path(out)
     if out.suffix != ".npz":
         raise MedsynthError(f"{out}: output must be a .npz file")
     recipe = load_run(run_dir, device)
     images, labels = draw(recipe, n, label, seed, batch_size)
-    save_npz(out, images, labels)
+    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label)
+    save_npz(out, images, labels, provenance=prov)
     if grid is not None:
-        save_grid(grid, images[:64])
+        save_grid(grid, images[:64], provenance=prov)
     return out
+
+
+# --- shards ---------------------------------------------------------------------------------
+SHARD = "shard_{:05d}.npz"
+
+
+def _shard_plan(n: int, shard_size: int, seed: int) -> list[tuple[int, int, int, int]]:
+    """(shard number, first index, count, seed) for each shard."""
+    if shard_size <= 0:
+        raise MedsynthError(f"shard size must be positive, got {shard_size}")
+    return [(k, k * shard_size, min(shard_size, n - k * shard_size), seed + k) for k in range(math.ceil(n / shard_size))]
+
+
+def _write_shard(recipe, run_dir: Path, out_dir: Path, k: int, start: int, count: int, shard_seed: int,
+                 label, batch_size: int) -> None:
+    from medsynth.provenance import synthetic_provenance
+
+    images, labels = draw(recipe, count, label, shard_seed, batch_size, start=start)
+    prov = synthetic_provenance(recipe, run_dir, shard_seed, shard=k, first_index=start, n=count, label=label)
+    save_npz(out_dir / SHARD.format(k), images, labels, provenance=prov,
+             extra={"indices": np.arange(start, start + count, dtype=np.int64)})
+
+
+def _worker(rank: int, workers: int, run_dir: str, out_dir: str, todo: list, label, batch_size: int,
+            device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    recipe = load_run(run_dir, device)
+    for k, start, count, shard_seed in todo[rank::workers]:
+        _write_shard(recipe, Path(run_dir), Path(out_dir), k, start, count, shard_seed, label, batch_size)
+
+
+def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None = None, seed: int = 0,
+                  batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
+                  grid: str | Path | None = None) -> Path:
+    from medsynth.features import file_sha256
+    from medsynth.io import WEIGHTS
+
+    if n <= 0:
+        raise MedsynthError(f"number of samples must be positive, got {n}")
+    if workers < 1:
+        raise MedsynthError(f"workers must be >= 1, got {workers}")
+    run_dir = Path(run_dir)
+    recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
+    _labels(recipe, 1, label)
+    model_hash = file_sha256(run_dir / WEIGHTS)
+    request = {"run": str(run_dir.resolve()), "model_sha256": model_hash, "n": n, "label": label, "seed": seed,
+               "shard_size": shard_size}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    req_path = out_dir / "request.json"
+    if req_path.is_file():
+        before = json.loads(req_path.read_text())
+        if before != request:
+            raise MedsynthError(f"{out_dir}: holds shards of another request ({before}); use a new --out-dir")
+    else:
+        write_text(req_path, json.dumps(request, indent=2))
+    plan = _shard_plan(n, shard_size, seed)
+    todo = [p for p in plan if not (out_dir / SHARD.format(p[0])).is_file()]  # complete by atomic writes
+    if todo:
+        if workers == 1:
+            for k, start, count, shard_seed in todo:
+                _write_shard(recipe, run_dir, out_dir, k, start, count, shard_seed, label, batch_size)
+        else:
+            ctx = torch.multiprocessing.get_context("spawn")
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            procs = [ctx.Process(target=_worker, args=(r, workers, str(run_dir), str(out_dir), todo, label,
+                                                         batch_size, device, threads)) for r in range(workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            failed = [p.exitcode for p in procs if p.exitcode != 0]
+            if failed:
+                raise MedsynthError(f"{out_dir}: {len(failed)} sampling worker(s) failed (exit codes {failed}); "
+                                    "finished shards are kept, run the same command again to resume")
+    manifest = write_manifest(out_dir, plan, model_hash)
+    if grid is not None:
+        with np.load(out_dir / SHARD.format(0)) as f:
+            first = torch.from_numpy(f["images"][:64].astype(np.float32) / 127.5 - 1)
+        save_grid(grid, first[:, None] if first.ndim == 3 else first.movedim(-1, 1))
+    return manifest
+
+
+def write_manifest(out_dir: Path, plan, model_hash: str) -> Path:
+    """manifest.csv from the shard files themselves, checked to hold every index exactly once."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "index", "label", "seed", "model_sha256"])
+    seen = 0
+    for k, start, count, shard_seed in plan:
+        name = SHARD.format(k)
+        with np.load(out_dir / name, allow_pickle=False) as f:
+            indices = f["indices"]
+            labels = f["labels"][:, 0] if "labels" in f.files else None
+            prov = json.loads(str(f["provenance"]))
+        if prov.get("model_sha256") != model_hash or not np.array_equal(indices, np.arange(start, start + count)):
+            raise MedsynthError(f"{out_dir / name}: does not match this request (another model or range)")
+        for i, idx in enumerate(indices):
+            writer.writerow([name, int(idx), "" if labels is None else int(labels[i]), shard_seed, model_hash])
+        seen += count
+    path = out_dir / "manifest.csv"
+    write_text(path, buffer.getvalue())
+    return path

@@ -23,7 +23,8 @@ from medsynth.data import MedsynthDataModule, load_splits
 from medsynth.errors import MedsynthError, NonFiniteLossError
 from medsynth.io import CONFIG, export_weights, write_text
 from medsynth.models import build_recipe
-from medsynth.runs import CHECKPOINTS, last_checkpoint, new_run_dir
+from medsynth.provenance import record_environment
+from medsynth.runs import CHECKPOINTS, SafeCheckpointIO, last_checkpoint, new_run_dir
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
@@ -69,6 +70,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False),
                  # refreshing every step cost ~5% of a small CPU step
                  TQDMProgressBar(refresh_rate=10), *extra_callbacks]
+    if t.checkpoint_every_n_steps:
+        # last.ckpt also within epochs, so a killed run loses at most this many steps
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
+                                         every_n_train_steps=t.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
     if t.channels_last and cfg.model.spatial_dims == 2:
         callbacks.append(_ChannelsLast())
     # One CSV per session (logs/version_N): Lightning deletes an existing metrics file,
@@ -82,6 +88,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches if has_val else 0, callbacks=callbacks, logger=loggers,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
+        plugins=[SafeCheckpointIO.create()],
     )
 
 
@@ -124,6 +131,7 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     if resume is None:
         run_dir = new_run_dir(cfg.runs_dir, cfg.name)
     write_text(run_dir / CONFIG, to_yaml(cfg))
+    record_environment(run_dir)
     log(f"run directory: {run_dir}")
     trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
     start = time.perf_counter()

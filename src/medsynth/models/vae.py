@@ -157,6 +157,7 @@ class VAERecipe(Recipe):
         """samples.png from the prior; reconstructions.png: rows of held-out originals above their
         reconstructions."""
         from medsynth.io import save_grid
+        from medsynth.provenance import synthetic_provenance
 
         n = self.cfg.trainer.samples_after_training
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -164,7 +165,8 @@ class VAERecipe(Recipe):
         if self.conditional:
             condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % self.cfg.model.num_classes
             n = len(condition)
-        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator))
+        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator),
+                  provenance=synthetic_provenance(self, run_dir, seed, kind="samples"))
         held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
         if held_out is None or len(held_out) == 0:
             held_out = splits.train
@@ -175,7 +177,9 @@ class VAERecipe(Recipe):
         rows = []
         for i in range(0, len(x), width):
             rows += [x[i:i + width], recon[i:i + width]]
-        save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width)
+        save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width,
+                  provenance=synthetic_provenance(self, run_dir, seed, kind="reconstructions (rows of real "
+                                                  "held-out images alternate with their reconstructions)"))
         return {}
 
     def configure_optimizers(self):

@@ -1,0 +1,69 @@
+"""Where a file came from: the environment a run was made in, and the provenance every
+synthetic image carries so it cannot pass for a patient's."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("medsynth", "torch", "lightning", "monai", "numpy", "scipy", "omegaconf", "safetensors", "pillow")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment() -> dict:
+    """Python, platform, package versions and the git commit of medsynth's source (when it is a checkout)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    root = Path(__file__).resolve().parents[2]
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": commit, "git_dirty": bool(status) if commit else None,
+            "command": sys.argv, "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_environment(run_dir: Path) -> None:
+    """Append this session's environment to <run_dir>/environment.json (a resumed run adds one entry)."""
+    from medsynth.io import write_text
+
+    path = run_dir / "environment.json"
+    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    sessions.append(environment())
+    write_text(path, json.dumps({"sessions": sessions}, indent=2))
+
+
+def synthetic_provenance(recipe, run_dir: Path | None, seed: int | None, **extra) -> dict:
+    """The record written into every synthetic output: an explicit synthetic flag, the model's
+    weights hash, its recipe and the seed."""
+    from medsynth.features import file_sha256
+    from medsynth.io import WEIGHTS
+
+    weights = Path(run_dir) / WEIGHTS if run_dir is not None else None
+    cfg = recipe.cfg
+    return {"synthetic": True, "generator": f"medsynth {_version()}",
+            "model_sha256": file_sha256(weights) if weights is not None and weights.is_file() else None,
+            "recipe": cfg.name, "family": cfg.model.family, "run": Path(run_dir).name if run_dir else None,
+            "seed": seed, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("medsynth")
+    except metadata.PackageNotFoundError:
+        return "unknown"
