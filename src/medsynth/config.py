@@ -88,6 +88,8 @@ class TrainerConfig:
     precision: str = "auto"  # auto | 32 | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
+    strategy: str = "auto"  # e.g. ddp_spawn (processes on one machine), ddp (under torchrun / SLURM)
+    num_nodes: int = 1
     gradient_clip_val: Optional[float] = 1.0
     log_every_n_steps: int = 20
     limit_val_batches: Any = 1.0
@@ -108,6 +110,9 @@ class Config:
     name: str = "run"
     seed: int = 0
     runs_dir: str = "runs"
+    # An explicit run directory instead of <runs_dir>/<name>-<time>; required when a launcher
+    # (torchrun, SLURM) starts every process of a multi-process run with the same command.
+    run_dir: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

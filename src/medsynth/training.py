@@ -24,7 +24,8 @@ from medsynth.errors import MedsynthError, NonFiniteLossError
 from medsynth.io import CONFIG, export_weights, write_text
 from medsynth.models import build_recipe
 from medsynth.provenance import record_environment
-from medsynth.runs import CHECKPOINTS, SafeCheckpointIO, last_checkpoint, new_run_dir
+from medsynth.runs import (CHECKPOINTS, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank,
+                           new_run_dir)
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
@@ -85,10 +86,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=t.max_epochs, max_steps=t.max_steps,
         precision=resolve_precision(t.precision, t.accelerator), accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches if has_val else 0, callbacks=callbacks, logger=loggers,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
-        plugins=[SafeCheckpointIO.create()],
+        plugins=[SafeCheckpointIO()],
     )
 
 
@@ -128,11 +130,19 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     recipe.prepare_training()
     data = MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
 
+    rank, world = launched_rank()
     if resume is None:
-        run_dir = new_run_dir(cfg.runs_dir, cfg.name)
-    write_text(run_dir / CONFIG, to_yaml(cfg))
-    record_environment(run_dir)
-    log(f"run directory: {run_dir}")
+        if cfg.run_dir:
+            run_dir = claim_run_dir(cfg.run_dir, rank)
+        elif world > 1:
+            raise MedsynthError("this process is one of several started by a launcher (torchrun / SLURM): "
+                                "give every process the same run_dir=PATH")
+        else:
+            run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    if rank == 0:
+        write_text(run_dir / CONFIG, to_yaml(cfg))
+        record_environment(run_dir)
+        log(f"run directory: {run_dir}")
     trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
     start = time.perf_counter()
     try:
@@ -143,7 +153,14 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
         _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="diverged", error=str(exc))
         merge_metrics(run_dir)
         raise MedsynthError(f"{run_dir}: {exc}; {where}") from None
+    except BaseException as exc:  # the run directory says what happened, then the error goes on up
+        _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="failed",
+                       error=f"{type(exc).__name__}: {exc}")
+        merge_metrics(run_dir)
+        raise
     seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:  # with a launcher every rank runs this; rank 0 writes the results
+        return run_dir
     merge_metrics(run_dir)
     recipe.eval()
     export_weights(run_dir, recipe)
@@ -178,7 +195,13 @@ def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, err
                    extra: dict | None = None) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics.update(extra or {})
-    summary = {"status": status, "global_step": trainer.global_step, "epochs": trainer.current_epoch,
+    step, epoch = trainer.global_step, trainer.current_epoch
+    ckpt = last_checkpoint(run_dir)
+    if step == 0 and status == "finished" and ckpt.is_file():
+        # ddp_spawn: the loop ran in child processes; the checkpoint they wrote knows the counts
+        state = SafeCheckpointIO().load_checkpoint(ckpt)
+        step, epoch = state["global_step"], state["epoch"]
+    summary = {"status": status, "global_step": step, "epochs": epoch,
                "train_seconds": round(seconds, 2), "precision": str(trainer.precision), "metrics": metrics}
     if error:
         summary["error"] = error

@@ -65,8 +65,9 @@ def _open(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()  # decode now, so a truncated file fails here with its name
         return image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise MedsynthError(f"{path}: not a readable image ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            MemoryError) as exc:  # DecompressionBombError: a header claiming an absurd pixel count
+        raise MedsynthError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def _load(path: Path, mode: str, size: int | None) -> np.ndarray:

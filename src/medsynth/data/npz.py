@@ -8,6 +8,8 @@ Layouts: N x H x W (2D grayscale), N x H x W x 3 (2D RGB), N x D x H x W (3D).
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -18,15 +20,56 @@ from medsynth.errors import MedsynthError
 SPLITS = ("train", "val", "test")
 
 
+def _memory_limit() -> int:
+    """Half the machine's memory: an array claiming more is refused before numpy allocates it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_members(path: Path) -> None:
+    """Read every .npy header in the archive and refuse what numpy would choke on: object dtypes
+    (pickles), sizes beyond memory, and headers claiming more bytes than the member holds."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                              (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if reader is None:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    shape, _, dtype = reader(fh)
+                    header = fh.tell()
+                key = info.filename[:-4]
+                if dtype.hasobject:
+                    raise MedsynthError(f"{path}: key '{key}' holds Python objects (a pickle); refused")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > _memory_limit():
+                    raise MedsynthError(f"{path}: key '{key}' claims shape {shape} ({nbytes / 2**30:.1f} GiB), "
+                                        "more than this machine can hold")
+                if info.file_size < header + nbytes:
+                    raise MedsynthError(f"{path}: key '{key}' is truncated: its header claims shape {shape} "
+                                        f"({nbytes} bytes) but it holds {info.file_size - header}")
+    except MedsynthError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, ValueError, EOFError, ...: all mean unreadable
+        raise MedsynthError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+
+
 def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Split name -> (images N x C x *spatial, labels or None), images as stored (not rescaled)."""
     path = Path(path)
     if not path.is_file():
         raise MedsynthError(f"{path}: data file not found")
+    check_members(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise MedsynthError(f"{path}: not a readable .npz file ({exc})") from None
+    except Exception as exc:  # a corrupt archive can raise almost anything
+        raise MedsynthError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     with archive:
         keys = set(archive.files)
         if "images" in keys:
@@ -41,8 +84,8 @@ def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tup
             try:
                 images = archive[ikey]
                 labels = archive[lkey] if lkey in keys else None
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise MedsynthError(f"{path}: key '{ikey}' cannot be read ({exc})") from None
+            except Exception as exc:  # CRC errors, zlib errors, short reads
+                raise MedsynthError(f"{path}: key '{ikey}' cannot be read ({type(exc).__name__}: {exc})") from None
             images = _channels_first(images, f"{path}[{ikey}]", spatial_dims)
             if labels is not None:
                 labels = _check_labels(labels, len(images), f"{path}[{lkey}]")

@@ -51,5 +51,5 @@ class Recipe(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         for key, total in self._sums.items():
             self.log_dict({f"train/{k}": v for k, v in zip(key.split(","), total / self._count)},
-                          on_step=False, on_epoch=True)
+                          on_step=False, on_epoch=True, sync_dist=True)
         self._sums, self._count = {}, 0

@@ -75,8 +75,9 @@ class ClassifierRecipe(Recipe):
     def validation_step(self, batch, batch_idx):
         terms = self.loss_terms(batch)
         n = len(batch["image"])
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=n)
-        self.log("val_loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=n, logger=False)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val_loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=n, logger=False,
+                 sync_dist=True)
 
     def configure_optimizers(self):
         o = self.cfg.optim

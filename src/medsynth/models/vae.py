@@ -149,9 +149,9 @@ class VAERecipe(Recipe):
         # val_loss compares across epochs and "best" is not just "earliest".
         terms = self.loss_terms(batch, step=10**12)
         self.log_dict({f"val/{k}": v.float() for k, v in terms.items()}, on_epoch=True,
-                      prog_bar=False, batch_size=len(batch["image"]))
+                      prog_bar=False, batch_size=len(batch["image"]), sync_dist=True)
         self.log("val_loss", terms["loss"].float(), on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["image"]), logger=False)
+                 batch_size=len(batch["image"]), logger=False, sync_dist=True)
 
     def after_training(self, splits, run_dir, seed: int) -> dict:
         """samples.png from the prior; reconstructions.png: rows of held-out originals above their
