@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "optionally a PNG grid of the first 64. Every file is marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `medsynth train`")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
-    p.add_argument("--out", help="output .npz file (keys images, labels, provenance)")
+    p.add_argument("--out", help="output .npz file (keys images, labels, provenance), or .nii.gz for 3D "
+                                 "models (a 4D image, provenance in a header extension)")
     p.add_argument("--out-dir", help="for large sets: write numbered shards and manifest.csv here; "
                                      "running the same command again resumes a killed job")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard with --out-dir (default 10000)")

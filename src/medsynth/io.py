@@ -104,8 +104,12 @@ def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None, p
 
 
 def read_provenance(path: str | Path) -> dict | None:
-    """The provenance stored in an npz or PNG written by medsynth, or None."""
+    """The provenance stored in an npz, PNG or NIfTI file written by medsynth, or None."""
     path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        from medsynth.data.volumes import read_nifti_provenance
+
+        return read_nifti_provenance(path)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
             return json.loads(str(f["provenance"])) if "provenance" in f.files else None

@@ -64,12 +64,22 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     if out_dir is not None:
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid)
     out = Path(out)
-    if out.suffix != ".npz":
-        raise MedsynthError(f"{out}: output must be a .npz file")
+    nifti = out.name.endswith((".nii", ".nii.gz"))
+    if out.suffix != ".npz" and not nifti:
+        raise MedsynthError(f"{out}: output must be a .npz, .nii or .nii.gz file")
     recipe = load_run(run_dir, device)
+    if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
+        raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
+                            f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
     images, labels = draw(recipe, n, label, seed, batch_size)
-    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label)
-    save_npz(out, images, labels, provenance=prov)
+    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label,
+                                labels=None if labels is None else labels.tolist())
+    if nifti:  # one 4D image: the volumes along the 4th axis, intensities in [-1, 1]
+        from medsynth.data.volumes import write_nifti
+
+        write_nifti(out, images[:, 0].permute(1, 2, 3, 0).numpy(), provenance=prov)
+    else:
+        save_npz(out, images, labels, provenance=prov)
     if grid is not None:
         save_grid(grid, images[:64], provenance=prov)
     return out

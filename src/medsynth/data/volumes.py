@@ -1,0 +1,148 @@
+"""Medical volumes: NIfTI (nibabel) and DICOM series (pydicom), read with their geometry, and
+NIfTI written with the synthetic-output provenance.
+
+Every failure is one MedsynthError naming the file: unreadable or truncated
+files, headers claiming more voxels than the machine can hold, several series
+in one DICOM folder, missing slices, pixel data that does not decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.data.npz import _memory_limit
+from medsynth.errors import MedsynthError
+
+
+@dataclass
+class Volume:
+    """array: float32, voxel axes as stored (NIfTI i, j, k; DICOM slice, row, column);
+    affine: 4 x 4 voxel -> world (RAS, mm) for those axes; spacing: mm per voxel axis."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    source: str
+
+
+def read_nifti(path: str | Path) -> Volume:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedsynthError(f"{path}: NIfTI file not found")
+    try:
+        image = nib.load(str(path))
+        shape = tuple(int(s) for s in image.header.get_data_shape())
+        nbytes = math.prod(shape) * 4
+        if not shape or nbytes > _memory_limit():
+            raise MedsynthError(f"{path}: header claims shape {shape} ({nbytes / 2**30:.1f} GiB as float32), "
+                                "more than this machine can hold")
+        array = np.asarray(image.dataobj, dtype=np.float32)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    except MedsynthError:
+        raise
+    except (ImageFileError, Exception) as exc:  # truncated gzip, bad header fields, short data: all unreadable
+        raise MedsynthError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if array.size and not np.isfinite(array).all():
+        raise MedsynthError(f"{path}: volume holds NaN or inf values")
+    return Volume(array, affine, spacing, str(path))
+
+
+def read_dicom_series(folder: str | Path) -> Volume:
+    """One DICOM series from a folder: slices sorted along the slice normal, rescaled (e.g. to HU)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MedsynthError(f"{folder}: DICOM folder not found")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise MedsynthError(f"{folder}: no files in the DICOM folder")
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing  # noqa: B018 (must exist)
+        except (InvalidDicomError, AttributeError, KeyError) as exc:
+            raise MedsynthError(f"{f}: not a DICOM image slice ({type(exc).__name__}: {str(exc)[:150]})") from None
+        except Exception as exc:  # truncated files raise from deep inside the parser
+            raise MedsynthError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {str(exc)[:150]})") from None
+        slices.append((f, ds))
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise MedsynthError(f"{folder}: holds {len(series)} DICOM series; give a folder with one series")
+    orient = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    normal = np.cross(orient[:3], orient[3:])
+    slices.sort(key=lambda item: float(np.dot(normal, np.array(item[1].ImagePositionPatient, dtype=np.float64))))
+    positions = np.array([np.dot(normal, np.array(ds.ImagePositionPatient, dtype=np.float64)) for _, ds in slices])
+    if len(slices) > 1:
+        steps = np.diff(positions)
+        step = float(np.median(steps))
+        if step <= 0 or np.any(np.abs(steps - step) > 0.1 * step + 1e-3):
+            worst = int(np.argmax(np.abs(steps - step)))
+            raise MedsynthError(f"{folder}: slices are not evenly spaced (gap of {steps[worst]:.2f} mm after "
+                                f"{slices[worst][0].name}, expected {step:.2f} mm): missing or duplicate slices")
+    else:
+        step = float(slices[0][1].get("SliceThickness", 1.0) or 1.0)
+    rows, cols = int(slices[0][1].Rows), int(slices[0][1].Columns)
+    if len(slices) * rows * cols * 4 > _memory_limit():
+        raise MedsynthError(f"{folder}: {len(slices)} x {rows} x {cols} voxels is more than this machine can hold")
+    planes = []
+    for f, ds in slices:
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except Exception as exc:  # no decoder, corrupt compressed stream, short pixel data
+            raise MedsynthError(f"{f}: pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:150]})") from None
+        if pixels.shape != (rows, cols):
+            raise MedsynthError(f"{f}: slice of {pixels.shape} differs from {rows} x {cols}")
+        planes.append(pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0))
+    row_mm, col_mm = (float(v) for v in slices[0][1].PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * step
+    affine[:3, 1] = orient[3:] * row_mm  # moving down a row follows the column direction cosines
+    affine[:3, 2] = orient[:3] * col_mm
+    affine[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=np.float64)
+    affine[:2] *= -1  # DICOM patient space is LPS; NIfTI's world (and ours) is RAS
+    return Volume(np.stack(planes), affine, (step, row_mm, col_mm), str(folder))
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None,
+                provenance: dict | None = None) -> None:
+    """A NIfTI file; with provenance, marked synthetic in the header description and carrying the
+    full provenance JSON as a header extension."""
+    import nibabel as nib
+
+    from medsynth.io import atomic_path
+
+    image = nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine)
+    if provenance is not None:
+        image.header["descrip"] = ("SYNTHETIC " + provenance.get("generator", "medsynth"))[:79].encode()
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance).encode()))
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path) as tmp:
+        target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression from the name
+        nib.save(image, str(target))
+        target.replace(tmp)
+
+
+def read_nifti_provenance(path: str | Path) -> dict | None:
+    import nibabel as nib
+
+    for ext in nib.load(str(path)).header.extensions:
+        try:
+            data = json.loads(ext.get_content())
+        except (ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and "synthetic" in data:
+            return data
+    return None

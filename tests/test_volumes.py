@@ -1,0 +1,153 @@
+"""NIfTI and DICOM volumes: real files, geometry, bad series, hostile bytes, synthetic NIfTI output."""
+
+import io
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import DATA
+from medsynth.data.volumes import read_dicom_series, read_nifti, write_nifti
+from medsynth.errors import MedsynthError
+
+BRATS = DATA / "brats2013" / "train" / "brats_2013_pat0005_1"
+CT = DATA / "ct_example"
+FUZZ = settings(max_examples=15, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_real_nifti_and_dicom():
+    flair = read_nifti(BRATS / "Flair_subtrMeanDivStd.nii.gz")
+    assert flair.array.shape == (240, 240, 155) and flair.spacing == (1.0, 1.0, 1.0)
+    ct = read_dicom_series(CT / "dicom")
+    assert ct.array.shape == (20, 512, 512) and ct.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
+    assert ct.array.min() == -1024 and 1000 < ct.array.max() < 3000  # Hounsfield units after rescale
+
+
+def test_dicom_geometry_matches_the_shared_segmentation():
+    """Each DICOM voxel maps (through both affines) onto a whole voxel of the label map made from this series."""
+    ct = read_dicom_series(CT / "dicom")
+    seg = read_nifti(CT / "example_seg_dicom.nii.gz")
+    rng = np.random.default_rng(0)
+    vox = np.stack([rng.integers(0, n, 50) for n in ct.array.shape] + [np.ones(50)], axis=0)
+    world = ct.affine @ vox
+    idx = np.linalg.inv(seg.affine) @ world
+    assert np.allclose(idx[:3], np.round(idx[:3]), atol=1e-3)
+    assert all(((idx[a] > -0.5) & (idx[a] < seg.array.shape[a] - 0.5)).all() for a in range(3))
+
+
+def test_bad_dicom_folders(tmp_path):
+    import pydicom
+
+    files = sorted((CT / "dicom").iterdir())
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for i, f in enumerate(files[:8]):
+        if i != 4:
+            shutil.copy(f, gap / f.name)
+    with pytest.raises(MedsynthError, match="not evenly spaced"):
+        read_dicom_series(gap)
+    two = tmp_path / "two"
+    two.mkdir()
+    for f in files[:3]:
+        shutil.copy(f, two / f.name)
+    ds = pydicom.dcmread(files[3])
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.save_as(two / "other")
+    with pytest.raises(MedsynthError, match="holds 2 DICOM series"):
+        read_dicom_series(two)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    shutil.copy(files[0], junk / files[0].name)
+    (junk / "notes.txt").write_text("not a slice")
+    with pytest.raises(MedsynthError, match="notes.txt: not a"):
+        read_dicom_series(junk)
+
+
+@pytest.fixture(scope="module")
+def small_nifti(tmp_path_factory):
+    crop = read_nifti(BRATS / "Flair_subtrMeanDivStd.nii.gz").array[100:116, 100:116, 70:86]
+    path = tmp_path_factory.mktemp("nii") / "crop.nii.gz"
+    write_nifti(path, crop)
+    return path
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_nifti_bytes(small_nifti, tmp_path_factory, data):
+    raw = bytearray(small_nifti.read_bytes())
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        expect_refusal = True
+    else:
+        for _ in range(data.draw(st.integers(1, 10))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        expect_refusal = False
+    path = tmp_path_factory.mktemp("bad") / "bad.nii.gz"
+    path.write_bytes(bytes(raw))
+    try:
+        read_nifti(path)
+        assert not expect_refusal
+    except MedsynthError as exc:
+        assert "bad.nii.gz" in str(exc) and "\n" not in str(exc)
+
+
+def test_nifti_header_claiming_absurd_dims(small_nifti, tmp_path):
+    import gzip
+
+    raw = bytearray(gzip.decompress(small_nifti.read_bytes()))
+    raw[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)  # dim[0..7]
+    path = tmp_path / "absurd.nii"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MedsynthError, match="claims shape"):
+        read_nifti(path)
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_dicom_bytes(tmp_path_factory, data):
+    files = sorted((CT / "dicom").iterdir())[:3]
+    folder = tmp_path_factory.mktemp("dcm")
+    for f in files[:2]:
+        shutil.copy(f, folder / f.name)
+    raw = bytearray(files[2].read_bytes())
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 10))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    (folder / "zz_bad").write_bytes(bytes(raw))
+    try:
+        read_dicom_series(folder)
+    except MedsynthError as exc:
+        assert "\n" not in str(exc)
+
+
+def test_3d_vae_samples_are_written_as_marked_nifti(tmp_path):
+    from medsynth.io import read_provenance
+    from medsynth.sampling import sample
+    from medsynth.training import train
+
+    flair = read_nifti(BRATS / "Flair_subtrMeanDivStd.nii.gz").array
+    rng = np.random.default_rng(0)
+    crops = []
+    while len(crops) < 48:  # 16^3 crops of real FLAIR inside the head
+        x, y, z = rng.integers(40, 184), rng.integers(40, 184), rng.integers(20, 120)
+        c = flair[x:x + 16, y:y + 16, z:z + 16]
+        if (c != 0).mean() > 0.9:
+            crops.append(c)
+    vols = np.stack(crops)
+    vols = ((vols - vols.min()) / (vols.max() - vols.min()) * 255).astype(np.uint8)
+    np.savez(tmp_path / "vol.npz", train_images=vols)
+    run = train(None, [f"data.path={tmp_path / 'vol.npz'}", f"runs_dir={tmp_path / 'runs'}", "model.spatial_dims=3",
+                       "model.channels=[8,16]", "model.latent_dim=8", "trainer.max_epochs=1", "data.batch_size=16",
+                       "data.val_fraction=0.25", "trainer.samples_after_training=4"], log=lambda *_: None)
+    out = sample(run, 5, tmp_path / "s.nii.gz", seed=2)
+    vol = read_nifti(out)
+    assert vol.array.shape == (16, 16, 16, 5) and np.abs(vol.array).max() <= 1.0
+    prov = read_provenance(out)
+    assert prov["synthetic"] is True and prov["n"] == 5 and len(prov["model_sha256"]) == 64
+    import nibabel as nib
+
+    assert nib.load(str(out)).header["descrip"].tobytes().startswith(b"SYNTHETIC")
