@@ -41,6 +41,19 @@ def small_npz(tmp_path, pneumonia) -> Path:
     return subset_npz(pneumonia, tmp_path / "small.npz", {"train": 96, "val": 32, "test": 32})
 
 
+def damaged(raw: bytes, data) -> tuple[bytes, bool]:
+    """For hypothesis tests: the bytes cut short at a drawn point, or with 1-10 drawn bytes
+    overwritten; and whether they were cut (a cut file must always be refused)."""
+    from hypothesis import strategies as st
+
+    raw = bytearray(raw)
+    if data.draw(st.booleans()):
+        return bytes(raw[:data.draw(st.integers(0, len(raw) - 1))]), True
+    for _ in range(data.draw(st.integers(1, 10))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    return bytes(raw), False
+
+
 def overrides(data_path, runs_dir, *extra):
     """Quick-run overrides: small batches, one epoch, fp32 unless a test says otherwise."""
     return [f"data.path={data_path}", f"runs_dir={runs_dir}", "data.batch_size=32", "trainer.max_epochs=1",

@@ -13,6 +13,7 @@ from PIL import Image
 
 from medsynth.config import load_config
 from medsynth.data import load_splits
+from conftest import damaged
 from medsynth.errors import MedsynthError
 
 FUZZ = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -108,13 +109,8 @@ def test_truncated_or_corrupted_png(tmp_path_factory, data):
     good = png_bytes()
     for i in range(4):
         (folder / f"ok{i}.png").write_bytes(good)
-    raw = bytearray(good)
-    if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    else:
-        for _ in range(data.draw(st.integers(1, 10))):
-            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    (folder / "zz_bad.png").write_bytes(bytes(raw))
+    raw, _ = damaged(good, data)
+    (folder / "zz_bad.png").write_bytes(raw)
     try:
         read(folder)
     except MedsynthError as exc:

@@ -1,6 +1,5 @@
 """NIfTI and DICOM volumes: real files, geometry, bad series, hostile bytes, synthetic NIfTI output."""
 
-import io
 import shutil
 import struct
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import DATA
+from conftest import DATA, damaged
 from medsynth.data.volumes import read_dicom_series, read_nifti, write_nifti
 from medsynth.errors import MedsynthError
 
@@ -76,16 +75,9 @@ def small_nifti(tmp_path_factory):
 @FUZZ
 @given(data=st.data())
 def test_hostile_nifti_bytes(small_nifti, tmp_path_factory, data):
-    raw = bytearray(small_nifti.read_bytes())
-    if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-        expect_refusal = True
-    else:
-        for _ in range(data.draw(st.integers(1, 10))):
-            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-        expect_refusal = False
+    raw, expect_refusal = damaged(small_nifti.read_bytes(), data)
     path = tmp_path_factory.mktemp("bad") / "bad.nii.gz"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(raw)
     try:
         read_nifti(path)
         assert not expect_refusal
@@ -111,13 +103,8 @@ def test_hostile_dicom_bytes(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("dcm")
     for f in files[:2]:
         shutil.copy(f, folder / f.name)
-    raw = bytearray(files[2].read_bytes())
-    if data.draw(st.booleans()):
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    else:
-        for _ in range(data.draw(st.integers(1, 10))):
-            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    (folder / "zz_bad").write_bytes(bytes(raw))
+    raw, _ = damaged(files[2].read_bytes(), data)
+    (folder / "zz_bad").write_bytes(raw)
     try:
         read_dicom_series(folder)
     except MedsynthError as exc:

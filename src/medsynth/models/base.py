@@ -11,7 +11,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from medsynth.errors import NonFiniteLossError
+from omegaconf import DictConfig, OmegaConf
+
+from medsynth.errors import MedsynthError, NonFiniteLossError
 
 
 class Recipe(L.LightningModule):
@@ -19,8 +21,14 @@ class Recipe(L.LightningModule):
     sample(n, condition=None, generator=None), reconstruct(x, condition=None),
     encode(x, condition=None), translate(x)."""
 
-    def __init__(self):
+    def __init__(self, cfg: DictConfig | dict):
         super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        # A plain dict, so Lightning checkpoints hold no OmegaConf objects (weights_only loading).
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        self.cfg = cfg
+        if cfg.model.in_channels is None or cfg.model.image_size is None:
+            raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
 

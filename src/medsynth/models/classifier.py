@@ -13,7 +13,7 @@ import json
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
 from medsynth.models.base import Recipe
@@ -35,13 +35,8 @@ def rotate_batch(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.T
 
 class ClassifierRecipe(Recipe):
     def __init__(self, cfg: DictConfig | dict):
-        super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
-        self.cfg = cfg
-        m = cfg.model
-        if m.in_channels is None or m.image_size is None:
-            raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
+        super().__init__(cfg)
+        cfg, m = self.cfg, self.cfg.model
         self.self_supervised = not m.num_classes
         self.multilabel = bool(m.multilabel)
         if self.self_supervised and len(set(m.image_size[-2:])) != 1:

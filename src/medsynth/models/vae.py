@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
 from medsynth.models.base import Recipe
@@ -32,14 +32,8 @@ class VAERecipe(Recipe):
     """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
 
     def __init__(self, cfg: DictConfig | dict):
-        super().__init__()
-        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-        # A plain dict, so Lightning checkpoints hold no OmegaConf objects.
-        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
-        self.cfg = cfg
-        m = cfg.model
-        if m.in_channels is None or m.image_size is None:
-            raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
+        super().__init__(cfg)
+        cfg, m = self.cfg, self.cfg.model
         if m.conditional and not m.num_classes:
             raise MedsynthError("model.conditional=true needs labelled data (no labels found)")
         if cfg.loss.reconstruction == "msssim":
