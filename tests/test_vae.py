@@ -148,7 +148,8 @@ def test_ct_vae_architecture_trains_on_3x256x256(tmp_path, pneumonia):
     stacks = torch.cat([big[:-2], big[1:-1], big[2:]], dim=1).clamp(0, 255).byte()
     path = tmp_path / "ct_like.npz"
     np.savez(path, train_images=stacks.permute(0, 2, 3, 1).numpy())
-    run = train("configs/ct_vae.yaml", [f"data.path={path}", f"runs_dir={tmp_path / 'runs'}", "data.batch_size=4",
+    run = train("configs/ct_vae.yaml", [f"data.path={path}", "data.format=auto", "data.crop_size=null",
+                                        f"runs_dir={tmp_path / 'runs'}", "data.batch_size=4",
                                         "trainer.max_steps=2", "trainer.samples_after_training=4",
                                         "data.val_fraction=0.2"], log=lambda *_: None)
     recipe = load_run(run)

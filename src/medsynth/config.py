@@ -24,7 +24,7 @@ DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
 @dataclass
 class DataConfig:
     path: str = DEFAULT_DATA
-    format: str = "auto"  # auto | npz | folder
+    format: str = "auto"  # auto | npz | folder | ct_slices (a CT NIfTI + label map -> 2.5D organ slices)
     image_size: Optional[int] = None  # resize (e.g. 28 -> 64); None keeps the file's size
     channels: Optional[int] = None  # image folders: 1 (grayscale) or 3 (RGB); None = as stored
     labels_csv: Optional[str] = None  # image folders: CSV with columns filename,label
@@ -32,6 +32,12 @@ class DataConfig:
     val_fraction: float = 0.1  # image folders without a val/ sub-folder
     batch_size: int = 64
     num_workers: int = 0
+    # ct_slices: the abdominal-CT tutorial's 2.5D dataset
+    label_path: Optional[str] = None  # label map of data.path (NIfTI)
+    organ: Optional[int] = None  # keep slices holding this label (pancreas = 7 in TotalSegmentator)
+    window: Any = "abdomen"  # CT window preset (abdomen, lung, bone, brain) or [level, width] in HU
+    slice_axis: int = 2
+    crop_size: Optional[int] = None  # random crops in training, centre crops otherwise
 
 
 @dataclass
@@ -122,7 +128,7 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("auto", "npz", "folder"),
+    "data.format": ("auto", "npz", "folder", "ct_slices"),
     "model.family": ("vae", "classifier"),
     "model.arch": ("conv", "ct"),
     "model.spatial_dims": (2, 3),

@@ -41,6 +41,7 @@ class SplitData:
     num_classes: int | None  # classes (labels N x 1) or label count (N x k); None without labels
     multilabel: bool
     source: str
+    crop_size: int | None = None  # training images are cropped to this per batch
 
     @property
     def in_channels(self) -> int:
@@ -48,12 +49,20 @@ class SplitData:
 
     @property
     def image_size(self) -> list[int]:
+        if self.crop_size is not None:
+            return [self.crop_size] * (self.train.images.ndim - 2)
         return [int(s) for s in self.train.images.shape[2:]]
 
 
 def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     path = Path(data_cfg.path)
     fmt = data_cfg.format
+    if fmt == "ct_slices":
+        from medsynth.data.slices import read_ct_slices
+
+        window = data_cfg.window if isinstance(data_cfg.window, str) else list(data_cfg.window)
+        return {"train": (read_ct_slices(path, data_cfg.label_path, data_cfg.organ, window,
+                                         data_cfg.slice_axis), None)}
     if fmt == "auto":
         if path.is_dir():
             fmt = "folder"
@@ -81,7 +90,10 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     if with_labels and with_labels != set(raw):
         raise MedsynthError(f"{source}: labels given for splits {sorted(with_labels)} but not for all of {sorted(raw)}")
     names = list(raw)
-    scaled = to_unit_range([raw[s][0] for s in names], source)
+    if data_cfg.format == "ct_slices":  # already windowed into [-1, 1]
+        scaled = [raw[s][0] for s in names]
+    else:
+        scaled = to_unit_range([raw[s][0] for s in names], source)
     images = {s: torch.from_numpy(np.ascontiguousarray(a)) for s, a in zip(names, scaled)}
     labels_np = {s: raw[s][1] for s in names}
 
@@ -106,7 +118,15 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
         sets["train"], sets["val"] = _hold_out(sets["train"], data_cfg.val_fraction, seed, source)
     if len(sets["train"]) == 0:
         raise MedsynthError(f"{source}: the training split is empty")
-    return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source)
+    crop = data_cfg.crop_size
+    if crop is not None:  # held-out splits: fixed centre crops; training: random crops per batch
+        from medsynth.data.slices import center_crop_array
+
+        center_crop_array(sets["train"].images, crop)  # refuses a crop larger than the images
+        for name in ("val", "test"):
+            if name in sets and len(sets[name]):
+                sets[name] = ImageSet(center_crop_array(sets[name].images, crop).contiguous(), sets[name].labels)
+    return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source, crop)
 
 
 def _limit(images: np.ndarray, labels: np.ndarray | None, n: int, seed: int):
@@ -148,17 +168,26 @@ def _hold_out(train: ImageSet, fraction: float, seed: int, source: str) -> tuple
 
 class _Batches(Dataset):
     """Indexed by a list of indices, returning a whole batch: one tensor gather instead of a
-    __getitem__ and a collate per image (about 1 ms of a 25 ms CPU step at 28 px)."""
+    __getitem__ and a collate per image (about 1 ms of a 25 ms CPU step at 28 px).
+    With `crop`, each image is cut to a random crop x crop window (2D)."""
 
-    def __init__(self, data: ImageSet):
+    def __init__(self, data: ImageSet, crop: int | None = None, seed: int = 0):
         self.data = data
+        self.crop = crop
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx)
-        item = {"image": self.data.images[idx]}
+        images = self.data.images[idx]
+        if self.crop is not None:
+            h, w = images.shape[-2:]
+            tops = torch.randint(0, h - self.crop + 1, (len(idx),), generator=self.generator)
+            lefts = torch.randint(0, w - self.crop + 1, (len(idx),), generator=self.generator)
+            images = torch.stack([im[..., t:t + self.crop, l:l + self.crop] for im, t, l in zip(images, tops, lefts)])
+        item = {"image": images}
         if self.data.labels is not None:
             item["label"] = self.data.labels[idx]
         return item
@@ -177,8 +206,9 @@ class MedsynthDataModule(L.LightningDataModule):
     def _loader(self, data: ImageSet, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         order = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
+        crop = self.splits.crop_size if shuffle else None  # held-out splits are centre-cropped already
         # batch_size=None: the sampler yields index lists and _Batches gathers each batch at once
-        return DataLoader(_Batches(data), sampler=BatchSampler(order, self.batch_size, drop_last=False),
+        return DataLoader(_Batches(data, crop, self.seed), sampler=BatchSampler(order, self.batch_size, drop_last=False),
                           batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):

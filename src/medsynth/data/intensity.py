@@ -49,3 +49,43 @@ def _minmax(arrays: list[np.ndarray]) -> list[np.ndarray]:
     hi = max(float(a.max()) for a in arrays if a.size)
     scale = (hi - lo) or 1.0
     return [((a.astype(np.float32) - lo) / scale) * 2.0 - 1.0 for a in arrays]
+
+
+# CT display windows as (level, width) in Hounsfield units.
+CT_WINDOWS = {"abdomen": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0)}
+
+
+def ct_window(hu: np.ndarray, window) -> np.ndarray:
+    """Clip Hounsfield units to a window (a preset name or (level, width)) and map it to [-1, 1]."""
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise MedsynthError(f"unknown CT window '{window}'; presets: {sorted(CT_WINDOWS)} or [level, width]")
+        level, width = CT_WINDOWS[window]
+    else:
+        try:
+            level, width = (float(v) for v in window)
+        except (TypeError, ValueError):
+            raise MedsynthError(f"CT window {window!r} is not a preset name or [level, width]") from None
+    if width <= 0:
+        raise MedsynthError(f"CT window width must be positive, got {width}")
+    lo = level - width / 2
+    return (np.clip((hu.astype(np.float32) - lo) / width, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+
+
+def mr_normalise(volume: np.ndarray, mask: np.ndarray | None = None, mode: str = "zscore",
+                 percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """MR intensities to [-1, 1] from statistics inside `mask` (e.g. the brain): z-score clipped at
+    +-3 standard deviations, or the given percentiles mapped to -1 and 1. Outside the mask -> -1."""
+    inside = volume[mask > 0] if mask is not None else volume.ravel()
+    if inside.size == 0:
+        raise MedsynthError("MR normalisation: the mask is empty")
+    if mode == "zscore":
+        out = np.clip((volume - inside.mean()) / (inside.std() or 1.0) / 3.0, -1.0, 1.0)
+    elif mode == "percentile":
+        lo, hi = np.percentile(inside, percentiles)
+        out = np.clip((volume - lo) / ((hi - lo) or 1.0), 0.0, 1.0) * 2.0 - 1.0
+    else:
+        raise MedsynthError(f"MR normalisation mode must be zscore or percentile, got {mode!r}")
+    if mask is not None:
+        out = np.where(mask > 0, out, -1.0)
+    return out.astype(np.float32)

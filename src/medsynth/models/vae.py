@@ -165,6 +165,10 @@ class VAERecipe(Recipe):
         if held_out is None or len(held_out) == 0:
             held_out = splits.train
         x = held_out.images[:32]
+        if splits.crop_size is not None and list(x.shape[2:]) != splits.image_size:
+            from medsynth.data.slices import center_crop_array
+
+            x = center_crop_array(x, splits.crop_size)
         labels = held_out.labels[:32] if held_out.labels is not None else None
         recon = self.reconstruct(x, condition=labels if self.conditional else None).cpu()
         width = 8

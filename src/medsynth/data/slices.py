@@ -1,0 +1,56 @@
+"""The 2.5D slice dataset of the abdominal-CT tutorial.
+
+Slices are taken only where a given organ label is present (e.g. pancreas = 7
+in TotalSegmentator's map), each stacked with the slices before and after it as
+3 channels (edge slices repeat themselves), so a 2D network sees some of the
+third dimension. Random crops of `crop_size` are drawn per batch in training
+(centre crops for validation and test) by the datamodule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medsynth.data.intensity import ct_window
+from medsynth.data.volumes import read_nifti
+from medsynth.errors import MedsynthError
+
+
+def organ_slices(labels: np.ndarray, organ: int, axis: int = 2) -> np.ndarray:
+    """Indices along `axis` of the slices that hold label `organ`."""
+    other = tuple(a for a in range(labels.ndim) if a != axis)
+    return np.flatnonzero((labels == organ).any(axis=other))
+
+
+def stack_2_5d(volume: np.ndarray, indices: np.ndarray, axis: int = 2) -> np.ndarray:
+    """N x 3 x H x W: each slice between its neighbours (clamped at the volume's ends)."""
+    moved = np.moveaxis(volume, axis, 0)
+    last = len(moved) - 1
+    return np.stack([np.stack([moved[max(k - 1, 0)], moved[k], moved[min(k + 1, last)]]) for k in indices])
+
+
+def read_ct_slices(ct_path, label_path, organ: int, window, axis: int = 2) -> np.ndarray:
+    """Windowed 2.5D stacks (float32 in [-1, 1], N x 3 x H x W) of the slices where `organ` is labelled."""
+    if label_path is None or organ is None:
+        raise MedsynthError("data.format=ct_slices needs data.label_path (the label map) and data.organ")
+    ct, labels = read_nifti(ct_path), read_nifti(label_path)
+    if ct.array.shape != labels.array.shape:
+        raise MedsynthError(f"{label_path}: label map of shape {labels.array.shape} does not match the CT "
+                            f"{ct_path} of shape {ct.array.shape}")
+    if not np.allclose(ct.affine, labels.affine, atol=1e-3):
+        raise MedsynthError(f"{label_path}: label map affine differs from the CT's ({ct_path})")
+    if not np.allclose(labels.array, np.round(labels.array)) or labels.array.min() < 0:
+        raise MedsynthError(f"{label_path}: label map holds values that are not non-negative integers")
+    indices = organ_slices(labels.array, organ, axis)
+    if len(indices) == 0:
+        present = sorted(int(v) for v in np.unique(labels.array))[:20]
+        raise MedsynthError(f"{label_path}: organ label {organ} appears in no slice (labels present: {present})")
+    return stack_2_5d(ct_window(ct.array, window), indices, axis)
+
+
+def center_crop_array(images: np.ndarray, size: int) -> np.ndarray:
+    h, w = images.shape[-2:]
+    if h < size or w < size:
+        raise MedsynthError(f"crop size {size} is larger than the slices ({h} x {w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top:top + size, left:left + size]
