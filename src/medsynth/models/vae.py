@@ -171,7 +171,7 @@ class VAERecipe(Recipe):
             x = center_crop_array(x, splits.crop_size)
         labels = held_out.labels[:32] if held_out.labels is not None else None
         recon = self.reconstruct(x, condition=labels if self.conditional else None).cpu()
-        width = 8
+        width = min(8, len(x))  # originals and their reconstructions on alternating rows
         rows = []
         for i in range(0, len(x), width):
             rows += [x[i:i + width], recon[i:i + width]]
