@@ -139,6 +139,13 @@ def test_evaluate_without_features_says_why(vae_run, medium_npz, tmp_path):
     assert "not computed: FID, KID and PRDC need a feature network" in page
 
 
+def test_feature_run_cannot_be_sampled(feature_run, tmp_path):
+    from medsynth.sampling import sample
+
+    with pytest.raises(MedsynthError, match="classifier model does not draw samples"):
+        sample(feature_run, 4, tmp_path / "x.npz")
+
+
 def test_evaluate_bad_inputs(medium_npz, feature_run, tmp_path):
     small = tmp_path / "small.npz"
     np.savez(small, images=np.zeros((4, 28, 28), np.uint8))

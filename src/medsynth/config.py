@@ -204,8 +204,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def from_yaml_file(path: str | Path) -> DictConfig:
-    """A resolved config saved in a run directory (no overrides, same checks)."""
-    return load_config(path)

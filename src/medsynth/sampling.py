@@ -44,6 +44,8 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
+    if not hasattr(recipe, "sample"):
+        raise MedsynthError(f"a {recipe.cfg.model.family} model does not draw samples")
     labels = _labels(recipe, n, label, start)
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     chunks = []
@@ -170,7 +172,6 @@ def write_manifest(out_dir: Path, plan, model_hash: str) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "index", "label", "seed", "model_sha256"])
-    seen = 0
     for k, start, count, shard_seed in plan:
         name = SHARD.format(k)
         with np.load(out_dir / name, allow_pickle=False) as f:
@@ -181,7 +182,6 @@ def write_manifest(out_dir: Path, plan, model_hash: str) -> Path:
             raise MedsynthError(f"{out_dir / name}: does not match this request (another model or range)")
         for i, idx in enumerate(indices):
             writer.writerow([name, int(idx), "" if labels is None else int(labels[i]), shard_seed, model_hash])
-        seen += count
     path = out_dir / "manifest.csv"
     write_text(path, buffer.getvalue())
     return path
