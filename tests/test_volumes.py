@@ -138,3 +138,66 @@ def test_3d_vae_samples_are_written_as_marked_nifti(tmp_path):
     import nibabel as nib
 
     assert nib.load(str(out)).header["descrip"].tobytes().startswith(b"SYNTHETIC")
+
+
+@pytest.fixture(scope="module")
+def brats_crop():
+    vol = read_nifti(BRATS / "Flair_subtrMeanDivStd.nii.gz")
+    return vol.array[100:124, 100:124, 70:90].copy()
+
+
+def test_nrrd_and_hdf5_round_trip(brats_crop, tmp_path):
+    import h5py
+    import nrrd
+
+    from medsynth.data.volumes import read_hdf5, read_nrrd
+
+    nrrd.write(str(tmp_path / "v.nrrd"), brats_crop, {"space": "left-posterior-superior",
+                                                       "space directions": np.diag([1.0, 1.0, 2.5]),
+                                                       "space origin": [10.0, 20.0, 30.0]})
+    v = read_nrrd(tmp_path / "v.nrrd")
+    assert np.array_equal(v.array, brats_crop) and v.spacing == (1.0, 1.0, 2.5)
+    assert np.allclose(v.affine[:3, 3], [-10, -20, 30])  # LPS origin as RAS
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["image"] = brats_crop
+        f["image"].attrs["spacing"] = (1.0, 1.0, 2.0)
+        f["label"] = (brats_crop > 1).astype(np.uint8)
+    h = read_hdf5(tmp_path / "v.h5")
+    assert np.array_equal(h.array, brats_crop) and h.spacing == (1.0, 1.0, 2.0)
+    assert read_hdf5(tmp_path / "v.h5", "label").array.max() == 1
+    with pytest.raises(MedsynthError, match="no dataset 'mask'"):
+        read_hdf5(tmp_path / "v.h5", "mask")
+
+
+@FUZZ
+@given(data=st.data(), kind=st.sampled_from(["nrrd", "h5"]))
+def test_hostile_nrrd_and_hdf5_bytes(brats_crop, tmp_path_factory, data, kind):
+    import h5py
+    import nrrd
+
+    from medsynth.data.volumes import read_hdf5, read_nrrd
+
+    folder = tmp_path_factory.mktemp("vol")
+    good = folder / f"good.{kind}"
+    if kind == "nrrd":
+        nrrd.write(str(good), brats_crop, {"encoding": "gzip"})
+    else:
+        with h5py.File(good, "w") as f:
+            f.create_dataset("image", data=brats_crop, compression="gzip", chunks=(8, 8, 8))
+    raw, _ = damaged(good.read_bytes(), data)
+    bad = folder / f"bad.{kind}"
+    bad.write_bytes(raw)
+    reader = read_nrrd if kind == "nrrd" else read_hdf5
+    try:
+        reader(bad)
+    except MedsynthError as exc:
+        assert "bad." in str(exc) and "\n" not in str(exc)
+
+
+def test_nrrd_header_claiming_absurd_sizes(tmp_path):
+    from medsynth.data.volumes import read_nrrd
+
+    path = tmp_path / "absurd.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\n\n" + b"\0" * 64)
+    with pytest.raises(MedsynthError, match="claims shape"):
+        read_nrrd(path)

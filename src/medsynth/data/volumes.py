@@ -1,5 +1,5 @@
-"""Medical volumes: NIfTI (nibabel) and DICOM series (pydicom), read with their geometry, and
-NIfTI written with the synthetic-output provenance.
+"""Medical volumes: NIfTI (nibabel), NRRD (pynrrd), HDF5 (h5py) and DICOM series (pydicom), read
+with their geometry, and NIfTI written with the synthetic-output provenance.
 
 Every failure is one MedsynthError naming the file: unreadable or truncated
 files, headers claiming more voxels than the machine can hold, several series
@@ -39,11 +39,7 @@ def read_nifti(path: str | Path) -> Volume:
         raise MedsynthError(f"{path}: NIfTI file not found")
     try:
         image = nib.load(str(path))
-        shape = tuple(int(s) for s in image.header.get_data_shape())
-        nbytes = math.prod(shape) * 4
-        if not shape or nbytes > _memory_limit():
-            raise MedsynthError(f"{path}: header claims shape {shape} ({nbytes / 2**30:.1f} GiB as float32), "
-                                "more than this machine can hold")
+        _check_size(path, tuple(int(s) for s in image.header.get_data_shape()))
         array = np.asarray(image.dataobj, dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
@@ -53,6 +49,74 @@ def read_nifti(path: str | Path) -> Volume:
         raise MedsynthError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:200]})") from None
     if array.size and not np.isfinite(array).all():
         raise MedsynthError(f"{path}: volume holds NaN or inf values")
+    return Volume(array, affine, spacing, str(path))
+
+
+def _check_size(path, shape, itemsize: int = 4) -> None:
+    nbytes = math.prod(shape) * itemsize
+    if not shape or nbytes > _memory_limit():
+        raise MedsynthError(f"{path}: header claims shape {tuple(shape)} ({nbytes / 2**30:.1f} GiB), "
+                            "more than this machine can hold")
+
+
+def read_nrrd(path: str | Path) -> Volume:
+    """An NRRD volume; spacing and affine from 'space directions' / 'space origin' when present
+    (LPS spaces are turned into RAS like NIfTI)."""
+    import nrrd
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedsynthError(f"{path}: NRRD file not found")
+    try:
+        header = nrrd.read_header(str(path))
+        _check_size(path, [int(v) for v in header["sizes"]])
+        array, header = nrrd.read(str(path))
+        array = np.asarray(array, dtype=np.float32)
+    except MedsynthError:
+        raise
+    except Exception as exc:  # bad header fields, short or corrupt data, bad compression
+        raise MedsynthError(f"{path}: not a readable NRRD file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    affine = np.eye(4)
+    directions = header.get("space directions")
+    if directions is not None:
+        rows = [np.asarray(d, dtype=np.float64) for d in directions if d is not None and not np.isnan(d).any()]
+        if len(rows) == 3:
+            affine[:3, :3] = np.stack(rows, axis=1)
+    if header.get("space origin") is not None:
+        affine[:3, 3] = np.asarray(header["space origin"], dtype=np.float64)
+    if str(header.get("space", "")).lower() in ("left-posterior-superior", "lps"):
+        affine[:2] *= -1
+    if array.size and not np.isfinite(array).all():
+        raise MedsynthError(f"{path}: volume holds NaN or inf values")
+    spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(min(3, array.ndim)))
+    return Volume(array, affine, spacing, str(path))
+
+
+def read_hdf5(path: str | Path, key: str = "image") -> Volume:
+    """Dataset `key` of an HDF5 file (e.g. "image" or "label"); spacing from its `spacing` attribute
+    when present, else 1 mm."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedsynthError(f"{path}: HDF5 file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise MedsynthError(f"{path}: no dataset '{key}' (found: {sorted(f.keys())})")
+            ds = f[key]
+            if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "uifb":
+                raise MedsynthError(f"{path}: '{key}' is not a numeric dataset")
+            _check_size(path, ds.shape)
+            array = np.asarray(ds[()], dtype=np.float32)
+            spacing = tuple(float(v) for v in ds.attrs.get("spacing", (1.0,) * min(3, array.ndim)))
+    except MedsynthError:
+        raise
+    except Exception as exc:  # not HDF5, truncated, corrupt chunks
+        raise MedsynthError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if array.size and not np.isfinite(array).all():
+        raise MedsynthError(f"{path}: '{key}' holds NaN or inf values")
+    affine = np.diag([*spacing[:3], 1.0]) if len(spacing) >= 3 else np.eye(4)
     return Volume(array, affine, spacing, str(path))
 
 
