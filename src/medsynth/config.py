@@ -24,7 +24,7 @@ DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
 @dataclass
 class DataConfig:
     path: str = DEFAULT_DATA
-    format: str = "auto"  # auto | npz | folder | ct_slices (a CT NIfTI + label map -> 2.5D organ slices)
+    format: str = "auto"  # auto | npz | folder | ct_slices (CT + label map -> 2.5D slices) | volumes
     image_size: Optional[int] = None  # resize (e.g. 28 -> 64); None keeps the file's size
     channels: Optional[int] = None  # image folders: 1 (grayscale) or 3 (RGB); None = as stored
     labels_csv: Optional[str] = None  # image folders: CSV with columns filename,label
@@ -38,6 +38,9 @@ class DataConfig:
     window: Any = "abdomen"  # CT window preset (abdomen, lung, bone, brain) or [level, width] in HU
     slice_axis: int = 2
     crop_size: Optional[int] = None  # random crops in training, centre crops otherwise
+    # volumes: cases of 3D images (a folder of case sub-folders, or a CSV manifest)
+    contrasts: List[str] = field(default_factory=list)  # file patterns (folder) or CSV columns
+    mr_normalise: str = "zscore"  # per case and contrast: zscore | percentile
 
 
 @dataclass
@@ -128,7 +131,7 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("auto", "npz", "folder", "ct_slices"),
+    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes"),
     "model.family": ("vae", "classifier"),
     "model.arch": ("conv", "ct"),
     "model.spatial_dims": (2, 3),

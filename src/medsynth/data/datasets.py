@@ -57,6 +57,8 @@ class SplitData:
 def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     path = Path(data_cfg.path)
     fmt = data_cfg.format
+    if fmt == "volumes":
+        return _read_volumes(data_cfg, path)
     if fmt == "ct_slices":
         from medsynth.data.slices import read_ct_slices
 
@@ -77,6 +79,31 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
     return read_folder(path, data_cfg.channels, data_cfg.labels_csv, data_cfg.image_size)
 
 
+def _read_volumes(data_cfg, path: Path):
+    """Cases (train / validation / test sub-folders, or one folder) -> N x C x S^3 volumes in [-1, 1],
+    each contrast normalised per case (MR statistics; the whole volume is the mask)."""
+    from medsynth.data.cases import cases_from_folder, cases_from_manifest, resize_volumes
+    from medsynth.data.intensity import mr_normalise
+
+    if not data_cfg.contrasts:
+        raise MedsynthError("data.format=volumes needs data.contrasts (file patterns or manifest columns)")
+    if data_cfg.image_size is None:
+        raise MedsynthError("data.format=volumes needs data.image_size (volumes are resized to size^3)")
+    contrasts = list(data_cfg.contrasts)
+    if path.suffix == ".csv":
+        groups = {"train": cases_from_manifest(path, contrasts, label=None)}
+    else:
+        names = {"train": "train", "val": "validation", "test": "test"}
+        present = {s: path / d for s, d in names.items() if (path / d).is_dir()}
+        groups = ({s: cases_from_folder(p, contrasts) for s, p in present.items()} if present
+                  else {"train": cases_from_folder(path, contrasts)})
+    out = {}
+    for split, cases in groups.items():
+        vols = np.stack([np.stack([mr_normalise(ch, None, data_cfg.mr_normalise) for ch in c.image]) for c in cases])
+        out[split] = (resize_volumes(vols, data_cfg.image_size).clip(-1, 1).astype(np.float32), None)
+    return out
+
+
 def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> SplitData:
     """Read, check and rescale a data source into train / val / test ImageSets."""
     raw = read_source(data_cfg, spatial_dims)
@@ -90,7 +117,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     if with_labels and with_labels != set(raw):
         raise MedsynthError(f"{source}: labels given for splits {sorted(with_labels)} but not for all of {sorted(raw)}")
     names = list(raw)
-    if data_cfg.format == "ct_slices":  # already windowed into [-1, 1]
+    if data_cfg.format in ("ct_slices", "volumes"):  # already mapped into [-1, 1]
         scaled = [raw[s][0] for s in names]
     else:
         scaled = to_unit_range([raw[s][0] for s in names], source)
@@ -110,7 +137,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
             num_classes = int(max(int(labels_np[s].max(initial=0)) for s in names)) + 1
             labels = {s: torch.from_numpy(labels_np[s][:, 0].astype(np.int64)) for s in names}
 
-    if data_cfg.image_size is not None and data_cfg.format != "folder":
+    if data_cfg.image_size is not None and data_cfg.format not in ("folder", "volumes"):
         images = {s: resize(im, data_cfg.image_size) for s, im in images.items()}
 
     sets = {s: ImageSet(images[s], labels[s]) for s in names}

@@ -1,0 +1,113 @@
+"""Cases of volumes: contrasts stacked as channels, with an optional label map, from a folder
+layout or a CSV manifest (e.g. BraTS: FLAIR + T1c -> labels 0-4).
+
+Folder layout: one sub-folder per case; `contrasts` and `label` are file-name
+patterns (globs) inside it. Manifest: a CSV with a `case` column, one column
+per contrast and optionally a `label` column, holding paths (relative to the
+CSV). Every contrast and the label map must share shape and affine; label
+values must be among `classes`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.data.volumes import read_dicom_series, read_hdf5, read_nifti, read_nrrd
+from medsynth.errors import MedsynthError
+
+
+@dataclass
+class Case:
+    name: str
+    image: np.ndarray  # C x D x H x W float32 (contrasts as channels)
+    label: np.ndarray | None  # D x H x W int64
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def read_volume(path: Path):
+    name = path.name.lower()
+    if path.is_dir():
+        return read_dicom_series(path)
+    if name.endswith((".nii", ".nii.gz")):
+        return read_nifti(path)
+    if name.endswith((".nrrd", ".nhdr")):
+        return read_nrrd(path)
+    if name.endswith((".h5", ".hdf5")):
+        return read_hdf5(path)
+    raise MedsynthError(f"{path}: unknown volume format (NIfTI, NRRD, HDF5 or a DICOM folder)")
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise MedsynthError(f"{folder}: {len(found)} files match '{pattern}' (expected exactly one)")
+    return found[0]
+
+
+def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
+              classes: list[int] | None = None) -> Case:
+    volumes = [read_volume(p) for p in contrast_paths]
+    first = volumes[0]
+    for p, v in zip(contrast_paths[1:], volumes[1:]):
+        if v.array.shape != first.array.shape:
+            raise MedsynthError(f"{p}: shape {v.array.shape} differs from {contrast_paths[0].name} {first.array.shape}")
+        if not np.allclose(v.affine, first.affine, atol=1e-3):
+            raise MedsynthError(f"{p}: affine differs from {contrast_paths[0].name}'s")
+    label = None
+    if label_path is not None:
+        lab = read_volume(label_path)
+        if lab.array.shape != first.array.shape:
+            raise MedsynthError(f"{label_path}: label map of shape {lab.array.shape} does not match the image "
+                                f"{first.array.shape}")
+        if not np.allclose(lab.affine, first.affine, atol=1e-3):
+            raise MedsynthError(f"{label_path}: label map affine differs from the image's")
+        if not np.allclose(lab.array, np.round(lab.array)):
+            raise MedsynthError(f"{label_path}: label map holds non-integer values")
+        label = np.round(lab.array).astype(np.int64)
+        if classes is not None:
+            extra = sorted(set(np.unique(label).tolist()) - set(classes))
+            if extra:
+                raise MedsynthError(f"{label_path}: labels {extra[:10]} are outside the declared classes {classes}")
+    image = np.stack([v.array for v in volumes]).astype(np.float32)
+    return Case(name, image, label, first.affine, first.spacing)
+
+
+def cases_from_folder(root: str | Path, contrasts: list[str], label: str | None = None,
+                      classes: list[int] | None = None) -> list[Case]:
+    root = Path(root)
+    if not root.is_dir():
+        raise MedsynthError(f"{root}: case folder not found")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if not dirs:
+        raise MedsynthError(f"{root}: no case sub-folders")
+    return [load_case(d.name, [_one(d, c) for c in contrasts], _one(d, label) if label else None, classes)
+            for d in dirs]
+
+
+def cases_from_manifest(csv_path: str | Path, contrasts: list[str], label: str | None = "label",
+                        classes: list[int] | None = None) -> list[Case]:
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MedsynthError(f"{csv_path}: manifest not found")
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = {"case", *contrasts, *([label] if label else [])}
+    if not rows or not needed <= set(rows[0]):
+        raise MedsynthError(f"{csv_path}: expected columns {sorted(needed)}")
+    base = csv_path.parent
+    return [load_case(r["case"], [base / r[c] for c in contrasts], base / r[label] if label and r[label] else None,
+                      classes) for r in rows]
+
+
+def resize_volumes(images: np.ndarray, size: int) -> np.ndarray:
+    """N x C x D x H x W -> N x C x size^3 (trilinear): the fixed size 3D generation trains on."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(images)
+    return F.interpolate(t, size=(size,) * 3, mode="trilinear", align_corners=False).numpy()
