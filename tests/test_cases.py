@@ -70,3 +70,25 @@ def test_3d_vae_on_brats_volumes(tmp_path):
     with pytest.raises(MedsynthError, match="needs data.image_size"):
         train(None, ["data.format=volumes", f"data.path={BRATS}", "data.contrasts=[Flair*]", "model.spatial_dims=3",
                      f"runs_dir={tmp_path / 'x'}"], log=lambda *_: None)
+
+
+def test_json_manifest_mask_and_spacing(tmp_path):
+    from medsynth.config import load_config
+    from medsynth.data import load_splits
+    from medsynth.data.cases import resample_to_spacing
+
+    case = BRATS / "test" / "brats_2013_pat0001_1"
+    (tmp_path / "m.json").write_text(json.dumps([{"case": "p1", "flair": str(case / "Flair_subtrMeanDivStd.nii.gz")}]))
+    cases = cases_from_manifest(tmp_path / "m.json", ["flair"], label=None)
+    assert cases[0].image.shape == (1, 240, 240, 155)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(MedsynthError, match="cannot read the manifest"):
+        cases_from_manifest(tmp_path / "bad.json", ["flair"], label=None)
+    labels = read_nifti(case / "OTMultiClass.nii.gz").array
+    coarse = resample_to_spacing(labels, (1.0, 1.0, 1.0), (2.0, 2.0, 2.5), order=0)
+    assert coarse.shape == (120, 120, 62) and set(np.unique(coarse)) <= set(np.unique(labels))
+    cfg = load_config(None, ["data.format=volumes", f"data.path={BRATS}", "data.contrasts=[Flair*]",
+                             "data.mask=brainmask*", "data.image_size=16", "data.spacing=[2,2,2]"])
+    s = load_splits(cfg.data, 3)
+    assert s.train.images.shape == (2, 1, 16, 16, 16)
+    assert s.train.images.min() == -1.0  # outside the brain mask -> -1

@@ -41,6 +41,8 @@ class DataConfig:
     # volumes: cases of 3D images (a folder of case sub-folders, or a CSV manifest)
     contrasts: List[str] = field(default_factory=list)  # file patterns (folder) or CSV columns
     mr_normalise: str = "zscore"  # per case and contrast: zscore | percentile
+    mask: Optional[str] = None  # file pattern of a mask (e.g. brainmask*) for the intensity statistics
+    spacing: Optional[List[float]] = None  # resample every case to this spacing (mm) first
 
 
 @dataclass

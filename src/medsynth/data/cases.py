@@ -1,16 +1,17 @@
 """Cases of volumes: contrasts stacked as channels, with an optional label map, from a folder
-layout or a CSV manifest (e.g. BraTS: FLAIR + T1c -> labels 0-4).
+layout or a CSV / JSON manifest (e.g. BraTS: FLAIR + T1c -> labels 0-4).
 
-Folder layout: one sub-folder per case; `contrasts` and `label` are file-name
-patterns (globs) inside it. Manifest: a CSV with a `case` column, one column
-per contrast and optionally a `label` column, holding paths (relative to the
-CSV). Every contrast and the label map must share shape and affine; label
+Folder layout: one sub-folder per case; `contrasts`, `label` and `mask` are
+file-name patterns (globs) inside it. Manifest: a CSV with a `case` column, one
+column per contrast and optionally a `label` column, holding paths (relative to
+the manifest), or a JSON list of objects with the same keys. Every contrast and the label map must share shape and affine; label
 values must be among `classes`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Case:
     label: np.ndarray | None  # D x H x W int64
     affine: np.ndarray
     spacing: tuple[float, ...]
+    mask: np.ndarray | None = None  # D x H x W bool (e.g. the brain), for intensity statistics
 
 
 def read_volume(path: Path):
@@ -50,7 +52,7 @@ def _one(folder: Path, pattern: str) -> Path:
 
 
 def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
-              classes: list[int] | None = None) -> Case:
+              classes: list[int] | None = None, mask_path: Path | None = None) -> Case:
     volumes = [read_volume(p) for p in contrast_paths]
     first = volumes[0]
     for p, v in zip(contrast_paths[1:], volumes[1:]):
@@ -73,20 +75,26 @@ def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
             extra = sorted(set(np.unique(label).tolist()) - set(classes))
             if extra:
                 raise MedsynthError(f"{label_path}: labels {extra[:10]} are outside the declared classes {classes}")
+    mask = None
+    if mask_path is not None:
+        m = read_volume(mask_path)
+        if m.array.shape != first.array.shape:
+            raise MedsynthError(f"{mask_path}: mask of shape {m.array.shape} does not match the image {first.array.shape}")
+        mask = m.array > 0
     image = np.stack([v.array for v in volumes]).astype(np.float32)
-    return Case(name, image, label, first.affine, first.spacing)
+    return Case(name, image, label, first.affine, first.spacing, mask)
 
 
 def cases_from_folder(root: str | Path, contrasts: list[str], label: str | None = None,
-                      classes: list[int] | None = None) -> list[Case]:
+                      classes: list[int] | None = None, mask: str | None = None) -> list[Case]:
     root = Path(root)
     if not root.is_dir():
         raise MedsynthError(f"{root}: case folder not found")
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not dirs:
         raise MedsynthError(f"{root}: no case sub-folders")
-    return [load_case(d.name, [_one(d, c) for c in contrasts], _one(d, label) if label else None, classes)
-            for d in dirs]
+    return [load_case(d.name, [_one(d, c) for c in contrasts], _one(d, label) if label else None, classes,
+                      _one(d, mask) if mask else None) for d in dirs]
 
 
 def cases_from_manifest(csv_path: str | Path, contrasts: list[str], label: str | None = "label",
@@ -94,14 +102,33 @@ def cases_from_manifest(csv_path: str | Path, contrasts: list[str], label: str |
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise MedsynthError(f"{csv_path}: manifest not found")
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        if csv_path.suffix == ".json":
+            rows = json.loads(csv_path.read_text())
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError("expected a list of objects")
+        else:
+            with open(csv_path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise MedsynthError(f"{csv_path}: cannot read the manifest ({exc})") from None
     needed = {"case", *contrasts, *([label] if label else [])}
     if not rows or not needed <= set(rows[0]):
         raise MedsynthError(f"{csv_path}: expected columns {sorted(needed)}")
     base = csv_path.parent
     return [load_case(r["case"], [base / r[c] for c in contrasts], base / r[label] if label and r[label] else None,
                       classes) for r in rows]
+
+
+def resample_to_spacing(array: np.ndarray, spacing, target, order: int = 1) -> np.ndarray:
+    """Resample a D x H x W (or C x D x H x W) volume from `spacing` to `target` mm per voxel
+    (order 1: trilinear for images; 0: nearest for label maps)."""
+    from scipy.ndimage import zoom
+
+    factors = [s / t for s, t in zip(spacing, target)]
+    if array.ndim == len(factors) + 1:
+        return np.stack([zoom(ch, factors, order=order) for ch in array])
+    return zoom(array, factors, order=order)
 
 
 def resize_volumes(images: np.ndarray, size: int) -> np.ndarray:

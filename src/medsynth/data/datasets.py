@@ -82,7 +82,7 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
 def _read_volumes(data_cfg, path: Path):
     """Cases (train / validation / test sub-folders, or one folder) -> N x C x S^3 volumes in [-1, 1],
     each contrast normalised per case (MR statistics; the whole volume is the mask)."""
-    from medsynth.data.cases import cases_from_folder, cases_from_manifest, resize_volumes
+    from medsynth.data.cases import cases_from_folder, cases_from_manifest, resample_to_spacing, resize_volumes
     from medsynth.data.intensity import mr_normalise
 
     if not data_cfg.contrasts:
@@ -90,17 +90,25 @@ def _read_volumes(data_cfg, path: Path):
     if data_cfg.image_size is None:
         raise MedsynthError("data.format=volumes needs data.image_size (volumes are resized to size^3)")
     contrasts = list(data_cfg.contrasts)
-    if path.suffix == ".csv":
+    if path.suffix in (".csv", ".json"):
         groups = {"train": cases_from_manifest(path, contrasts, label=None)}
     else:
         names = {"train": "train", "val": "validation", "test": "test"}
         present = {s: path / d for s, d in names.items() if (path / d).is_dir()}
-        groups = ({s: cases_from_folder(p, contrasts) for s, p in present.items()} if present
-                  else {"train": cases_from_folder(path, contrasts)})
+        groups = ({s: cases_from_folder(p, contrasts, mask=data_cfg.mask) for s, p in present.items()} if present
+                  else {"train": cases_from_folder(path, contrasts, mask=data_cfg.mask)})
     out = {}
     for split, cases in groups.items():
-        vols = np.stack([np.stack([mr_normalise(ch, None, data_cfg.mr_normalise) for ch in c.image]) for c in cases])
-        out[split] = (resize_volumes(vols, data_cfg.image_size).clip(-1, 1).astype(np.float32), None)
+        vols = []
+        for c in cases:
+            image, mask = c.image, c.mask
+            if data_cfg.spacing is not None:
+                image = resample_to_spacing(image, c.spacing, list(data_cfg.spacing), order=1)
+                mask = None if mask is None else resample_to_spacing(mask.astype(np.float32), c.spacing,
+                                                                     list(data_cfg.spacing), order=0) > 0.5
+            vol = np.stack([mr_normalise(ch, mask, data_cfg.mr_normalise) for ch in image])
+            vols.append(resize_volumes(vol[None], data_cfg.image_size)[0])  # cases may differ in size
+        out[split] = (np.stack(vols).clip(-1, 1).astype(np.float32), None)
     return out
 
 
