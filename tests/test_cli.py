@@ -21,6 +21,20 @@ def medsynth(*args, check=True):
     return proc
 
 
+def test_sampling_on_a_missing_device_is_one_clear_error(small_npz, tmp_path):
+    import torch
+
+    from medsynth.errors import MedsynthError
+    from medsynth.io import load_run
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(MedsynthError, match="CUDA is not available"):
+        load_run(tmp_path, device="cuda")
+    with pytest.raises(MedsynthError, match="not a torch device"):
+        load_run(tmp_path, device="toaster")
+
+
 def test_help_explains_every_command():
     out = medsynth("--help").stdout
     assert "train" in out and "sample" in out
@@ -64,6 +78,8 @@ def test_train_then_sample(small_npz, tmp_path):
     (["train", "configs/none.yaml"], "configs/none.yaml: config file not found"),
     (["train", "loss.kl_weight=2"], "looks like an override"),
     (["sample", "/nowhere/run", "-n", "3", "--out", "x.npz"], "/nowhere/run: run directory not found"),
+    (["train", "configs/vae_pneumonia.yaml", "trainer.strategy=nonsense"], "trainer settings refused"),
+    (["train", "configs/vae_pneumonia.yaml", "data.limit=64", "trainer.accelerator=tpu"], "trainer settings refused"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     proc = medsynth(*args, f"runs_dir={tmp_path / 'runs'}" if args[0] == "train" else "-n=3", check=False)

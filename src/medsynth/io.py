@@ -138,6 +138,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     from medsynth.models import build_recipe
 
     run_dir = Path(run_dir)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise MedsynthError(f"device {device!r}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsynthError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
     if not run_dir.is_dir():
         raise MedsynthError(f"{run_dir}: run directory not found")
     for name in (CONFIG, WEIGHTS):

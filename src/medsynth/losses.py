@@ -12,7 +12,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.metrics.regression import compute_ssim_and_cs
 
 from medsynth.errors import MedsynthError
 
@@ -70,28 +69,17 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int | None = None, kernel:
             data_range: float = DATA_RANGE) -> torch.Tensor:
     """Multi-scale SSIM per image (B), for 2D (B x C x H x W) or 3D (B x C x D x H x W) images.
 
-    MONAI's `compute_ssim_and_cs` gives each scale (its Gaussian window is the
-    correct exp(-d^2 / 2 sigma^2), normalised); the scale weights are the first
-    `scales` of Wang et al.'s, renormalised. Contrast terms are clamped to a
-    small positive floor rather than relu'd, so the gradient stays finite when a
-    term reaches zero.
+    Scales and window follow the image size (`msssim_settings`); the scale weights are the first
+    `scales` of Wang et al.'s, renormalised; the Gaussian is the correct exp(-d^2 / 2 sigma^2)
+    (equal to MONAI's, tested). Contrast terms are clamped to a small positive floor rather than
+    relu'd, so the gradient stays finite when a term reaches zero. One implementation with the
+    batched diversity metric (`metrics.similarity`).
     """
-    spatial_dims = x.ndim - 2
-    n, k, sigma = msssim_settings(tuple(x.shape[2:]), scales, kernel)
-    weights = torch.tensor(MSSSIM_WEIGHTS[:n], dtype=torch.float32, device=x.device)
-    weights = weights / weights.sum()
-    pool = getattr(F, f"avg_pool{spatial_dims}d")
-    x, y = x.float(), y.float()
-    terms = []
-    for level in range(n):
-        ssim, cs = compute_ssim_and_cs(x, y, spatial_dims=spatial_dims, kernel_size=[k] * spatial_dims,
-                                       kernel_sigma=[sigma] * spatial_dims, data_range=data_range)
-        value = ssim if level == n - 1 else cs
-        terms.append(value.flatten(1).mean(1).clamp_min(1e-6))
-        if level < n - 1:
-            x, y = pool(x, 2), pool(y, 2)
-    stacked = torch.stack(terms, dim=0)  # scales x B
-    return torch.prod(stacked ** weights[:, None], dim=0)
+    from medsynth.metrics.similarity import paired_ms_ssim
+
+    if data_range != DATA_RANGE:  # the SSIM constants scale with the range: rescale the images instead
+        x, y = x * (DATA_RANGE / data_range), y * (DATA_RANGE / data_range)
+    return paired_ms_ssim(x.float(), y.float(), scales, kernel, floor=1e-6)
 
 
 def reconstruction_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, **msssim_kw) -> torch.Tensor:

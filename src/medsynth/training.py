@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from medsynth.config import load_config, to_yaml
@@ -131,6 +132,7 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     data = MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
 
     rank, world = launched_rank()
+    runs_root_existed = True
     if resume is None:
         if cfg.run_dir:
             run_dir = claim_run_dir(cfg.run_dir, rank)
@@ -138,12 +140,22 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
             raise MedsynthError("this process is one of several started by a launcher (torchrun / SLURM): "
                                 "give every process the same run_dir=PATH")
         else:
+            runs_root_existed = Path(cfg.runs_dir).exists()
             run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    try:  # Lightning checks the trainer settings here; nothing has been written yet
+        trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
+        # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
+        if resume is None and not cfg.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # the empty directory this call made, and its runs folder if this call made it
+            if not runs_root_existed and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedsynthError(f"trainer settings refused: {first}") from None
     if rank == 0:
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)
         log(f"run directory: {run_dir}")
-    trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
     start = time.perf_counter()
     try:
         trainer.fit(recipe, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)

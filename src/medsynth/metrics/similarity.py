@@ -64,10 +64,10 @@ def _blur(x: torch.Tensor, g: torch.Tensor, spatial_dims: int | None = None) -> 
     return x
 
 
-def _pyramid(images: torch.Tensor):
+def _pyramid(images: torch.Tensor, scales: int | None = None, kernel: int | None = None):
     """Per scale and image: the pooled image, its local mean, and its local variance + C2 / 2
     (so a pair's contrast denominator is one addition); and the scale weights."""
-    scales, k, sigma = msssim_settings(tuple(images.shape[2:]))
+    scales, k, sigma = msssim_settings(tuple(images.shape[2:]), scales, kernel)
     weights = torch.tensor(MSSSIM_WEIGHTS[:scales], dtype=torch.float64)
     g = _gauss_1d(k, sigma)
     c2 = (K2 * DATA_RANGE) ** 2
@@ -81,9 +81,11 @@ def _pyramid(images: torch.Tensor):
     return levels, weights / weights.sum(), g
 
 
-def _combine(levels, weights, g, take_a, take_b) -> torch.Tensor:
+def _combine(levels, weights, g, take_a, take_b, floor: float = 0.0) -> torch.Tensor:
     """MS-SSIM of image pairs (a, b); take_a / take_b pick (by index or by broadcasting view) the
-    per-image statistics of each side from a pyramid level. In-place ops: this is the hot loop."""
+    per-image statistics of each side from a pyramid level. In-place ops: this is the hot loop.
+    Each scale's term is clamped at `floor`: 0 (relu, as MONAI's metric) or a small positive
+    value for a loss, whose gradient must stay finite."""
     c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
     value = None
     last = len(levels) - 1
@@ -94,9 +96,19 @@ def _combine(levels, weights, g, take_a, take_b) -> torch.Tensor:
         cs.div_(take_a(var) + take_b(var))  # / (var_x + var_y + C2)
         if level == last:
             cs.mul_((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1))
-        term = cs.flatten(-(xs.ndim - 1)).mean(-1).double().clamp_min(0.0) ** weights[level]
+        term = cs.flatten(-(xs.ndim - 1)).mean(-1).double().clamp_min(floor) ** weights[level]
         value = term if value is None else value * term
     return value.float()
+
+
+def paired_ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int | None = None, kernel: int | None = None,
+                   floor: float = 0.0) -> torch.Tensor:
+    """MS-SSIM of x[b] vs y[b] for each b (B), differentiable; `medsynth.losses.ms_ssim` is this."""
+    if x.shape != y.shape:
+        raise MedsynthError(f"MS-SSIM needs images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    n = len(x)
+    levels, weights, g = _pyramid(torch.cat([x, y]), scales, kernel)
+    return _combine(levels, weights, g, lambda t: t[:n], lambda t: t[n:], floor)
 
 
 def pairwise_ms_ssim(images: torch.Tensor, first: torch.Tensor, second: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
