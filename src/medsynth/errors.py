@@ -12,3 +12,17 @@ class MedsynthError(Exception):
 
 class NonFiniteLossError(MedsynthError):
     """The training loss became NaN or inf."""
+
+
+def reason(exc: BaseException, limit: int = 200) -> str:
+    """A library exception as one printable line for a MedsynthError message.
+
+    Readers quote the library's own words, but those can hold newlines and raw
+    bytes from the damaged file itself (a corrupt NRRD magic line is echoed back
+    verbatim); a user's error must stay one readable line.
+    """
+    text = " ".join(str(exc).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

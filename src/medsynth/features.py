@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 
 @dataclass
@@ -134,7 +134,7 @@ def load_densenet121(path: Path, device: str = "cpu") -> FeatureNet:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refusals, truncated files, bad headers
-        raise MedsynthError(f"{path}: cannot read weights ({str(exc).splitlines()[0]})") from None
+        raise MedsynthError(f"{path}: cannot read weights ({reason(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -149,7 +149,7 @@ def load_densenet121(path: Path, device: str = "cpu") -> FeatureNet:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise MedsynthError(f"{path}: weights do not fit MONAI's DenseNet121 ({str(exc).splitlines()[0]})") from None
+        raise MedsynthError(f"{path}: weights do not fit MONAI's DenseNet121 ({reason(exc)})") from None
     net = net.to(device).eval()
     head = net.class_layers  # relu -> pool -> flatten -> out
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -154,10 +154,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     try:
         state = load_file(str(run_dir / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise MedsynthError(f"{run_dir / WEIGHTS}: cannot read weights ({exc})") from None
+        raise MedsynthError(f"{run_dir / WEIGHTS}: cannot read weights ({reason(exc)})") from None
     try:
         recipe.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise MedsynthError(f"{run_dir / WEIGHTS}: weights do not fit {run_dir / CONFIG} "
-                            f"({str(exc).splitlines()[0]})") from None
+                            f"({reason(exc)})") from None
     return recipe.to(device).eval()

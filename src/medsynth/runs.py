@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 from medsynth.io import atomic_path
 
 CHECKPOINTS = "checkpoints"
@@ -78,8 +78,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         try:
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
             raise MedsynthError(f"{path}: refused to load, the checkpoint holds more than weights "
-                                f"(objects that would run code when unpickled): {first}") from None
+                                f"(objects that would run code when unpickled): {reason(exc)}") from None
         except (RuntimeError, EOFError, OSError) as exc:
-            raise MedsynthError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+            raise MedsynthError(f"{path}: not a readable checkpoint ({reason(exc)})") from None

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from medsynth.config import load_config, to_yaml
 from medsynth.data import MedsynthDataModule, load_splits
-from medsynth.errors import MedsynthError, NonFiniteLossError
+from medsynth.errors import MedsynthError, NonFiniteLossError, reason
 from medsynth.io import CONFIG, export_weights, write_text
 from medsynth.models import build_recipe
 from medsynth.provenance import record_environment
@@ -150,8 +150,7 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
             run_dir.rmdir()  # the empty directory this call made, and its runs folder if this call made it
             if not runs_root_existed and not any(run_dir.parent.iterdir()):
                 run_dir.parent.rmdir()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedsynthError(f"trainer settings refused: {first}") from None
+        raise MedsynthError(f"trainer settings refused: {reason(exc)}") from None
     if rank == 0:
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)

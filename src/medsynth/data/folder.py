@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medsynth.data.npz import SPLITS
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -67,7 +67,7 @@ def _open(path: Path) -> Image.Image:
         return image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             MemoryError) as exc:  # DecompressionBombError: a header claiming an absurd pixel count
-        raise MedsynthError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise MedsynthError(f"{path}: not a readable image ({reason(exc)})") from None
 
 
 def _load(path: Path, mode: str, size: int | None) -> np.ndarray:

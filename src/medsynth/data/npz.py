@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 SPLITS = ("train", "val", "test")
 
@@ -57,7 +57,7 @@ def check_members(path: Path) -> None:
     except MedsynthError:
         raise
     except Exception as exc:  # BadZipFile, zlib.error, ValueError, EOFError, ...: all mean unreadable
-        raise MedsynthError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        raise MedsynthError(f"{path}: not a readable .npz file ({reason(exc)})") from None
 
 
 def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -69,7 +69,7 @@ def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tup
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # a corrupt archive can raise almost anything
-        raise MedsynthError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        raise MedsynthError(f"{path}: not a readable .npz file ({reason(exc)})") from None
     with archive:
         keys = set(archive.files)
         if "images" in keys:
@@ -85,7 +85,7 @@ def read_npz(path: str | Path, spatial_dims: int | None = None) -> dict[str, tup
                 images = archive[ikey]
                 labels = archive[lkey] if lkey in keys else None
             except Exception as exc:  # CRC errors, zlib errors, short reads
-                raise MedsynthError(f"{path}: key '{ikey}' cannot be read ({type(exc).__name__}: {exc})") from None
+                raise MedsynthError(f"{path}: key '{ikey}' cannot be read ({reason(exc)})") from None
             images = _channels_first(images, f"{path}[{ikey}]", spatial_dims)
             if labels is not None:
                 labels = _check_labels(labels, len(images), f"{path}[{lkey}]")

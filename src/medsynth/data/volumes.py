@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medsynth.data.npz import _memory_limit
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 
 @dataclass
@@ -46,7 +46,7 @@ def read_nifti(path: str | Path) -> Volume:
     except MedsynthError:
         raise
     except (ImageFileError, Exception) as exc:  # truncated gzip, bad header fields, short data: all unreadable
-        raise MedsynthError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise MedsynthError(f"{path}: not a readable NIfTI file ({reason(exc)})") from None
     if array.size and not np.isfinite(array).all():
         raise MedsynthError(f"{path}: volume holds NaN or inf values")
     return Volume(array, affine, spacing, str(path))
@@ -75,7 +75,7 @@ def read_nrrd(path: str | Path) -> Volume:
     except MedsynthError:
         raise
     except Exception as exc:  # bad header fields, short or corrupt data, bad compression
-        raise MedsynthError(f"{path}: not a readable NRRD file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise MedsynthError(f"{path}: not a readable NRRD file ({reason(exc)})") from None
     affine = np.eye(4)
     directions = header.get("space directions")
     if directions is not None:
@@ -113,7 +113,7 @@ def read_hdf5(path: str | Path, key: str = "image") -> Volume:
     except MedsynthError:
         raise
     except Exception as exc:  # not HDF5, truncated, corrupt chunks
-        raise MedsynthError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise MedsynthError(f"{path}: not a readable HDF5 file ({reason(exc)})") from None
     if array.size and not np.isfinite(array).all():
         raise MedsynthError(f"{path}: '{key}' holds NaN or inf values")
     affine = np.diag([*spacing[:3], 1.0]) if len(spacing) >= 3 else np.eye(4)
@@ -137,9 +137,9 @@ def read_dicom_series(folder: str | Path) -> Volume:
             ds = pydicom.dcmread(f)
             ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing  # noqa: B018 (must exist)
         except (InvalidDicomError, AttributeError, KeyError) as exc:
-            raise MedsynthError(f"{f}: not a DICOM image slice ({type(exc).__name__}: {str(exc)[:150]})") from None
+            raise MedsynthError(f"{f}: not a DICOM image slice ({reason(exc)})") from None
         except Exception as exc:  # truncated files raise from deep inside the parser
-            raise MedsynthError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {str(exc)[:150]})") from None
+            raise MedsynthError(f"{f}: not a readable DICOM file ({reason(exc)})") from None
         slices.append((f, ds))
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
@@ -165,7 +165,7 @@ def read_dicom_series(folder: str | Path) -> Volume:
         try:
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:  # no decoder, corrupt compressed stream, short pixel data
-            raise MedsynthError(f"{f}: pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:150]})") from None
+            raise MedsynthError(f"{f}: pixel data cannot be decoded ({reason(exc)})") from None
         if pixels.shape != (rows, cols):
             raise MedsynthError(f"{f}: slice of {pixels.shape} differs from {rows} x {cols}")
         planes.append(pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0))
