@@ -39,7 +39,10 @@ def read_nifti(path: str | Path) -> Volume:
         raise MedsynthError(f"{path}: NIfTI file not found")
     try:
         image = nib.load(str(path))
-        _check_size(path, tuple(int(s) for s in image.header.get_data_shape()))
+        shape = tuple(int(s) for s in image.header.get_data_shape())
+        _check_size(path, shape)
+        if path.name.lower().endswith(".gz"):
+            image = _verified_gzip(path, image, shape)
         array = np.asarray(image.dataobj, dtype=np.float32)
         affine = np.asarray(image.affine, dtype=np.float64)
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
@@ -50,6 +53,20 @@ def read_nifti(path: str | Path) -> Volume:
     if array.size and not np.isfinite(array).all():
         raise MedsynthError(f"{path}: volume holds NaN or inf values")
     return Volume(array, affine, spacing, str(path))
+
+
+def _verified_gzip(path: Path, image, shape):
+    """The image again, from the whole gzip stream read to its end: reading only the voxels lets a
+    file cut inside its CRC / length trailer pass as whole. At most the header's declared size
+    (plus 1 MiB of extensions) is inflated, so a gzip bomb cannot fill the memory."""
+    import gzip
+
+    expected = int(image.header.get("vox_offset", 352)) + math.prod(shape) * image.header.get_data_dtype().itemsize
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read(expected + 2**20 + 1)
+    if len(raw) > expected + 2**20:
+        raise MedsynthError(f"{path}: holds more data than its header declares ({tuple(shape)})")
+    return type(image).from_bytes(raw)
 
 
 def _check_size(path, shape, itemsize: int = 4) -> None:
@@ -135,61 +152,81 @@ def read_dicom_series(folder: str | Path) -> Volume:
     for f in files:
         try:
             ds = pydicom.dcmread(f)
-            ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing  # noqa: B018 (must exist)
+            # Every value used below is converted here: pydicom parses elements lazily, so a corrupt
+            # value would otherwise fail later, far from the file it came from.
+            geometry = {"position": np.array(ds.ImagePositionPatient, dtype=np.float64),
+                        "orientation": np.array(ds.ImageOrientationPatient, dtype=np.float64),
+                        "spacing": tuple(float(v) for v in ds.PixelSpacing),
+                        "shape": (int(ds.Rows), int(ds.Columns)),
+                        "slope": float(ds.get("RescaleSlope", 1) or 1),
+                        "intercept": float(ds.get("RescaleIntercept", 0) or 0),
+                        "thickness": float(ds.get("SliceThickness", 1.0) or 1.0),
+                        "series": str(ds.get("SeriesInstanceUID", ""))}
+            if geometry["position"].shape != (3,) or geometry["orientation"].shape != (6,) \
+                    or len(geometry["spacing"]) != 2:
+                raise ValueError("position, orientation or pixel spacing has the wrong number of values")
         except (InvalidDicomError, AttributeError, KeyError) as exc:
             raise MedsynthError(f"{f}: not a DICOM image slice ({reason(exc)})") from None
-        except Exception as exc:  # truncated files raise from deep inside the parser
+        except Exception as exc:  # truncated files and corrupt values raise from deep inside the parser
             raise MedsynthError(f"{f}: not a readable DICOM file ({reason(exc)})") from None
-        slices.append((f, ds))
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+        slices.append((f, ds, geometry))
+    series = {g["series"] for _, _, g in slices}
     if len(series) > 1:
         raise MedsynthError(f"{folder}: holds {len(series)} DICOM series; give a folder with one series")
-    orient = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    first = slices[0][2]
+    orient = first["orientation"]
     normal = np.cross(orient[:3], orient[3:])
-    slices.sort(key=lambda item: float(np.dot(normal, np.array(item[1].ImagePositionPatient, dtype=np.float64))))
-    positions = np.array([np.dot(normal, np.array(ds.ImagePositionPatient, dtype=np.float64)) for _, ds in slices])
+    slices.sort(key=lambda item: float(np.dot(normal, item[2]["position"])))
+    positions = np.array([np.dot(normal, g["position"]) for _, _, g in slices])
     if len(slices) > 1:
         steps = np.diff(positions)
         step = float(np.median(steps))
-        if step <= 0 or np.any(np.abs(steps - step) > 0.1 * step + 1e-3):
+        if not step > 0 or np.any(np.abs(steps - step) > 0.1 * step + 1e-3):
             worst = int(np.argmax(np.abs(steps - step)))
             raise MedsynthError(f"{folder}: slices are not evenly spaced (gap of {steps[worst]:.2f} mm after "
                                 f"{slices[worst][0].name}, expected {step:.2f} mm): missing or duplicate slices")
     else:
-        step = float(slices[0][1].get("SliceThickness", 1.0) or 1.0)
-    rows, cols = int(slices[0][1].Rows), int(slices[0][1].Columns)
+        step = first["thickness"]
+    rows, cols = first["shape"]
     if len(slices) * rows * cols * 4 > _memory_limit():
         raise MedsynthError(f"{folder}: {len(slices)} x {rows} x {cols} voxels is more than this machine can hold")
     planes = []
-    for f, ds in slices:
+    for f, ds, g in slices:
         try:
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:  # no decoder, corrupt compressed stream, short pixel data
             raise MedsynthError(f"{f}: pixel data cannot be decoded ({reason(exc)})") from None
         if pixels.shape != (rows, cols):
             raise MedsynthError(f"{f}: slice of {pixels.shape} differs from {rows} x {cols}")
-        planes.append(pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0))
-    row_mm, col_mm = (float(v) for v in slices[0][1].PixelSpacing)
+        planes.append(pixels * g["slope"] + g["intercept"])
+    row_mm, col_mm = first["spacing"]
     affine = np.eye(4)
     affine[:3, 0] = normal * step
     affine[:3, 1] = orient[3:] * row_mm  # moving down a row follows the column direction cosines
     affine[:3, 2] = orient[:3] * col_mm
-    affine[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=np.float64)
+    affine[:3, 3] = slices[0][2]["position"]
     affine[:2] *= -1  # DICOM patient space is LPS; NIfTI's world (and ours) is RAS
     return Volume(np.stack(planes), affine, (step, row_mm, col_mm), str(folder))
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None,
-                provenance: dict | None = None) -> None:
-    """A NIfTI file; with provenance, marked synthetic in the header description and carrying the
-    full provenance JSON as a header extension."""
+                provenance: dict | None = None, header=None, dtype=np.float32, mark: str = "SYNTHETIC") -> None:
+    """A NIfTI file; with provenance, marked (`mark`: SYNTHETIC, or MODEL LABELS for a predicted label
+    map) in the header description and carrying the
+    full provenance JSON as a header extension. `header`: an input's NIfTI header to keep (units,
+    orientation codes, ...), with the data type and scaling of `array`."""
     import nibabel as nib
 
     from medsynth.io import atomic_path
 
-    image = nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine)
+    if header is not None:
+        header = header.copy()
+        header.extensions.clear()
+        header.set_slope_inter(1.0, 0.0)
+    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.eye(4) if affine is None else affine, header=header)
+    image.set_data_dtype(dtype)
     if provenance is not None:
-        image.header["descrip"] = ("SYNTHETIC " + provenance.get("generator", "medsynth"))[:79].encode()
+        image.header["descrip"] = (f"{mark} " + provenance.get("generator", "medsynth"))[:79].encode()
         image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance).encode()))
     path = Path(path)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
