@@ -35,6 +35,20 @@ def _sample(args) -> None:
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+def _segment(args) -> None:
+    import json
+
+    from medsynth.segment import segment
+
+    records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
+                      sw_batch_size=args.sw_batch_size)
+    scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
+              for r in records if "scores" in r}
+    if scored:
+        print(json.dumps({case: {k: (v["dice"] if isinstance(v, dict) else v) for k, v in s.items()}
+                          for case, s in scored.items()}, indent=1))
+
+
 def _features_train(args) -> None:
     from medsynth.models.classifier import FEATURE_DEFAULTS
     from medsynth.training import train
@@ -99,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("segment", help="label maps of whole volumes from a segmentation run (Vox2Vox, UNet)",
+                       description="Segment a case folder (files matching the run's contrast patterns), a folder "
+                                   "of case folders, or a single volume (one-contrast models) by sliding windows. "
+                                   "Label maps are written as NIfTI with the input's affine and header; cases "
+                                   "with a reference label map are scored (Dice printed as JSON).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of model.family=segmentation")
+    p.add_argument("--input", required=True, help="case folder, folder of case folders, or a volume file")
+    p.add_argument("--out", required=True, help="output .nii.gz (one case) or folder (several cases)")
+    p.add_argument("--overlap", type=float, help="overlap of neighbouring windows (default: the run's, 0.25)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the run's, 2)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.set_defaults(func=_segment)
 
     p = sub.add_parser("features", help="the domain feature network (for metrics and perceptual loss)",
                        description="Train the domain feature network on real images.")

@@ -10,8 +10,16 @@ class MedsynthError(Exception):
     """Bad input or a run that cannot go on; the message says what and where."""
 
 
-class NonFiniteLossError(MedsynthError):
+class TrainingDiverged(MedsynthError):
+    """Training cannot usefully go on (the run keeps its last good checkpoint)."""
+
+
+class NonFiniteLossError(TrainingDiverged):
     """The training loss became NaN or inf."""
+
+
+class DiscriminatorCollapse(TrainingDiverged):
+    """A discriminator's loss has stayed at zero: it wins outright and the generator learns nothing."""
 
 
 def reason(exc: BaseException, limit: int = 200) -> str:

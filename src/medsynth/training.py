@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from medsynth.config import load_config, to_yaml
 from medsynth.data import MedsynthDataModule, load_splits
-from medsynth.errors import MedsynthError, NonFiniteLossError, reason
+from medsynth.errors import MedsynthError, TrainingDiverged, reason
 from medsynth.io import CONFIG, export_weights, write_text
 from medsynth.models import build_recipe
 from medsynth.provenance import record_environment
@@ -56,6 +56,22 @@ def fill_data_shape(cfg: DictConfig, splits) -> None:
         m[key] = value
 
 
+def build_data(cfg: DictConfig):
+    """The splits and the LightningDataModule for cfg.data (images in memory, or segmentation
+    cases cut into patches); fills cfg.model with the data's shape."""
+    if cfg.data.format == "segmentation":
+        from medsynth.data.patches import PatchDataModule, load_segmentation_splits
+
+        splits = load_segmentation_splits(cfg.data, cfg.seed)
+        fill_data_shape(cfg, splits)
+        d = cfg.data
+        return splits, PatchDataModule(splits, d.batch_size, d.patches_per_epoch, d.val_patches, cfg.seed,
+                                       None if d.class_ratios is None else list(d.class_ratios), d.num_workers)
+    splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
+    fill_data_shape(cfg, splits)
+    return splits, MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
+
+
 class _ChannelsLast(L.Callback):
     """NHWC memory layout for 2D convs: oneDNN's fast path on CPU."""
 
@@ -66,7 +82,8 @@ class _ChannelsLast(L.Callback):
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks=()) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks=(), manual: bool = False) -> L.Trainer:
+    """manual: the recipe optimises by hand (adversarial models), so it clips its own gradients."""
     t = cfg.trainer
     callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val_loss" if has_val else None,
                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False),
@@ -85,10 +102,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
     if cfg.tracking.mlflow:
         loggers.append(_mlflow_logger(cfg, run_dir))
     return L.Trainer(
-        default_root_dir=run_dir, max_epochs=t.max_epochs, max_steps=t.max_steps,
+        default_root_dir=run_dir, max_epochs=t.max_epochs, max_steps=t.max_steps, max_time=t.max_time,
         precision=resolve_precision(t.precision, t.accelerator), accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes,
-        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=None if manual else t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches if has_val else 0, callbacks=callbacks, logger=loggers,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
         plugins=[SafeCheckpointIO()],
@@ -125,11 +142,9 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
         cfg = config if isinstance(config, DictConfig) else load_config(config, overrides)
         ckpt = None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
-    fill_data_shape(cfg, splits)
+    splits, data = build_data(cfg)
     recipe = build_recipe(cfg)
     recipe.prepare_training()
-    data = MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
 
     rank, world = launched_rank()
     runs_root_existed = True
@@ -143,7 +158,9 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
             runs_root_existed = Path(cfg.runs_dir).exists()
             run_dir = new_run_dir(cfg.runs_dir, cfg.name)
     try:  # Lightning checks the trainer settings here; nothing has been written yet
-        trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0)
+        validates = type(recipe).validation_step is not L.LightningModule.validation_step  # GANs have no val loss
+        trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0 and validates,
+                                manual=not recipe.automatic_optimization)
     except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
         # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
         if resume is None and not cfg.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -158,7 +175,7 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     start = time.perf_counter()
     try:
         trainer.fit(recipe, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    except NonFiniteLossError as exc:
+    except TrainingDiverged as exc:
         kept = last_checkpoint(run_dir)
         where = f"last good checkpoint: {kept}" if kept.is_file() else "no checkpoint had been written yet"
         _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="diverged", error=str(exc))

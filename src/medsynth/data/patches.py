@@ -1,0 +1,181 @@
+"""Segmentation data: cases of volumes with label maps, cut into patches.
+
+Training draws class-balanced random patches (MONAI RandCropByLabelClasses: a
+class is picked by `ratios`, then a patch centred on one of its voxels), with
+the per-class voxel indices computed once per case rather than per draw (0.3 s
+for a 240 x 240 x 155 BraTS case). Background centres are taken only inside the
+mask (e.g. the brain), so background patches show tissue, not air. Validation
+uses a fixed, seeded set of patches; whole cases are kept for sliding-window
+evaluation after training.
+
+Label values are mapped to class indices 0..K-1 through `classes` (e.g. BraTS
+0-4 stay 0-4; [0, 1, 2, 4] would map 4 -> 3), and back when a prediction is
+written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import lightning as L
+
+from medsynth.data.cases import Case, cases_from_folder, cases_from_manifest, resample_to_spacing
+from medsynth.data.intensity import mr_normalise
+from medsynth.errors import MedsynthError
+
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "test": "test"}
+
+
+@dataclass
+class SegmentationSplits:
+    """Whole cases per split, their image already normalised to [-1, 1] and label maps as class indices."""
+
+    train: list[Case]
+    val: list[Case]
+    test: list[Case]
+    classes: list[int]
+    patch_size: int
+    source: str
+    multilabel: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train[0].image.shape[0])
+
+    @property
+    def image_size(self) -> list[int]:
+        return [self.patch_size] * 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def to_indices(label: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Label values -> class indices (uint8); values were checked against `classes` when read."""
+    lut = np.zeros(max(classes) + 1, dtype=np.uint8)
+    lut[np.asarray(classes)] = np.arange(len(classes), dtype=np.uint8)
+    return lut[label]
+
+
+def to_values(indices: np.ndarray, classes: list[int]) -> np.ndarray:
+    return np.asarray(classes, dtype=np.int16)[indices]
+
+
+def prepare_case(case: Case, mode: str = "zscore", spacing=None) -> Case:
+    """Resample (optional) and normalise each contrast within the case's mask to [-1, 1]."""
+    image, mask, label = case.image, case.mask, case.label
+    if spacing is not None:
+        image = resample_to_spacing(image, case.spacing, list(spacing), order=1)
+        mask = None if mask is None else resample_to_spacing(mask.astype(np.float32), case.spacing,
+                                                             list(spacing), order=0) > 0.5
+        label = None if label is None else resample_to_spacing(label, case.spacing, list(spacing), order=0)
+    image = np.stack([mr_normalise(ch, mask, mode) for ch in image])
+    return Case(case.name, image, label, case.affine, tuple(spacing) if spacing is not None else case.spacing, mask)
+
+
+def load_segmentation_splits(data_cfg, seed: int = 0) -> SegmentationSplits:
+    """Cases from train / validation / test sub-folders (or a CSV / JSON manifest with a `split`
+    column), with the label map given by `data.label` and the classes by `data.classes`."""
+    path = Path(data_cfg.path)
+    if not data_cfg.contrasts or not data_cfg.label:
+        raise MedsynthError("data.format=segmentation needs data.contrasts and data.label (file patterns "
+                            "or manifest columns)")
+    if not data_cfg.classes:
+        raise MedsynthError("data.format=segmentation needs data.classes, the label values (e.g. [0,1,2,3,4])")
+    classes = sorted(int(c) for c in data_cfg.classes)
+    if classes[0] != 0 or len(set(classes)) != len(classes) or classes[-1] > 255:
+        raise MedsynthError(f"data.classes={list(data_cfg.classes)}: expected distinct values 0..255 "
+                            "starting with 0 (the background)")
+    contrasts = list(data_cfg.contrasts)
+    if path.suffix in (".csv", ".json"):
+        cases = cases_from_manifest(path, contrasts, label=data_cfg.label, classes=classes)
+        groups = {"train": cases, "val": [], "test": []}
+    elif path.is_dir():
+        present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
+        if "train" not in present:
+            raise MedsynthError(f"{path}: expected a train/ sub-folder of cases (and validation/, test/)")
+        groups = {s: cases_from_folder(present[s], contrasts, label=data_cfg.label, classes=classes,
+                                       mask=data_cfg.mask) if s in present else []
+                  for s in SPLIT_FOLDERS}
+    else:
+        raise MedsynthError(f"{path}: segmentation data must be a folder of split sub-folders or a manifest")
+    limit = data_cfg.limit
+    out = {}
+    for split, cases in groups.items():
+        cases = cases[:limit] if limit is not None else cases
+        prepared = [prepare_case(c, data_cfg.mr_normalise, data_cfg.spacing) for c in cases]
+        for c in prepared:
+            c.label = to_indices(c.label, classes)
+            if min(c.image.shape[1:]) < data_cfg.patch_size:
+                raise MedsynthError(f"case {c.name}: volume {c.image.shape[1:]} is smaller than "
+                                    f"data.patch_size={data_cfg.patch_size}")
+        out[split] = prepared
+    if not out["train"]:
+        raise MedsynthError(f"{path}: no training cases")
+    return SegmentationSplits(out["train"], out["val"], out["test"], classes, data_cfg.patch_size, str(path))
+
+
+class PatchSampler(Dataset):
+    """`length` class-balanced random patches per epoch: {"image": C x P^3, "label": 1 x P^3 (long)}.
+
+    Randomness comes from a seeded generator, so runs repeat; with a fixed `seed` and
+    `fixed=True` the same patches come back every epoch (the validation set).
+    """
+
+    def __init__(self, cases: list[Case], patch: int, num_classes: int, length: int, seed: int = 0,
+                 ratios: list[float] | None = None, fixed: bool = False):
+        from monai.transforms import RandCropByLabelClasses
+        from monai.transforms.utils import map_classes_to_indices
+
+        self.cases, self.length, self.seed, self.fixed = cases, length, seed, fixed
+        # image and label cropped together, as one volume with the label as a last channel
+        self.volumes = [torch.cat([torch.from_numpy(c.image), torch.from_numpy(c.label[None].astype(np.float32))])
+                        for c in cases]
+        inside = [torch.from_numpy(c.mask[None]) if c.mask is not None else None for c in cases]
+        self.indices = [map_classes_to_indices(torch.from_numpy(c.label[None]), num_classes,
+                                               image=m, image_threshold=0.5) for c, m in zip(cases, inside)]
+        self.cropper = RandCropByLabelClasses(spatial_size=patch, ratios=None if ratios is None else list(ratios),
+                                              num_classes=num_classes, num_samples=1, warn=False)
+        self.rng = np.random.default_rng(seed)
+        self.cropper.set_random_state(seed)
+        self._fixed_items = [self._draw(i) for i in range(length)] if fixed else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _draw(self, i: int) -> dict:
+        k = i % len(self.cases) if self.fixed else int(self.rng.integers(len(self.cases)))
+        vol = self.volumes[k]
+        patch = self.cropper(vol, label=vol[-1:].long(), indices=self.indices[k])[0]
+        patch = patch.as_tensor() if hasattr(patch, "as_tensor") else patch
+        return {"image": patch[:-1].contiguous(), "label": patch[-1:].round().long()}
+
+    def __getitem__(self, i: int) -> dict:
+        return self._fixed_items[i] if self.fixed else self._draw(i)
+
+
+class PatchDataModule(L.LightningDataModule):
+    """Training: `patches_per_epoch` fresh class-balanced patches each epoch; validation: a fixed set
+    (`val_patches` per validation case, or drawn from training cases when there are none)."""
+
+    def __init__(self, splits: SegmentationSplits, batch_size: int, patches_per_epoch: int,
+                 val_patches: int = 4, seed: int = 0, ratios: list[float] | None = None, num_workers: int = 0):
+        super().__init__()
+        self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
+        k, p = splits.num_classes, splits.patch_size
+        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios)
+        held = splits.val or splits.train
+        self.val_set = PatchSampler(held, p, k, val_patches * len(held), seed + 1, ratios, fixed=True)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)

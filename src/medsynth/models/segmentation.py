@@ -1,0 +1,147 @@
+"""Volumetric segmentation: Vox2Vox (Cirillo et al. 2020) and its plain-UNet baseline, one recipe.
+
+- Vox2Vox: model.generator=unet (the 3D pix2pix U-Net of nets/unet_gan.py), a conditional 3D
+  PatchGAN seeing the input volume with either the one-hot truth or the generator's softmax;
+  generator loss = adversarial_weight * least squares + dice_weight (lambda, 5 in the paper) *
+  generalized Dice (MONAI, classes weighted by inverse squared volume).
+- Baseline: model.generator=monai_unet, loss.adversarial_weight=0 (no discriminator is built):
+  the same patches, the same Dice loss, no adversary.
+
+Training sees class-balanced patches (data/patches.py); whole cases are segmented by MONAI's
+sliding-window inference with Gaussian-weighted overlaps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth.errors import MedsynthError
+from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.nets.unet_gan import build_discriminator, build_generator
+
+
+class SegmentationRecipe(AdversarialRecipe):
+    """Batches are {"image": B x C x P^3 in [-1, 1], "label": B x 1 x P^3 class indices}."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from monai.losses import GeneralizedDiceLoss
+
+        m = self.cfg.model
+        if not m.num_classes or m.num_classes < 2:
+            raise MedsynthError("model.family=segmentation needs at least two classes (data.classes)")
+        if m.generator == "unet" and any(s % 2 ** m.depth for s in m.image_size):
+            raise MedsynthError(f"patch size {list(m.image_size)} must be divisible by 2^model.depth = {2 ** m.depth}")
+        self.generator = build_generator(m, m.num_classes)
+        self.adversarial = self.cfg.loss.adversarial_weight > 0
+        self.discriminator = build_discriminator(m, m.in_channels + m.num_classes) if self.adversarial else None
+        self.dice_loss = GeneralizedDiceLoss(to_onehot_y=True, softmax=True, w_type="square")
+
+    @property
+    def classes(self) -> list[int]:
+        return list(self.cfg.data.classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator(x)
+
+    def sample(self, n, condition=None, generator=None):
+        raise MedsynthError("a segmentation model does not draw samples: segment volumes with "
+                            "`medsynth segment RUN --input ... --out ...`")
+
+    # --- training -------------------------------------------------------------------------
+    def _discriminate(self, x, target):
+        return self.discriminator(torch.cat([x, target], dim=1))[-1]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch["image"], batch["label"]
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if self.adversarial else (optimizers, None)
+        logits = self.generator(x)
+        dice = self.dice_loss(logits.float(), y)
+        terms = {"dice": dice}
+        if not self.adversarial:
+            self.check_finite(dice, terms)
+            self.optimise(opt_g, dice)
+            self.log_train_terms({"loss": dice, **terms})
+            return
+        probs = logits.float().softmax(dim=1)
+        truth = F.one_hot(y[:, 0], self.cfg.model.num_classes).movedim(-1, 1).to(probs.dtype)
+        real_out, fake_out = self._discriminate(x, truth), self._discriminate(x, probs.detach())
+        d_loss = self.discriminator_loss(real_out, fake_out)
+        accuracy = self.discriminator_accuracy(real_out, fake_out)
+        self.check_finite(d_loss, {"d_loss": d_loss})
+        self.check_collapse(d_loss)
+        updated = self.update_discriminator(accuracy)
+        if updated:
+            self.optimise(opt_d, d_loss)
+        adv = self.generator_adversarial_loss(self._discriminate(x, probs))
+        l = self.cfg.loss
+        g_loss = l.adversarial_weight * adv + l.dice_weight * dice
+        terms.update(g_adv=adv, d_loss=d_loss, d_accuracy=accuracy, d_updated=torch.tensor(float(updated)))
+        self.check_finite(g_loss, terms)
+        self.optimise(opt_g, g_loss)
+        self.log_train_terms({"loss": g_loss, **terms})
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch["image"], batch["label"]
+        logits = self.generator(x).float()
+        dice_loss = self.dice_loss(logits, y)
+        hard = patch_dice(logits.argmax(1), y[:, 0], self.cfg.model.num_classes)
+        n = len(x)
+        self.log("val/dice_loss", dice_loss, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val/dice_foreground", hard, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("val_loss", dice_loss, on_epoch=True, prog_bar=True, batch_size=n, logger=False, sync_dist=True)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt_g = self.adam(self.generator.parameters(), o.lr)
+        if not self.adversarial:
+            return opt_g
+        return [opt_g, self.adam(self.discriminator.parameters(), o.d_lr or o.lr)]
+
+    # --- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def segment(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | None = None, overlap: float | None = None,
+                sw_batch_size: int | None = None) -> np.ndarray:
+        """A whole normalised case C x D x H x W -> class indices D x H x W (uint8), by sliding
+        windows of the training patch size with Gaussian-weighted overlaps. With a mask (the
+        brain, when the run used data.mask), everything outside it is background: the model never
+        saw patches centred there."""
+        from monai.inferers import sliding_window_inference
+
+        m = self.cfg.model
+        x = torch.as_tensor(image, dtype=torch.float32)[None].to(self.device)
+        if x.shape[1] != m.in_channels:
+            raise MedsynthError(f"the model takes {m.in_channels} contrasts, the volume has {x.shape[1]}")
+        self.eval()
+        probs = sliding_window_inference(
+            x, roi_size=list(m.image_size), sw_batch_size=sw_batch_size or m.sw_batch_size,
+            predictor=lambda t: self.generator(t).float().softmax(dim=1),
+            overlap=m.sw_overlap if overlap is None else overlap, mode="gaussian")
+        pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+        if mask is not None:
+            pred[~np.asarray(mask, dtype=bool)] = 0
+        return pred
+
+    def after_training(self, splits, run_dir, seed: int) -> dict:
+        """Segment every held-out case (test, else validation) whole; write segmentation.json
+        (Dice and HD95 per class and region, per case and mean) and segmentation.png."""
+        from medsynth.segment import score_cases
+
+        held = splits.test or splits.val
+        if not held:
+            return {}
+        return score_cases(self, held, run_dir, seed)
+
+
+def patch_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean hard Dice over the foreground classes present in prediction or truth (a batch of patches)."""
+    scores = []
+    for k in range(1, num_classes):
+        p, t = pred == k, target == k
+        total = p.sum() + t.sum()
+        if total > 0:
+            scores.append(2.0 * (p & t).sum() / total)
+    return torch.stack(scores).float().mean() if scores else torch.tensor(1.0, device=pred.device)
