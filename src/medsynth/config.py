@@ -43,11 +43,19 @@ class DataConfig:
     mr_normalise: str = "zscore"  # per case and contrast: zscore | percentile
     mask: Optional[str] = None  # file pattern of a mask (e.g. brainmask*) for the intensity statistics
     spacing: Optional[List[float]] = None  # resample every case to this spacing (mm) first
+    # segmentation: the same cases with a label map, cut into class-balanced patches
+    label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
+    classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
+    regions: Optional[str] = None  # also score these label groups: brats (whole tumour, core, enhancing)
+    patch_size: int = 64  # training patches of patch_size^3 voxels
+    patches_per_epoch: int = 64  # fresh random patches drawn each epoch
+    val_patches: int = 4  # fixed patches per validation case (val_loss)
+    class_ratios: Optional[List[float]] = None  # patch-centre class ratios; None: every class alike
 
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"  # vae | classifier (the domain feature network)
+    family: str = "vae"  # vae | gan (DCGAN, cGAN) | classifier (the domain feature network) | segmentation
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -56,6 +64,18 @@ class ModelConfig:
     conditional: bool = False  # one-hot class label into encoder and decoder
     discrete_dims: List[int] = field(default_factory=list)  # JointVAE categorical latents
     temperature: float = 0.67  # Gumbel-softmax temperature (JointVAE)
+    # GANs (nets/dcgan.py): model.channels are the generator's widths, coarse to fine
+    spectral_norm: bool = False  # spectral norm on every discriminator layer (instead of batch norm)
+    ema_decay: Optional[float] = None  # e.g. 0.999: sample from an EMA of the generator's weights
+    # segmentation / translation networks (nets/unet_gan.py)
+    generator: str = "unet"  # unet (the pix2pix / Vox2Vox U-Net) | monai_unet (MONAI's UNet, the baseline)
+    width: float = 1.0  # width factor: encoder widths are 64 * width * 2^i (the paper: 1)
+    depth: int = 4  # strided encoder blocks (patch size must divide by 2^depth)
+    bottleneck_blocks: int = 4
+    dropout: float = 0.2
+    disc_layers: int = 3  # strided layers of the PatchGAN discriminator
+    sw_overlap: float = 0.25  # sliding-window inference: overlap of neighbouring windows
+    sw_batch_size: int = 2  # windows per forward pass
     # Filled from the data when a run starts; set them only to build a model by hand.
     in_channels: Optional[int] = None
     image_size: Optional[List[int]] = None
@@ -83,6 +103,12 @@ class LossConfig:
     perceptual_weight: float = 0.0  # 0 switches it off
     perceptual_layers: List[int] = field(default_factory=lambda: [2, 5, 9])
     perceptual_layer_weights: Optional[List[float]] = None  # None: 1 for each layer
+    # Adversarial models
+    adversarial: str = "least_squares"  # least_squares | bce | hinge (MONAI PatchAdversarialLoss)
+    adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
+    dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
+    d_accuracy_threshold: Optional[float] = 0.8  # update D only while its batch accuracy is below; None: always
+    d_collapse_steps: int = 500  # stop when the D loss stays ~0 this many steps in a row (0: never)
 
 
 @dataclass
@@ -90,12 +116,14 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    d_lr: Optional[float] = None  # discriminator learning rate (None: optim.lr)
 
 
 @dataclass
 class TrainerConfig:
     max_epochs: int = 10
     max_steps: int = -1
+    max_time: Optional[str] = None  # wall-clock limit "DD:HH:MM:SS" (e.g. equal time for two recipes)
     precision: str = "auto"  # auto | 32 | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1
@@ -133,8 +161,11 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes"),
-    "model.family": ("vae", "classifier"),
+    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "segmentation"),
+    "data.regions": (None, "brats"),
+    "model.family": ("vae", "gan", "classifier", "segmentation"),
+    "model.generator": ("unet", "monai_unet"),
+    "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),
     "model.spatial_dims": (2, 3),
     "model.upsample": ("transposed", "bilinear", "nearest"),
@@ -143,7 +174,8 @@ CHOICES = {
     "data.channels": (None, 1, 3),
 }
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
-            "loss.discrete_capacity_steps", "model.temperature")
+            "loss.discrete_capacity_steps", "model.temperature", "data.patch_size", "data.patches_per_epoch",
+            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size")
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> MedsynthError:
@@ -169,6 +201,15 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.discrete_dims entries must be >= 2 categories")
     if cfg.loss.perceptual_weight > 0 and not cfg.loss.perceptual_net:
         raise MedsynthError(f"{source}: loss.perceptual_weight > 0 needs loss.perceptual_net (a feature run)")
+    if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.model.sw_overlap < 1:
+        raise MedsynthError(f"{source}: model.dropout and model.sw_overlap must be in [0, 1)")
+    if cfg.model.ema_decay is not None and not 0 < cfg.model.ema_decay < 1:
+        raise MedsynthError(f"{source}: model.ema_decay must be in (0, 1) or null, got {cfg.model.ema_decay}")
+    if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0:
+        raise MedsynthError(f"{source}: loss.adversarial_weight and loss.dice_weight must be >= 0")
+    if cfg.model.family == "segmentation" and cfg.data.format != "segmentation":
+        raise MedsynthError(f"{source}: model.family=segmentation trains on data.format=segmentation "
+                            f"(got {cfg.data.format!r})")
     if not 0 <= cfg.data.val_fraction < 1:
         raise MedsynthError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
 

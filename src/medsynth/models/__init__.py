@@ -15,8 +15,16 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.vae import VAERecipe
 
         return VAERecipe(cfg)
+    if family == "gan":
+        from medsynth.models.gan import GANRecipe
+
+        return GANRecipe(cfg)
     if family == "classifier":
         from medsynth.models.classifier import ClassifierRecipe
 
         return ClassifierRecipe(cfg)
+    if family == "segmentation":
+        from medsynth.models.segmentation import SegmentationRecipe
+
+        return SegmentationRecipe(cfg)
     raise MedsynthError(f"model.family={family!r} is not a known model family")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +32,37 @@ class Recipe(L.LightningModule):
             raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
+        self.conditional = False  # class-conditional families set this from model.conditional
+
+    def condition_vector(self, labels, n: int | None = None) -> torch.Tensor | None:
+        """Labels (ints B, an int, or multi-hot B x k) -> B x cond_dim float, or None when unconditional."""
+        if not self.conditional:
+            return None
+        k = self.cfg.model.num_classes
+        if labels is None:
+            raise MedsynthError("this model is conditional: give a label (e.g. --label 0)")
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.ndim == 0:
+            labels = labels.expand(n if n is not None else 1)
+        if labels.ndim == 2:  # multi-label
+            return labels.float()
+        if labels.min() < 0 or labels.max() >= k:
+            raise MedsynthError(f"label {labels.max().item()} is outside the model's classes 0..{k - 1}")
+        return F.one_hot(labels.long(), k).float()
+
+    def save_samples(self, splits, run_dir, seed: int) -> None:
+        """samples.png: trainer.samples_after_training draws (conditional models cycle over the classes)."""
+        from medsynth.io import save_grid
+        from medsynth.provenance import synthetic_provenance
+
+        n = self.cfg.trainer.samples_after_training
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        condition = None
+        if self.conditional:
+            condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % self.cfg.model.num_classes
+            n = len(condition)
+        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator),
+                  provenance=synthetic_provenance(self, run_dir, seed, kind="samples"))
 
     def prepare_training(self) -> None:
         """Load what only training needs (e.g. a perceptual network); runs before the run directory exists."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
@@ -44,22 +43,6 @@ class VAERecipe(Recipe):
         self.conditional = bool(m.conditional)
 
     # --- the shared interface -------------------------------------------------------------
-    def condition_vector(self, labels, n: int | None = None) -> torch.Tensor | None:
-        """Labels (ints B, an int, or multi-hot B x k) -> B x cond_dim float, or None when unconditional."""
-        if not self.conditional:
-            return None
-        k = self.cfg.model.num_classes
-        if labels is None:
-            raise MedsynthError("this model is conditional: give a label (e.g. --label 0)")
-        labels = torch.as_tensor(labels, device=self.device)
-        if labels.ndim == 0:
-            labels = labels.expand(n if n is not None else 1)
-        if labels.ndim == 2:  # multi-label
-            return labels.float()
-        if labels.min() < 0 or labels.max() >= k:
-            raise MedsynthError(f"label {labels.max().item()} is outside the model's classes 0..{k - 1}")
-        return F.one_hot(labels.long(), k).float()
-
     @torch.no_grad()
     def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images B x C x *spatial in [-1, 1] from the prior."""
@@ -153,14 +136,7 @@ class VAERecipe(Recipe):
         from medsynth.io import save_grid
         from medsynth.provenance import synthetic_provenance
 
-        n = self.cfg.trainer.samples_after_training
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        condition = None
-        if self.conditional:
-            condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % self.cfg.model.num_classes
-            n = len(condition)
-        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator),
-                  provenance=synthetic_provenance(self, run_dir, seed, kind="samples"))
+        self.save_samples(splits, run_dir, seed)
         held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
         if held_out is None or len(held_out) == 0:
             held_out = splits.train
