@@ -11,37 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA
 from medsynth.config import load_config
 from medsynth.errors import DiscriminatorCollapse, MedsynthError
 from medsynth.models import build_recipe
 from medsynth.nets.unet_gan import UNetGenerator
 from medsynth.training import build_data, train
 
-BRATS = DATA / "brats2013"
-FILES = ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz", "brainmask.nii.gz", "OTMultiClass.nii.gz"]
-BOX = (48, 48, 40)
-
-
-@pytest.fixture(scope="module")
-def mini_brats(tmp_path_factory):
-    """The six BraTS cases in their train / validation / test folders, each cropped to 48 x 48 x 40
-    voxels around its tumour's centre, affines shifted to match (real intensities and labels)."""
-    root = tmp_path_factory.mktemp("brats")
-    for split in ("train", "validation", "test"):
-        for case in sorted((BRATS / split).iterdir()):
-            label = nib.load(str(case / "OTMultiClass.nii.gz"))
-            centre = np.round(np.argwhere(np.asarray(label.dataobj) > 0).mean(0)).astype(int)
-            lo = [int(np.clip(c - b // 2, 0, s - b)) for c, b, s in zip(centre, BOX, label.shape)]
-            box = tuple(slice(a, a + b) for a, b in zip(lo, BOX))
-            out = root / split / case.name
-            out.mkdir(parents=True)
-            for name in FILES:
-                img = nib.load(str(case / name))
-                affine = img.affine.copy()
-                affine[:3, 3] = img.affine[:3, :3] @ np.array(lo) + img.affine[:3, 3]
-                nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[box], affine, img.header), str(out / name))
-    return root
+from conftest import BOX, FILES
 
 
 def overrides(root, runs, *extra):

@@ -43,6 +43,9 @@ class DataConfig:
     mr_normalise: str = "zscore"  # per case and contrast: zscore | percentile
     mask: Optional[str] = None  # file pattern of a mask (e.g. brainmask*) for the intensity statistics
     spacing: Optional[List[float]] = None  # resample every case to this spacing (mm) first
+    # paired_slices: the same cases as 2D slices, source contrasts then target (translation)
+    target_channels: int = 1  # the last contrasts of data.contrasts are the target
+    min_mask_fraction: float = 0.3  # keep slices with at least this share of the largest mask slice
     # segmentation: the same cases with a label map, cut into class-balanced patches
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
     classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
@@ -107,6 +110,7 @@ class LossConfig:
     adversarial: str = "least_squares"  # least_squares | bce | hinge (MONAI PatchAdversarialLoss)
     adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
     dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
+    l1_weight: float = 100.0  # lambda of pix2pix: L1 between translation and target
     d_accuracy_threshold: Optional[float] = 0.8  # update D only while its batch accuracy is below; None: always
     d_collapse_steps: int = 500  # stop when the D loss stays ~0 this many steps in a row (0: never)
 
@@ -161,9 +165,9 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "segmentation"),
+    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
     "data.regions": (None, "brats"),
-    "model.family": ("vae", "gan", "classifier", "segmentation"),
+    "model.family": ("vae", "gan", "pix2pix", "classifier", "segmentation"),
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),
@@ -175,7 +179,7 @@ CHOICES = {
 }
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
             "loss.discrete_capacity_steps", "model.temperature", "data.patch_size", "data.patches_per_epoch",
-            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size")
+            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size", "data.target_channels")
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> MedsynthError:
@@ -207,6 +211,9 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.ema_decay must be in (0, 1) or null, got {cfg.model.ema_decay}")
     if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0:
         raise MedsynthError(f"{source}: loss.adversarial_weight and loss.dice_weight must be >= 0")
+    if cfg.model.family == "pix2pix" and cfg.data.format != "paired_slices":
+        raise MedsynthError(f"{source}: model.family=pix2pix trains on data.format=paired_slices "
+                            f"(got {cfg.data.format!r})")
     if cfg.model.family == "segmentation" and cfg.data.format != "segmentation":
         raise MedsynthError(f"{source}: model.family=segmentation trains on data.format=segmentation "
                             f"(got {cfg.data.format!r})")

@@ -88,9 +88,10 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
     return canvas[..., 0] if c == 1 else canvas
 
 
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None, provenance: dict | None = None) -> None:
+def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None, provenance: dict | None = None,
+              pad: int = 2) -> None:
     """A PNG grid; with `provenance`, marked synthetic in its text chunks."""
-    canvas = grid_image(images, nrow)
+    canvas = grid_image(images, nrow, pad)
     path = Path(path)
     info = None
     if provenance is not None:

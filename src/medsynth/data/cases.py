@@ -21,6 +21,10 @@ from medsynth.data.volumes import read_dicom_series, read_hdf5, read_nifti, read
 from medsynth.errors import MedsynthError
 
 
+# split -> sub-folder of case folders (BraTS and the Medical Segmentation Decathlon style)
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "test": "test"}
+
+
 @dataclass
 class Case:
     name: str

@@ -59,6 +59,10 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
     fmt = data_cfg.format
     if fmt == "volumes":
         return _read_volumes(data_cfg, path)
+    if fmt == "paired_slices":
+        from medsynth.data.slices import read_paired_slices
+
+        return read_paired_slices(data_cfg)
     if fmt == "ct_slices":
         from medsynth.data.slices import read_ct_slices
 
@@ -82,7 +86,8 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
 def _read_volumes(data_cfg, path: Path):
     """Cases (train / validation / test sub-folders, or one folder) -> N x C x S^3 volumes in [-1, 1],
     each contrast normalised per case (MR statistics; the whole volume is the mask)."""
-    from medsynth.data.cases import cases_from_folder, cases_from_manifest, resample_to_spacing, resize_volumes
+    from medsynth.data.cases import (SPLIT_FOLDERS, cases_from_folder, cases_from_manifest, resample_to_spacing,
+                                     resize_volumes)
     from medsynth.data.intensity import mr_normalise
 
     if not data_cfg.contrasts:
@@ -93,8 +98,7 @@ def _read_volumes(data_cfg, path: Path):
     if path.suffix in (".csv", ".json"):
         groups = {"train": cases_from_manifest(path, contrasts, label=None)}
     else:
-        names = {"train": "train", "val": "validation", "test": "test"}
-        present = {s: path / d for s, d in names.items() if (path / d).is_dir()}
+        present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
         groups = ({s: cases_from_folder(p, contrasts, mask=data_cfg.mask) for s, p in present.items()} if present
                   else {"train": cases_from_folder(path, contrasts, mask=data_cfg.mask)})
     out = {}
@@ -125,7 +129,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     if with_labels and with_labels != set(raw):
         raise MedsynthError(f"{source}: labels given for splits {sorted(with_labels)} but not for all of {sorted(raw)}")
     names = list(raw)
-    if data_cfg.format in ("ct_slices", "volumes"):  # already mapped into [-1, 1]
+    if data_cfg.format in ("ct_slices", "volumes", "paired_slices"):  # already mapped into [-1, 1]
         scaled = [raw[s][0] for s in names]
     else:
         scaled = to_unit_range([raw[s][0] for s in names], source)

@@ -24,12 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import lightning as L
 
-from medsynth.data.cases import Case, cases_from_folder, cases_from_manifest, resample_to_spacing
+from medsynth.data.cases import SPLIT_FOLDERS, Case, cases_from_folder, cases_from_manifest, resample_to_spacing
 from medsynth.data.intensity import mr_normalise
 from medsynth.errors import MedsynthError
-
-SPLIT_FOLDERS = {"train": "train", "val": "validation", "test": "test"}
-
 
 @dataclass
 class SegmentationSplits:

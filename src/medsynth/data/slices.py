@@ -1,4 +1,5 @@
-"""The 2.5D slice dataset of the abdominal-CT tutorial.
+"""2D slices of volumes: the 2.5D CT dataset of the abdominal-CT tutorial, and paired MR slices
+for modality translation.
 
 Slices are taken only where a given organ label is present (e.g. pancreas = 7
 in TotalSegmentator's map), each stacked with the slices before and after it as
@@ -54,3 +55,41 @@ def center_crop_array(images: np.ndarray, size: int) -> np.ndarray:
         raise MedsynthError(f"crop size {size} is larger than the slices ({h} x {w})")
     top, left = (h - size) // 2, (w - size) // 2
     return images[..., top:top + size, left:left + size]
+
+
+def read_paired_slices(data_cfg) -> dict:
+    """Paired MR slices for translation (pix2pix): per split (train / validation / test case
+    folders), every slice along `data.slice_axis` whose mask covers at least `data.min_mask_fraction`
+    of the case's largest mask slice, with all `data.contrasts` as channels, each normalised within
+    the case's mask (`data.mr_normalise`; outside it -1). The last `data.target_channels` channels
+    are the target, the others the source. -> {split: (N x C x H x W float32, None)}."""
+    from pathlib import Path
+
+    from medsynth.data.cases import SPLIT_FOLDERS, cases_from_folder
+    from medsynth.data.patches import prepare_case
+
+    path = Path(data_cfg.path)
+    contrasts = list(data_cfg.contrasts)
+    if len(contrasts) <= data_cfg.target_channels:
+        raise MedsynthError(f"data.format=paired_slices needs source and target contrasts: data.contrasts={contrasts} "
+                            f"with data.target_channels={data_cfg.target_channels}")
+    if not path.is_dir():
+        raise MedsynthError(f"{path}: folder of case folders not found")
+    present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
+    groups = present or {"train": path}
+    out = {}
+    for split, folder in groups.items():
+        stacks = []
+        for case in cases_from_folder(folder, contrasts, mask=data_cfg.mask):
+            case = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
+            inside = case.mask if case.mask is not None else (case.image > -1).any(0)
+            other = tuple(a for a in range(3) if a != data_cfg.slice_axis)
+            area = inside.sum(axis=other)
+            keep = np.flatnonzero(area >= data_cfg.min_mask_fraction * area.max()) if area.max() else []
+            if len(keep):
+                stacks.append(np.moveaxis(np.take(case.image, keep, axis=1 + data_cfg.slice_axis),
+                                          1 + data_cfg.slice_axis, 0))
+        if not stacks:
+            raise MedsynthError(f"{folder}: no slices with enough of the mask (data.min_mask_fraction)")
+        out[split] = (np.ascontiguousarray(np.concatenate(stacks)), None)
+    return out

@@ -19,6 +19,10 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.gan import GANRecipe
 
         return GANRecipe(cfg)
+    if family == "pix2pix":
+        from medsynth.models.translation import Pix2PixRecipe
+
+        return Pix2PixRecipe(cfg)
     if family == "classifier":
         from medsynth.models.classifier import ClassifierRecipe
 

@@ -1,0 +1,138 @@
+"""`translate(run_dir, input, out)`: a trained translation model (pix2pix) applied to an .npz, a
+folder of PNG/JPEG images, or a NIfTI volume slice by slice.
+
+Every image is resized to the model's size, translated and resized back, so the output keeps
+the input's shape: the same array shape in the .npz, the same file names and sizes in the image
+folder, and for NIfTI the same shape, affine and header. Volumes are normalised as in training
+(the run's MR normalisation, inside `mask` when given) and translated along the run's slice
+axis; the output holds the model's [-1, 1] intensities. Everything written is marked synthetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth.errors import MedsynthError, reason
+
+
+def _translate_slices(recipe, slices: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """N x C x H x W in [-1, 1] -> N x C' x H x W, through the model's size."""
+    size = list(recipe.cfg.model.image_size)
+    h, w = slices.shape[-2:]
+    out = []
+    for i in range(0, len(slices), batch_size):
+        x = slices[i:i + batch_size].float()
+        if [h, w] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=min(h, w) > min(size))
+        y = recipe.translate(x).cpu()
+        if [h, w] != size:
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(y.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str | Path | None = None,
+              device: str = "cpu", batch_size: int = 64, log=print) -> Path:
+    from medsynth.io import load_run
+    from medsynth.provenance import synthetic_provenance
+
+    recipe = load_run(run_dir, device)
+    if not hasattr(recipe, "translate"):
+        raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not translate images")
+    input, out = Path(input), Path(out)
+    if not input.exists():
+        raise MedsynthError(f"{input}: input not found")
+    provenance = synthetic_provenance(recipe, Path(run_dir), None, kind=f"translation of {input.name}")
+    name = input.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        if not out.name.lower().endswith((".nii", ".nii.gz")):
+            raise MedsynthError(f"{out}: a NIfTI input is translated into a NIfTI file (.nii.gz)")
+        _translate_nifti(recipe, input, out, mask, batch_size, provenance)
+    elif name.endswith(".npz"):
+        if out.suffix != ".npz":
+            raise MedsynthError(f"{out}: an .npz input is translated into an .npz file")
+        _translate_npz(recipe, input, out, batch_size, provenance)
+    elif input.is_dir():
+        if out.suffix:
+            raise MedsynthError(f"{out}: an image folder is translated into a folder; give a folder name")
+        _translate_folder(recipe, input, out, batch_size, provenance)
+    else:
+        raise MedsynthError(f"{input}: translate takes an .npz, an image folder or a NIfTI volume")
+    log(f"translated {input} -> {out}")
+    return out
+
+
+def _check_channels(recipe, channels: int, source: Path) -> None:
+    if channels != recipe.source_channels:
+        raise MedsynthError(f"{source}: {channels} channel(s), but the model translates "
+                            f"{recipe.source_channels}-channel images")
+
+
+def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict) -> None:
+    import nibabel as nib
+
+    from medsynth.data.intensity import mr_normalise
+    from medsynth.data.volumes import read_nifti, write_nifti
+
+    _check_channels(recipe, 1, path)
+    volume = read_nifti(path)
+    if volume.array.ndim != 3:
+        raise MedsynthError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
+    mask = None
+    if mask_path is not None:
+        mask = read_nifti(mask_path).array > 0
+        if mask.shape != volume.array.shape:
+            raise MedsynthError(f"{mask_path}: mask of shape {mask.shape} does not match {path} {volume.array.shape}")
+    axis = int(recipe.cfg.data.slice_axis)
+    normalised = mr_normalise(volume.array, mask, recipe.cfg.data.mr_normalise)
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalised, axis, 0)))[:, None]
+    translated = _translate_slices(recipe, slices, batch_size)[:, 0].numpy()
+    result = np.moveaxis(translated, 0, axis)
+    if mask is not None:
+        result = np.where(mask, result, -1.0)
+    header = nib.load(str(path)).header
+    write_nifti(out, result.astype(np.float32), volume.affine, provenance, header=header)
+
+
+def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict) -> None:
+    from medsynth.data.intensity import to_unit_range
+    from medsynth.data.npz import read_npz
+    from medsynth.io import save_npz
+
+    splits = read_npz(path, spatial_dims=2)
+    images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
+    _check_channels(recipe, images.shape[1], path)
+    x = torch.from_numpy(to_unit_range([images], str(path))[0])
+    save_npz(out, _translate_slices(recipe, x, batch_size), provenance=provenance)
+
+
+def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict) -> None:
+    from PIL import Image
+
+    from medsynth.data.folder import list_images
+
+    files = list_images(folder)
+    if not files:
+        raise MedsynthError(f"{folder}: no images found")
+    _check_channels(recipe, 1, folder)
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                array = np.asarray(im.convert("L"), dtype=np.float32) / 127.5 - 1.0
+        except Exception as exc:
+            raise MedsynthError(f"{f}: not a readable image ({reason(exc)})") from None
+        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size)
+        target = out / f.relative_to(folder).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _save_png(target, y[0], provenance)
+
+
+def _save_png(path: Path, image: torch.Tensor, provenance: dict) -> None:
+    """One image at its own size (no grid padding), marked synthetic like every grid."""
+    from medsynth.io import save_grid
+
+    save_grid(path, image[None], nrow=1, provenance=provenance, pad=0)

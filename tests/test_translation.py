@@ -1,0 +1,147 @@
+"""pix2pix T1c -> FLAIR on real BraTS slices (cases cropped around the tumour), and
+`medsynth translate` on NIfTI, .npz and image folders."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import BOX, overrides as quick
+from medsynth.config import load_config
+from medsynth.data.intensity import mr_normalise
+from medsynth.errors import MedsynthError
+from medsynth.io import load_run
+from medsynth.metrics.translation import translation_scores
+from medsynth.translate import translate
+
+CLI = [sys.executable, "-m", "medsynth.cli"]
+
+
+def p2p(root, runs, *extra):
+    return [f"data.path={root}", f"runs_dir={runs}", "data.image_size=48", "data.batch_size=8", "model.depth=3",
+            "model.width=0.125", "model.bottleneck_blocks=1", "trainer.max_epochs=1", "trainer.precision=32", *extra]
+
+
+@pytest.fixture(scope="module")
+def pix2pix_run(mini_brats, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    out = subprocess.run([*CLI, "train", "configs/pix2pix_brats.yaml", *p2p(mini_brats, runs)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return next(runs.iterdir())
+
+
+def test_paired_slices_are_source_then_target_inside_the_brain(mini_brats):
+    from medsynth.data.slices import read_paired_slices
+
+    cfg = load_config("configs/pix2pix_brats.yaml", [f"data.path={mini_brats}"])
+    splits = read_paired_slices(cfg.data)
+    assert set(splits) == {"train", "val", "test"}
+    train, _ = splits["train"]
+    assert train.shape[1:] == (2, 48, 48) and train.dtype == np.float32
+    case = mini_brats / "train" / "brats_2013_pat0005_1"
+    mask = np.asarray(nib.load(str(case / "brainmask.nii.gz")).dataobj) > 0
+    area = mask.sum(axis=(0, 1))
+    kept = np.flatnonzero(area >= 0.3 * area.max())
+    other = np.asarray(nib.load(str(mini_brats / "train" / "brats_2013_pat0006_1" / "brainmask.nii.gz")).dataobj) > 0
+    other_area = other.sum(axis=(0, 1))
+    assert len(train) == len(kept) + (other_area >= 0.3 * other_area.max()).sum()  # both cases, in order
+    flair = mr_normalise(np.asarray(nib.load(str(case / "Flair_subtrMeanDivStd.nii.gz")).dataobj, np.float32), mask)
+    t1c = mr_normalise(np.asarray(nib.load(str(case / "T1c_subtrMeanDivStd.nii.gz")).dataobj, np.float32), mask)
+    assert np.allclose(train[0, 0], t1c[:, :, kept[0]]) and np.allclose(train[0, 1], flair[:, :, kept[0]])
+    assert np.allclose(train[len(kept) - 1, 1], flair[:, :, kept[-1]])
+
+
+def test_translation_scores():
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    mask = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
+    mask[..., 8:24, 8:24] = True
+    same = translation_scores(x, x, mask)
+    assert same["mae"] == 0 and same["ssim"] == pytest.approx(1.0) and same["psnr"] > 100
+    off = x.clone()
+    off[~mask] = 0.5  # outside the mask: ignored
+    assert translation_scores(off, x, mask)["mae"] == 0
+    assert translation_scores(x + 0.1, x, mask)["mae"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_pix2pix_trains_and_reports_against_the_trivial_baseline(pix2pix_run):
+    summary = json.loads((pix2pix_run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert {"train/g_adv", "train/l1", "train/d_loss", "val_loss"} <= set(summary["metrics"])
+    scores = json.loads((pix2pix_run / "translation.json").read_text())
+    assert set(scores["model"]) == set(scores["baseline_source"]) == {"mae", "psnr", "ssim"}
+    assert scores["images"] > 0 and (pix2pix_run / "translations.png").is_file()
+
+
+def test_translate_nifti_keeps_geometry_and_equals_the_model_on_each_slice(pix2pix_run, mini_brats, tmp_path):
+    case = mini_brats / "test" / "brats_2013_pat0001_1"
+    src, mask = case / "T1c_subtrMeanDivStd.nii.gz", case / "brainmask.nii.gz"
+    out = subprocess.run([*CLI, "translate", str(pix2pix_run), "--input", str(src), "--mask", str(mask),
+                          "--out", str(tmp_path / "flair.nii.gz")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result, original = nib.load(str(tmp_path / "flair.nii.gz")), nib.load(str(src))
+    assert result.shape == original.shape == BOX and np.allclose(result.affine, original.affine)
+    assert np.allclose(result.header.get_zooms(), original.header.get_zooms())
+    assert result.header["descrip"].tobytes().startswith(b"SYNTHETIC")
+    recipe = load_run(pix2pix_run)
+    brain = np.asarray(nib.load(str(mask)).dataobj) > 0
+    t1c = mr_normalise(np.asarray(original.dataobj, np.float32), brain)
+    k = 20
+    expected = recipe.translate(torch.from_numpy(t1c[:, :, k])[None, None])[0, 0].numpy()  # 48 px: no resize
+    got = np.asarray(result.dataobj)[:, :, k]
+    assert np.allclose(got[brain[:, :, k]], expected[brain[:, :, k]], atol=1e-5)
+    assert (got[~brain[:, :, k]] == -1).all()
+
+
+def test_translate_npz_and_image_folders_keep_shape(pix2pix_run, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", images=rng.integers(0, 255, (5, 60, 60), dtype=np.uint8))
+    translate(pix2pix_run, tmp_path / "in.npz", tmp_path / "out.npz", log=lambda *_: None)
+    with np.load(tmp_path / "out.npz") as f:
+        assert f["images"].shape == (5, 60, 60) and json.loads(str(f["provenance"]))["synthetic"] is True
+    (tmp_path / "pngs" / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (40, 56), dtype=np.uint8)).save(tmp_path / "pngs" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(tmp_path / "pngs" / "sub" / "b.jpg")
+    translate(pix2pix_run, tmp_path / "pngs", tmp_path / "pngs_out", log=lambda *_: None)
+    a, b = Image.open(tmp_path / "pngs_out" / "a.png"), Image.open(tmp_path / "pngs_out" / "sub" / "b.png")
+    assert a.size == (56, 40) and b.size == (48, 48) and a.text["medsynth:synthetic"] == "true"
+
+
+def test_translation_bad_inputs(pix2pix_run, mini_brats, small_npz, tmp_path):
+    case = mini_brats / "test" / "brats_2013_pat0001_1"
+    for args, expected in [
+        (["--input", str(case / "T1c_subtrMeanDivStd.nii.gz"), "--out", str(tmp_path / "x.npz")], "NIfTI file"),
+        (["--input", str(tmp_path / "none.nii.gz"), "--out", str(tmp_path / "x.nii.gz")], "input not found"),
+        (["--input", str(case / "T1c_subtrMeanDivStd.nii.gz"), "--mask", str(mini_brats / "train" /
+          "brats_2013_pat0005_1" / "brainmask.nii.gz"), "--out", str(tmp_path / "x.nii.gz")], None),
+    ]:
+        out = subprocess.run([*CLI, "translate", str(pix2pix_run), *args], capture_output=True, text=True)
+        if expected is None:
+            assert out.returncode == 0  # same shape masks from another case are accepted
+            continue
+        assert out.returncode == 2 and expected in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    # unpaired shapes: a FLAIR that does not match its T1c is refused by name
+    bad = tmp_path / "bad" / "train" / "c1"
+    bad.mkdir(parents=True)
+    src = mini_brats / "train" / "brats_2013_pat0005_1"
+    for f in src.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    flair = nib.load(str(bad / "Flair_subtrMeanDivStd.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(flair.dataobj)[:, :, :-2], flair.affine), str(bad / "Flair_subtrMeanDivStd.nii.gz"))
+    from medsynth.training import train
+
+    with pytest.raises(MedsynthError, match="Flair_subtrMeanDivStd.nii.gz: shape"):
+        train("configs/pix2pix_brats.yaml", p2p(tmp_path / "bad", tmp_path / "runs"), log=lambda *_: None)
+    with pytest.raises(MedsynthError, match="0 files match 'PD"):
+        train("configs/pix2pix_brats.yaml", p2p(mini_brats, tmp_path / "runs", "data.contrasts=[PD*,Flair*]"),
+              log=lambda *_: None)
+    vae = subprocess.run([*CLI, "train", "configs/vae_pneumonia.yaml", *quick(small_npz, tmp_path / "vr")],
+                         capture_output=True, text=True)
+    assert vae.returncode == 0, vae.stderr[-1000:]
+    with pytest.raises(MedsynthError, match="does not translate"):
+        translate(next((tmp_path / "vr").iterdir()), small_npz, tmp_path / "o.npz")
