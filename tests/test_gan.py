@@ -102,3 +102,32 @@ def test_gan_config_errors(small_npz, tmp_path):
         with pytest.raises(MedsynthError, match=match):
             train("configs/dcgan_pneumonia.yaml", gan_overrides(small_npz, tmp_path / "runs", *extra), **QUIET)
     assert not (tmp_path / "runs").exists()
+
+
+def test_discriminator_feature_taps():
+    d = DCGANDiscriminator(1, 28, [64, 32])
+    x = torch.randn(3, 1, 28, 28)
+    logit, feats = d(x, layer=2)
+    assert feats.shape == (3, 64, 7, 7) and torch.equal(logit, d(x))
+    with pytest.raises(MedsynthError, match="feature layer 3"):
+        d(x, layer=3)
+
+
+@pytest.mark.parametrize("config,size", [("configs/vaegan_pneumonia.yaml", 28), ("configs/vaegan_pneumonia64.yaml", 64)])
+def test_vaegan_trains_each_network_on_its_own_objective(small_npz, tmp_path, config, size):
+    cfg = load_config(config, gan_overrides(small_npz, tmp_path, "model.channels=[8,16]" if size == 28
+                                            else "model.channels=[8,16,16]"))
+    run = train(cfg, **QUIET)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert {"train/kl", "train/llike", "train/g_adv", "train/d_loss"} <= set(summary["metrics"])
+    assert summary["metrics"]["train/llike"] > 0 and summary["metrics"]["train/kl"] > 0
+    assert (run / "samples.png").is_file() and (run / "reconstructions.png").is_file()
+    recipe = load_run(run)
+    x = torch.rand(4, 1, size, size) * 2 - 1
+    assert recipe.reconstruct(x).shape == x.shape and recipe.sample(4).shape == x.shape
+    # three optimizers: encoder, decoder, discriminator, each over its own parameters only
+    opt_enc, opt_dec, opt_d = recipe.configure_optimizers()
+    ids = [{id(p) for g in o.param_groups for p in g["params"]} for o in (opt_enc, opt_dec, opt_d)]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert sum(map(len, ids)) == sum(1 for _ in recipe.parameters())

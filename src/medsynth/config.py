@@ -58,7 +58,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"  # vae | gan (DCGAN, cGAN) | classifier (the domain feature network) | segmentation
+    family: str = "vae"  # vae | gan (DCGAN, cGAN) | vaegan | pix2pix | classifier (feature network) | segmentation
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -111,6 +111,8 @@ class LossConfig:
     adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
     dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
     l1_weight: float = 100.0  # lambda of pix2pix: L1 between translation and target
+    vaegan_layer: int = 2  # VAE-GAN: the discriminator block whose features measure reconstruction
+    vaegan_gamma: float = 0.01  # VAE-GAN: decoder weight of that feature error against the GAN terms
     d_accuracy_threshold: Optional[float] = 0.8  # update D only while its batch accuracy is below; None: always
     d_collapse_steps: int = 500  # stop when the D loss stays ~0 this many steps in a row (0: never)
 
@@ -167,7 +169,7 @@ class Config:
 CHOICES = {
     "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
     "data.regions": (None, "brats"),
-    "model.family": ("vae", "gan", "pix2pix", "classifier", "segmentation"),
+    "model.family": ("vae", "gan", "vaegan", "pix2pix", "classifier", "segmentation"),
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),

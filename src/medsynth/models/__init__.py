@@ -19,6 +19,10 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.gan import GANRecipe
 
         return GANRecipe(cfg)
+    if family == "vaegan":
+        from medsynth.models.vaegan import VAEGANRecipe
+
+        return VAEGANRecipe(cfg)
     if family == "pix2pix":
         from medsynth.models.translation import Pix2PixRecipe
 

@@ -131,31 +131,35 @@ class VAERecipe(Recipe):
                  batch_size=len(batch["image"]), logger=False, sync_dist=True)
 
     def after_training(self, splits, run_dir, seed: int) -> dict:
-        """samples.png from the prior; reconstructions.png: rows of held-out originals above their
-        reconstructions."""
-        from medsynth.io import save_grid
-        from medsynth.provenance import synthetic_provenance
-
+        """samples.png from the prior; reconstructions.png."""
         self.save_samples(splits, run_dir, seed)
-        held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
-        if held_out is None or len(held_out) == 0:
-            held_out = splits.train
-        x = held_out.images[:32]
-        if splits.crop_size is not None and list(x.shape[2:]) != splits.image_size:
-            from medsynth.data.slices import center_crop_array
-
-            x = center_crop_array(x, splits.crop_size)
-        labels = held_out.labels[:32] if held_out.labels is not None else None
-        recon = self.reconstruct(x, condition=labels if self.conditional else None).cpu()
-        width = min(8, len(x))  # originals and their reconstructions on alternating rows
-        rows = []
-        for i in range(0, len(x), width):
-            rows += [x[i:i + width], recon[i:i + width]]
-        save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width,
-                  provenance=synthetic_provenance(self, run_dir, seed, kind="reconstructions (rows of real "
-                                                  "held-out images alternate with their reconstructions)"))
+        save_reconstructions(self, splits, run_dir, seed)
         return {}
 
     def configure_optimizers(self):
         o = self.cfg.optim
         return torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+
+
+def save_reconstructions(recipe, splits, run_dir, seed: int) -> None:
+    """reconstructions.png: rows of held-out originals above their reconstructions."""
+    from medsynth.io import save_grid
+    from medsynth.provenance import synthetic_provenance
+
+    held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
+    if held_out is None or len(held_out) == 0:
+        held_out = splits.train
+    x = held_out.images[:32]
+    if splits.crop_size is not None and list(x.shape[2:]) != splits.image_size:
+        from medsynth.data.slices import center_crop_array
+
+        x = center_crop_array(x, splits.crop_size)
+    labels = held_out.labels[:32] if held_out.labels is not None else None
+    recon = recipe.reconstruct(x, condition=labels if recipe.conditional else None).cpu()
+    width = min(8, len(x))  # originals and their reconstructions on alternating rows
+    rows = []
+    for i in range(0, len(x), width):
+        rows += [x[i:i + width], recon[i:i + width]]
+    save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width,
+              provenance=synthetic_provenance(recipe, run_dir, seed, kind="reconstructions (rows of real "
+                                              "held-out images alternate with their reconstructions)"))

@@ -61,7 +61,20 @@ class DCGANDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = wrap(nn.Linear(prev * s0 * s0, 1))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, layer: int | None = None):
+        """The logit (B x 1); with `layer` (1-based strided block), also that block's activations
+        (the VAE-GAN's learned similarity features)."""
         if c is not None:  # the class as constant one-hot maps beside the image
             x = torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-        return self.head(self.body(x).flatten(1))
+        if layer is None:
+            return self.head(self.body(x).flatten(1))
+        features, block = None, 0
+        for module in self.body:
+            x = module(x)
+            if isinstance(module, nn.LeakyReLU):
+                block += 1
+                if block == layer:
+                    features = x
+        if features is None:
+            raise MedsynthError(f"the discriminator has {block} blocks; feature layer {layer} does not exist")
+        return self.head(x.flatten(1)), features

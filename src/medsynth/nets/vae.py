@@ -183,6 +183,14 @@ class VAENet(nn.Module):
             parts.append(F.one_hot(idx, k).to(dtype))
         return torch.cat(parts, dim=1)
 
+    def encoder_parameters(self):
+        """The encoder with its posterior heads (the VAE-GAN updates it on its own)."""
+        return [*self.encoder.parameters(), *self.fc_mu.parameters(), *self.fc_logvar.parameters(),
+                *self.fc_alpha.parameters()]
+
+    def decoder_parameters(self):
+        return list(self.decoder.parameters())
+
     def forward(self, x, c=None, temperature: float = 0.67):
         mu, logvar, alphas = self.encode(x, c)
         z = self.latent(mu, logvar, alphas, temperature)
