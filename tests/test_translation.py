@@ -145,3 +145,60 @@ def test_translation_bad_inputs(pix2pix_run, mini_brats, small_npz, tmp_path):
     assert vae.returncode == 0, vae.stderr[-1000:]
     with pytest.raises(MedsynthError, match="does not translate"):
         translate(next((tmp_path / "vr").iterdir()), small_npz, tmp_path / "o.npz")
+
+
+def test_unpaired_training_slices_come_from_different_patients(mini_brats, tmp_path):
+    from medsynth.data.slices import read_paired_slices
+
+    def slices(path, config="configs/pix2pix_brats.yaml"):
+        return read_paired_slices(load_config(config, [f"data.path={path}"]).data)
+
+    per_case = {}
+    for name in ("brats_2013_pat0005_1", "brats_2013_pat0006_1"):  # each training case on its own
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).symlink_to(mini_brats / "train" / name)
+        per_case[name] = slices(tmp_path / name)["train"][0]
+    unpaired = slices(mini_brats, "configs/cyclegan_brats.yaml")
+    train = unpaired["train"][0]
+    t1c_5, flair_6 = per_case["brats_2013_pat0005_1"][:, 0], per_case["brats_2013_pat0006_1"][:, 1]
+    assert len(train) == max(len(t1c_5), len(flair_6))
+    assert np.array_equal(train[:len(t1c_5), 0], t1c_5)  # sources: pat0005's T1c only
+    assert np.array_equal(train[:len(flair_6), 1], flair_6)  # targets: pat0006's FLAIR only
+    assert np.array_equal(unpaired["test"][0], slices(mini_brats)["test"][0])  # held-out splits stay paired
+
+
+def test_history_pool():
+    from medsynth.models.translation import HistoryPool
+
+    pool = HistoryPool(size=4, seed=0)
+    first = torch.arange(4.0)[:, None]
+    assert torch.equal(pool(first), first)  # filling the pool: everything passes through
+    mixed = pool(torch.full((200, 1), 9.0))
+    old = (mixed < 9).sum().item()
+    assert old == 4  # each of the 4 old images comes back exactly once, its slot taken by a new one
+    assert sorted(v.item() for v in mixed[mixed < 9]) == [0.0, 1.0, 2.0, 3.0]
+    assert all(v.item() == 9.0 for v in pool.images)
+    assert torch.equal(HistoryPool(size=0)(first), first)
+
+
+def test_cyclegan_trains_both_directions(mini_brats, tmp_path):
+    from medsynth.training import train
+
+    run = train("configs/cyclegan_brats.yaml", p2p(mini_brats, tmp_path / "runs"), log=lambda *_: None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert {"train/g_adv", "train/cycle", "train/identity", "train/d_loss"} <= set(summary["metrics"])
+    assert (run / "translation.json").is_file()
+    recipe = load_run(run)
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    forward, backward = recipe.translate(x), recipe.translate(x, reverse=True)
+    assert forward.shape == backward.shape == x.shape and not torch.allclose(forward, backward)
+    np.savez(tmp_path / "in.npz", images=np.zeros((2, 48, 48), np.uint8))
+    translate(run, tmp_path / "in.npz", tmp_path / "back.npz", reverse=True, log=lambda *_: None)
+    assert np.load(tmp_path / "back.npz")["images"].shape == (2, 48, 48)
+
+
+def test_pix2pix_translates_one_way(pix2pix_run, tmp_path):
+    np.savez(tmp_path / "in.npz", images=np.zeros((2, 48, 48), np.uint8))
+    with pytest.raises(MedsynthError, match="one way only"):
+        translate(pix2pix_run, tmp_path / "in.npz", tmp_path / "o.npz", reverse=True)

@@ -52,7 +52,8 @@ def _segment(args) -> None:
 def _translate(args) -> None:
     from medsynth.translate import translate
 
-    translate(args.run_dir, args.input, args.out, mask=args.mask, device=args.device, batch_size=args.batch_size)
+    translate(args.run_dir, args.input, args.out, mask=args.mask, device=args.device, batch_size=args.batch_size,
+              reverse=args.reverse)
 
 
 def _features_train(args) -> None:
@@ -133,14 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.set_defaults(func=_segment)
 
-    p = sub.add_parser("translate", help="translate images with a trained pix2pix run (e.g. T1c -> FLAIR)",
+    p = sub.add_parser("translate", help="translate images with a pix2pix or CycleGAN run (e.g. T1c -> FLAIR)",
                        description="Translate an .npz, a folder of PNG/JPEG images, or a NIfTI volume (slice by "
                                    "slice along the run's slice axis). Outputs keep the input's shape (and a NIfTI "
                                    "volume its affine and header) and are marked synthetic.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of model.family=pix2pix")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of model.family=pix2pix or cyclegan")
     p.add_argument("--input", required=True, help=".npz, image folder, or .nii/.nii.gz volume")
     p.add_argument("--out", required=True, help="output of the same kind (.npz, folder, .nii.gz)")
     p.add_argument("--mask", help="NIfTI inputs: a mask for the MR normalisation (e.g. the brain), as in training")
+    p.add_argument("--reverse", action="store_true", help="CycleGAN: translate target -> source (e.g. FLAIR -> T1c)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass (default 64)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.set_defaults(func=_translate)

@@ -46,6 +46,7 @@ class DataConfig:
     # paired_slices: the same cases as 2D slices, source contrasts then target (translation)
     target_channels: int = 1  # the last contrasts of data.contrasts are the target
     min_mask_fraction: float = 0.3  # keep slices with at least this share of the largest mask slice
+    unpaired: bool = False  # training pairs source and target slices of different patients (CycleGAN)
     # segmentation: the same cases with a label map, cut into class-balanced patches
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
     classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
@@ -58,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"  # vae | gan (DCGAN, cGAN) | vaegan | pix2pix | classifier (feature network) | segmentation
+    family: str = "vae"  # vae | gan | vaegan | pix2pix | cyclegan | classifier (feature network) | segmentation
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -111,6 +112,9 @@ class LossConfig:
     adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
     dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
     l1_weight: float = 100.0  # lambda of pix2pix: L1 between translation and target
+    cycle_weight: float = 10.0  # CycleGAN: lambda of the cycle-consistency L1
+    identity_weight: float = 5.0  # CycleGAN: identity L1 (half the cycle weight in the paper); 0 switches it off
+    history_pool: int = 50  # CycleGAN: earlier translations the discriminators also see (0: none)
     vaegan_layer: int = 2  # VAE-GAN: the discriminator block whose features measure reconstruction
     vaegan_gamma: float = 0.01  # VAE-GAN: decoder weight of that feature error against the GAN terms
     d_accuracy_threshold: Optional[float] = 0.8  # update D only while its batch accuracy is below; None: always
@@ -169,7 +173,7 @@ class Config:
 CHOICES = {
     "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
     "data.regions": (None, "brats"),
-    "model.family": ("vae", "gan", "vaegan", "pix2pix", "classifier", "segmentation"),
+    "model.family": ("vae", "gan", "vaegan", "pix2pix", "cyclegan", "classifier", "segmentation"),
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),
@@ -213,8 +217,8 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.ema_decay must be in (0, 1) or null, got {cfg.model.ema_decay}")
     if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0:
         raise MedsynthError(f"{source}: loss.adversarial_weight and loss.dice_weight must be >= 0")
-    if cfg.model.family == "pix2pix" and cfg.data.format != "paired_slices":
-        raise MedsynthError(f"{source}: model.family=pix2pix trains on data.format=paired_slices "
+    if cfg.model.family in ("pix2pix", "cyclegan") and cfg.data.format != "paired_slices":
+        raise MedsynthError(f"{source}: model.family={cfg.model.family} trains on data.format=paired_slices "
                             f"(got {cfg.data.format!r})")
     if cfg.model.family == "segmentation" and cfg.data.format != "segmentation":
         raise MedsynthError(f"{source}: model.family=segmentation trains on data.format=segmentation "

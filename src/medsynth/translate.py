@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from medsynth.errors import MedsynthError, reason
 
 
-def _translate_slices(recipe, slices: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bool = False) -> torch.Tensor:
     """N x C x H x W in [-1, 1] -> N x C' x H x W, through the model's size."""
     size = list(recipe.cfg.model.image_size)
     h, w = slices.shape[-2:]
@@ -28,7 +28,7 @@ def _translate_slices(recipe, slices: torch.Tensor, batch_size: int) -> torch.Te
         x = slices[i:i + batch_size].float()
         if [h, w] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=min(h, w) > min(size))
-        y = recipe.translate(x).cpu()
+        y = recipe.translate(x, reverse=reverse).cpu()
         if [h, w] != size:
             y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
         out.append(y.clamp(-1, 1))
@@ -36,13 +36,17 @@ def _translate_slices(recipe, slices: torch.Tensor, batch_size: int) -> torch.Te
 
 
 def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str | Path | None = None,
-              device: str = "cpu", batch_size: int = 64, log=print) -> Path:
+              device: str = "cpu", batch_size: int = 64, reverse: bool = False, log=print) -> Path:
+    """reverse: target -> source (CycleGAN learns both directions)."""
     from medsynth.io import load_run
     from medsynth.provenance import synthetic_provenance
 
     recipe = load_run(run_dir, device)
     if not hasattr(recipe, "translate"):
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not translate images")
+    if reverse and not hasattr(recipe, "generator_ba"):
+        raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model translates one way only (no --reverse)")
+    recipe.reverse = reverse
     input, out = Path(input), Path(out)
     if not input.exists():
         raise MedsynthError(f"{input}: input not found")
@@ -67,9 +71,9 @@ def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str
 
 
 def _check_channels(recipe, channels: int, source: Path) -> None:
-    if channels != recipe.source_channels:
-        raise MedsynthError(f"{source}: {channels} channel(s), but the model translates "
-                            f"{recipe.source_channels}-channel images")
+    expected = recipe.target_channels if recipe.reverse else recipe.source_channels
+    if channels != expected:
+        raise MedsynthError(f"{source}: {channels} channel(s), but the model translates {expected}-channel images")
 
 
 def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict) -> None:
@@ -90,7 +94,7 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
     axis = int(recipe.cfg.data.slice_axis)
     normalised = mr_normalise(volume.array, mask, recipe.cfg.data.mr_normalise)
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalised, axis, 0)))[:, None]
-    translated = _translate_slices(recipe, slices, batch_size)[:, 0].numpy()
+    translated = _translate_slices(recipe, slices, batch_size, recipe.reverse)[:, 0].numpy()
     result = np.moveaxis(translated, 0, axis)
     if mask is not None:
         result = np.where(mask, result, -1.0)
@@ -107,7 +111,7 @@ def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: d
     images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
     _check_channels(recipe, images.shape[1], path)
     x = torch.from_numpy(to_unit_range([images], str(path))[0])
-    save_npz(out, _translate_slices(recipe, x, batch_size), provenance=provenance)
+    save_npz(out, _translate_slices(recipe, x, batch_size, recipe.reverse), provenance=provenance)
 
 
 def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict) -> None:
@@ -125,7 +129,7 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
                 array = np.asarray(im.convert("L"), dtype=np.float32) / 127.5 - 1.0
         except Exception as exc:
             raise MedsynthError(f"{f}: not a readable image ({reason(exc)})") from None
-        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size)
+        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, recipe.reverse)
         target = out / f.relative_to(folder).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         _save_png(target, y[0], provenance)

@@ -91,5 +91,20 @@ def read_paired_slices(data_cfg) -> dict:
                                           1 + data_cfg.slice_axis, 0))
         if not stacks:
             raise MedsynthError(f"{folder}: no slices with enough of the mask (data.min_mask_fraction)")
+        if data_cfg.unpaired and split == "train":
+            stacks = _unpair(stacks, len(contrasts) - data_cfg.target_channels, folder)
         out[split] = (np.ascontiguousarray(np.concatenate(stacks)), None)
     return out
+
+
+def _unpair(stacks: list[np.ndarray], source_channels: int, folder) -> list[np.ndarray]:
+    """Training pairs from different patients (CycleGAN): sources from the 1st, 3rd, ... case,
+    targets from the 2nd, 4th, ...; the shorter side repeats cyclically so no slice is dropped.
+    Held-out splits stay paired, so translations can still be scored against the truth."""
+    if len(stacks) < 2:
+        raise MedsynthError(f"{folder}: data.unpaired=true needs at least two training cases")
+    sources = np.concatenate([s[:, :source_channels] for s in stacks[0::2]])
+    targets = np.concatenate([s[:, source_channels:] for s in stacks[1::2]])
+    n = max(len(sources), len(targets))
+    return [np.concatenate([np.resize(sources, (n, *sources.shape[1:])),
+                            np.resize(targets, (n, *targets.shape[1:]))], axis=1)]

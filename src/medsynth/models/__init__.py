@@ -27,6 +27,10 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.translation import Pix2PixRecipe
 
         return Pix2PixRecipe(cfg)
+    if family == "cyclegan":
+        from medsynth.models.translation import CycleGANRecipe
+
+        return CycleGANRecipe(cfg)
     if family == "classifier":
         from medsynth.models.classifier import ClassifierRecipe
 

@@ -1,9 +1,16 @@
-"""pix2pix (Isola et al. 2017): paired image-to-image translation, e.g. BraTS T1c -> FLAIR.
+"""Image-to-image translation, e.g. BraTS T1c -> FLAIR: pix2pix (paired) and CycleGAN (unpaired).
 
 Batches hold source and target stacked as channels (data.format=paired_slices; the last
-data.target_channels are the target). Generator: the U-Net of nets/unet_gan.py in 2D with a tanh
-output; discriminator: MONAI's PatchDiscriminator on source + (real or translated) target;
-generator loss = adversarial_weight * least squares + l1_weight (lambda, 100 in the paper) * L1.
+data.target_channels are the target; with data.unpaired=true the training pairs come from
+different patients). Generators: the U-Net of nets/unet_gan.py in 2D with a tanh output;
+discriminators: MONAI's PatchDiscriminator.
+
+- pix2pix (Isola et al. 2017): D sees source + (real or translated) target; generator loss =
+  adversarial_weight * adversarial + l1_weight (lambda, 100 in the paper) * L1.
+- CycleGAN (Zhu et al. 2017): G: A -> B and F: B -> A, D_B and D_A on single images; generator
+  loss = adversarial terms of both directions + cycle_weight (10) * (|F(G(a)) - a| + |G(F(b)) - b|)
+  + identity_weight (5) * (|G(b) - b| + |F(a) - a|) (when A and B have the same channels);
+  each discriminator learns from a history pool of 50 earlier translations (Shrivastava et al.).
 """
 
 from __future__ import annotations
@@ -15,37 +22,88 @@ from medsynth.models.adversarial import AdversarialRecipe
 from medsynth.nets.unet_gan import build_discriminator, UNetGenerator
 
 
-class Pix2PixRecipe(AdversarialRecipe):
+class TranslationRecipe(AdversarialRecipe):
+    """What both translation families share: the channel split, translate(), validation by L1
+    against the paired target, and the scores written after training."""
+
     def __init__(self, cfg):
         super().__init__(cfg)
         m = self.cfg.model
         self.target_channels = int(self.cfg.data.target_channels)
         self.source_channels = int(m.in_channels) - self.target_channels
         if self.source_channels < 1:
-            raise MedsynthError(f"pix2pix needs source channels besides the {self.target_channels} target channel(s)")
+            raise MedsynthError(f"translation needs source channels besides the {self.target_channels} target "
+                                "channel(s)")
         if any(s % 2 ** m.depth for s in m.image_size):
             raise MedsynthError(f"image size {list(m.image_size)} must be divisible by 2^model.depth = {2 ** m.depth}")
-        self.generator = UNetGenerator(2, self.source_channels, self.target_channels, m.width, m.depth,
-                                       m.bottleneck_blocks, m.dropout)
-        self.discriminator = build_discriminator(m, int(m.in_channels))
+
+    def unet(self, in_channels: int, out_channels: int) -> UNetGenerator:
+        m = self.cfg.model
+        return UNetGenerator(2, in_channels, out_channels, m.width, m.depth, m.bottleneck_blocks, m.dropout)
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return images[:, :self.source_channels], images[:, self.source_channels:]
 
     @torch.no_grad()
-    def translate(self, source: torch.Tensor) -> torch.Tensor:
-        """B x source channels x H x W in [-1, 1] -> B x target channels x H x W in [-1, 1]."""
-        if source.shape[1] != self.source_channels:
-            raise MedsynthError(f"the model translates {self.source_channels}-channel images, got {source.shape[1]}")
-        was = self.generator.training
-        self.generator.eval()
-        out = torch.tanh(self.generator(source.to(self.device).float())).float()
-        self.generator.train(was)
+    def translate(self, source: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """B x source channels x H x W in [-1, 1] -> B x target channels x H x W in [-1, 1]
+        (reverse: target -> source, for models that learn both directions)."""
+        net = self.generator
+        channels = self.source_channels
+        if reverse:
+            net = getattr(self, "generator_ba", None)
+            channels = self.target_channels
+            if net is None:
+                raise MedsynthError(f"a {self.cfg.model.family} model translates one way only (no --reverse)")
+        if source.shape[1] != channels:
+            raise MedsynthError(f"the model translates {channels}-channel images, got {source.shape[1]}")
+        was = net.training
+        net.eval()
+        out = torch.tanh(net(source.to(self.device).float())).float()
+        net.train(was)
         return out
 
     def sample(self, n, condition=None, generator=None):
         raise MedsynthError("a pix2pix model translates images rather than drawing them: "
                             "`medsynth translate RUN --input IN --out OUT`")
+
+    def validation_step(self, batch, batch_idx):
+        source, target = self.split(batch["image"])
+        l1 = (torch.tanh(self.generator(source)).float() - target.float()).abs().mean()
+        self.log("val/l1", l1, on_epoch=True, batch_size=len(source), sync_dist=True)
+        self.log("val_loss", l1, on_epoch=True, prog_bar=True, batch_size=len(source), logger=False, sync_dist=True)
+
+    def after_training(self, splits, run_dir, seed: int) -> dict:
+        """translations.png (rows: source, target, translation) and translation.json: MAE, PSNR and
+        SSIM against the target inside the brain (pixels above -1 in some channel) on the held-out
+        split, beside the trivial baseline of the source itself."""
+        from medsynth.io import save_grid, write_text
+        from medsynth.metrics.translation import translation_scores
+        from medsynth.provenance import synthetic_provenance
+        import json
+
+        held = splits.test if splits.test is not None and len(splits.test) else splits.val
+        source, target = self.split(held.images)
+        fake = torch.cat([self.translate(source[i:i + 64]).cpu() for i in range(0, len(source), 64)])
+        # background is -1 in every channel; resizing leaves it a rounding error above -1
+        mask = (held.images > -1 + 1e-3).any(1, keepdim=True)
+        scores = {"model": translation_scores(fake, target, mask),
+                  "baseline_source": translation_scores(source[:, -1:].expand_as(target), target, mask),
+                  "images": len(source)}
+        write_text(run_dir / "translation.json", json.dumps(scores, indent=2))
+        pick = torch.linspace(0, len(source) - 1, min(8, len(source))).long()
+        rows = torch.cat([source[pick, -1:], target[pick, :1], fake[pick, :1]])
+        save_grid(run_dir / "translations.png", rows, nrow=len(pick),
+                  provenance=synthetic_provenance(self, run_dir, seed, kind="translations (rows: real source, real "
+                                                  "target, synthetic translation)"))
+        return {f"test_{k}": v for k, v in scores["model"].items()}
+
+
+class Pix2PixRecipe(TranslationRecipe):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.generator = self.unet(self.source_channels, self.target_channels)
+        self.discriminator = build_discriminator(self.cfg.model, int(self.cfg.model.in_channels))
 
     def training_step(self, batch, batch_idx):
         source, target = self.split(batch["image"])
@@ -69,37 +127,91 @@ class Pix2PixRecipe(AdversarialRecipe):
         self.optimise(opt_g, g_loss)
         self.log_train_terms({"loss": g_loss, **terms})
 
-    def validation_step(self, batch, batch_idx):
-        source, target = self.split(batch["image"])
-        l1 = (torch.tanh(self.generator(source)).float() - target.float()).abs().mean()
-        self.log("val/l1", l1, on_epoch=True, batch_size=len(source), sync_dist=True)
-        self.log("val_loss", l1, on_epoch=True, prog_bar=True, batch_size=len(source), logger=False, sync_dist=True)
-
     def configure_optimizers(self):
         o = self.cfg.optim
         return [self.adam(self.generator.parameters(), o.lr),
                 self.adam(self.discriminator.parameters(), o.d_lr or o.lr)]
 
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """translations.png (rows: source, target, translation) and translation.json: MAE, PSNR and
-        SSIM against the target inside the brain (voxels not -1 in every channel) on the held-out
-        split, beside the trivial baseline of the source itself."""
-        from medsynth.io import save_grid, write_text
-        from medsynth.metrics.translation import translation_scores
-        from medsynth.provenance import synthetic_provenance
-        import json
 
-        held = splits.test if splits.test is not None and len(splits.test) else splits.val
-        source, target = self.split(held.images)
-        fake = torch.cat([self.translate(source[i:i + 64]).cpu() for i in range(0, len(source), 64)])
-        mask = (held.images > -1).any(1, keepdim=True)
-        scores = {"model": translation_scores(fake, target, mask),
-                  "baseline_source": translation_scores(source[:, -1:].expand_as(target), target, mask),
-                  "images": len(source)}
-        write_text(run_dir / "translation.json", json.dumps(scores, indent=2))
-        pick = torch.linspace(0, len(source) - 1, min(8, len(source))).long()
-        rows = torch.cat([source[pick, -1:], target[pick, :1], fake[pick, :1]])
-        save_grid(run_dir / "translations.png", rows, nrow=len(pick),
-                  provenance=synthetic_provenance(self, run_dir, seed, kind="translations (rows: real source, real "
-                                                  "target, synthetic translation)"))
-        return {f"test_{k}": v for k, v in scores["model"].items()}
+class HistoryPool:
+    """Shrivastava et al. 2017 / CycleGAN: the discriminator sees, per image, either the newest
+    translation or (half of the time, once the pool is full) one of `size` earlier ones, which
+    it then replaces: it keeps the generator from chasing a discriminator that forgot."""
+
+    def __init__(self, size: int = 50, seed: int = 0):
+        self.size, self.images = size, []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand((), generator=self.generator) < 0.5:
+                k = int(torch.randint(len(self.images), (), generator=self.generator))
+                out.append(self.images[k].to(image.device))
+                self.images[k] = image.clone()
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+
+class CycleGANRecipe(TranslationRecipe):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from monai.networks.nets import PatchDiscriminator
+
+        m, a, b = self.cfg.model, self.source_channels, self.target_channels
+        self.generator, self.generator_ba = self.unet(a, b), self.unet(b, a)
+
+        def patch_d(channels):
+            return PatchDiscriminator(spatial_dims=2, channels=max(2, round(64 * m.width)), in_channels=channels,
+                                      out_channels=1, num_layers_d=m.disc_layers, norm="INSTANCE")
+
+        self.discriminator, self.discriminator_a = patch_d(b), patch_d(a)
+        self.pools = (HistoryPool(self.cfg.loss.history_pool, self.cfg.seed),
+                      HistoryPool(self.cfg.loss.history_pool, self.cfg.seed + 1))
+
+    def training_step(self, batch, batch_idx):
+        real_a, real_b = self.split(batch["image"])
+        opt_g, opt_d = self.optimizers()
+        l = self.cfg.loss
+        fake_b, fake_a = torch.tanh(self.generator(real_a)), torch.tanh(self.generator_ba(real_b))
+        # discriminators, on pooled earlier translations
+        outs = {}
+        d_losses = []
+        for name, d, real, fake, pool in (("b", self.discriminator, real_b, fake_b, self.pools[0]),
+                                          ("a", self.discriminator_a, real_a, fake_a, self.pools[1])):
+            real_out, fake_out = d(real)[-1], d(pool(fake))[-1]
+            d_losses.append(self.discriminator_loss(real_out, fake_out))
+            outs[name] = (real_out, fake_out)
+        d_loss = 0.5 * (d_losses[0] + d_losses[1])
+        accuracy = 0.5 * sum(self.discriminator_accuracy(*o) for o in outs.values())
+        self.check_finite(d_loss, {"d_loss": d_loss})
+        self.check_collapse(d_loss)
+        updated = self.update_discriminator(accuracy)
+        if updated:
+            self.optimise(opt_d, d_loss)
+        adv = 0.5 * (self.generator_adversarial_loss(self.discriminator(fake_b)[-1])
+                     + self.generator_adversarial_loss(self.discriminator_a(fake_a)[-1]))
+        cycle = ((torch.tanh(self.generator_ba(fake_b)) - real_a).abs().mean()
+                 + (torch.tanh(self.generator(fake_a)) - real_b).abs().mean())
+        g_loss = l.adversarial_weight * adv + l.cycle_weight * cycle
+        terms = {"g_adv": adv, "cycle": cycle}
+        if l.identity_weight and self.source_channels == self.target_channels:
+            identity = ((torch.tanh(self.generator(real_b)) - real_b).abs().mean()
+                        + (torch.tanh(self.generator_ba(real_a)) - real_a).abs().mean())
+            g_loss = g_loss + l.identity_weight * identity
+            terms["identity"] = identity
+        terms.update(d_loss=d_loss, d_accuracy=accuracy, d_updated=torch.tensor(float(updated)))
+        self.check_finite(g_loss, terms)
+        self.optimise(opt_g, g_loss)
+        self.log_train_terms({"loss": g_loss, **terms})
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        return [self.adam([*self.generator.parameters(), *self.generator_ba.parameters()], o.lr),
+                self.adam([*self.discriminator.parameters(), *self.discriminator_a.parameters()], o.d_lr or o.lr)]
