@@ -31,7 +31,8 @@ def _sample(args) -> None:
 
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
-                 shard_size=args.shard_size, workers=args.workers)
+                 shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
+                 guidance=args.guidance)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -71,7 +72,7 @@ def _evaluate(args) -> None:
 
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
-                      utility_steps=args.utility_steps, seed=args.seed)
+                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size)
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples; default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"],
+                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler, ddim)")
+    p.add_argument("--steps", type=int, help="latent diffusion: denoising steps (default: the run's, 50; DDPM "
+                                             "as trained: 1000)")
+    p.add_argument("--guidance", type=float, help="latent diffusion, conditional: classifier-free guidance scale "
+                                                  "(e.g. 3.0; default: the run's, none)")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("segment", help="label maps of whole volumes from a segmentation run (Vox2Vox, UNet)",
@@ -177,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utility-steps", type=int, default=300, help="training steps of each TSTR classifier")
     p.add_argument("--no-utility", action="store_true", help="skip train-on-synthetic-test-on-real")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
+    p.add_argument("--image-size", type=int, help="resize the image files' sets to this size, e.g. 64 for a model "
+                                                  "trained with data.image_size=64 on 28 px MedMNIST")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a run",

@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"  # vae | gan | vaegan | pix2pix | cyclegan | classifier (feature network) | segmentation
+    family: str = "vae"  # vae | gan | vaegan | pix2pix | cyclegan | classifier (feature network) | segmentation | ldm
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -80,6 +80,10 @@ class ModelConfig:
     disc_layers: int = 3  # strided layers of the PatchGAN discriminator
     sw_overlap: float = 0.25  # sliding-window inference: overlap of neighbouring windows
     sw_batch_size: int = 2  # windows per forward pass
+    # latent diffusion, stage 1 (MONAI AutoencoderKL; model.channels are its level widths)
+    latent_channels: int = 3
+    num_res_blocks: int = 1
+    attention_levels: List[bool] = field(default_factory=list)  # per level of model.channels; []: none
     # Filled from the data when a run starts; set them only to build a model by hand.
     in_channels: Optional[int] = None
     image_size: Optional[List[int]] = None
@@ -119,6 +123,30 @@ class LossConfig:
     vaegan_gamma: float = 0.01  # VAE-GAN: decoder weight of that feature error against the GAN terms
     d_accuracy_threshold: Optional[float] = 0.8  # update D only while its batch accuracy is below; None: always
     d_collapse_steps: int = 500  # stop when the D loss stays ~0 this many steps in a row (0: never)
+
+
+@dataclass
+class DiffusionConfig:
+    """Latent diffusion (model.family=ldm): both stages train in one run, stage 1 first."""
+
+    autoencoder_epochs: int = 10  # stage 1 (AutoencoderKL); the rest of trainer.max_epochs trains stage 2
+    autoencoder: Optional[str] = None  # reuse the trained stage 1 of this run directory (autoencoder_epochs=0)
+    adversarial_warmup_epochs: int = 2  # stage-1 epochs before the patch discriminator joins
+    scale_factor: Optional[float] = None  # None: 1 / std of a training batch's latents, at the start of stage 2
+    unet_channels: List[int] = field(default_factory=lambda: [64, 128, 128])
+    unet_attention_levels: List[bool] = field(default_factory=lambda: [False, True, True])
+    unet_res_blocks: int = 1
+    num_head_channels: int = 32
+    lr: float = 1e-4  # stage 2 (the diffusion UNet)
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"  # linear_beta | scaled_linear_beta | cosine
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    condition_dropout: float = 0.1  # share of training batches' conditions replaced by the null condition
+    sampler: str = "ddim"  # ddim | ddpm (the defaults of `medsynth sample` and of evaluate)
+    sampling_steps: int = 50
+    guidance_scale: Optional[float] = None  # classifier-free guidance; None: plain conditional sampling
 
 
 @dataclass
@@ -166,6 +194,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -173,7 +202,10 @@ class Config:
 CHOICES = {
     "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
     "data.regions": (None, "brats"),
-    "model.family": ("vae", "gan", "vaegan", "pix2pix", "cyclegan", "classifier", "segmentation"),
+    "model.family": ("vae", "gan", "vaegan", "pix2pix", "cyclegan", "classifier", "segmentation", "ldm"),
+    "diffusion.schedule": ("linear_beta", "scaled_linear_beta", "cosine"),
+    "diffusion.prediction_type": ("epsilon", "v_prediction"),
+    "diffusion.sampler": ("ddim", "ddpm"),
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),
@@ -185,7 +217,9 @@ CHOICES = {
 }
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
             "loss.discrete_capacity_steps", "model.temperature", "data.patch_size", "data.patches_per_epoch",
-            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size", "data.target_channels")
+            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size", "data.target_channels",
+            "model.latent_channels", "model.num_res_blocks", "diffusion.unet_res_blocks", "diffusion.num_head_channels",
+            "diffusion.lr", "diffusion.num_train_timesteps", "diffusion.sampling_steps")
 
 
 def _explain(exc: OmegaConfBaseException, source: str) -> MedsynthError:
@@ -223,6 +257,22 @@ def _check(cfg: DictConfig, source: str) -> None:
     if cfg.model.family == "segmentation" and cfg.data.format != "segmentation":
         raise MedsynthError(f"{source}: model.family=segmentation trains on data.format=segmentation "
                             f"(got {cfg.data.format!r})")
+    d = cfg.diffusion
+    if not 0 <= d.condition_dropout < 1:
+        raise MedsynthError(f"{source}: diffusion.condition_dropout must be in [0, 1), got {d.condition_dropout}")
+    if d.autoencoder_epochs < 0 or d.adversarial_warmup_epochs < 0:
+        raise MedsynthError(f"{source}: diffusion.autoencoder_epochs and adversarial_warmup_epochs must be >= 0")
+    if d.scale_factor is not None and d.scale_factor <= 0:
+        raise MedsynthError(f"{source}: diffusion.scale_factor must be positive or null, got {d.scale_factor}")
+    if d.sampling_steps > d.num_train_timesteps:
+        raise MedsynthError(f"{source}: diffusion.sampling_steps={d.sampling_steps} exceeds "
+                            f"diffusion.num_train_timesteps={d.num_train_timesteps}")
+    if cfg.model.family == "ldm" and d.autoencoder_epochs == 0 and not d.autoencoder:
+        raise MedsynthError(f"{source}: stage 2 (diffusion) needs a trained stage 1: set diffusion.autoencoder_epochs "
+                            "> 0, or diffusion.autoencoder=RUN_DIR of a run whose autoencoder finished training")
+    if d.autoencoder and d.autoencoder_epochs:
+        raise MedsynthError(f"{source}: diffusion.autoencoder reuses a trained stage 1; set "
+                            "diffusion.autoencoder_epochs=0 with it")
     if not 0 <= cfg.data.val_fraction < 1:
         raise MedsynthError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
 

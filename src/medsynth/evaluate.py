@@ -38,18 +38,21 @@ def _is_run(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
 
 
-def _read_splits(path: Path, seed: int):
+def _read_splits(path: Path, seed: int, image_size: int | None = None):
     from medsynth.config import load_config
     from medsynth.data import load_splits
 
     cfg = load_config()
     cfg.data.path = str(path)
     cfg.data.val_fraction = 0.0
+    cfg.data.image_size = image_size
     return load_splits(cfg.data, None, seed)
 
 
-def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0) -> tuple[EvalSet, object]:
-    """(the set for `role`, the SplitData it came from, or None for a run). role: real | fake | train."""
+def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0,
+             image_size: int | None = None) -> tuple[EvalSet, object]:
+    """(the set for `role`, the SplitData it came from, or None for a run). role: real | fake | train.
+    image_size: resize a file's or folder's images (e.g. 28 px MedMNIST for a 64 px model)."""
     path = Path(spec)
     if _is_run(path):
         from medsynth.io import load_run
@@ -66,7 +69,7 @@ def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0) -
                        recipe), None
     if not path.exists():
         raise MedsynthError(f"{path}: {role} set not found")
-    splits = _read_splits(path, seed)
+    splits = _read_splits(path, seed, image_size)
     if role == "real":
         for name in ("test", "val", "train"):
             part = getattr(splits, name)
@@ -87,7 +90,7 @@ def _check_sets(sets: dict[str, EvalSet], least: int) -> None:
         if s.images.shape[1:] != ref.images.shape[1:]:
             raise MedsynthError(f"{name} set {s.source} has images of shape {list(s.images.shape[1:])}, "
                                 f"the {ref_name} set {ref.source} {list(ref.images.shape[1:])} (channels x size "
-                                "must match; resize with data.image_size when sampling or training)")
+                                "must match: resize image files with --image-size, or train at their size)")
         if len(s.images) < least:
             raise MedsynthError(f"{name} set {s.source}: {len(s.images)} images; evaluation needs at least {least}")
         if not torch.isfinite(s.images).all():
@@ -122,9 +125,11 @@ def _clean(obj):
 
 def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
-             utility: bool = True, utility_steps: int = 300, seed: int = 0, log=print) -> dict:
+             utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
+             log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
-    ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it."""
+    ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
+    image_size: resize the image files' sets to this size (a run's samples keep the model's)."""
     from medsynth.features import load_feature_net
     from medsynth.io import save_grid, write_text
     from medsynth.metrics.privacy import privacy_report
@@ -135,11 +140,11 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
         raise MedsynthError(f"k must be >= 1, got {k}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    real_set, real_splits = load_set(real, "real", n, seed)
-    fake_set, _ = load_set(fake, "fake", n or len(real_set.images), seed + 1)
+    real_set, real_splits = load_set(real, "real", n, seed, image_size)
+    fake_set, _ = load_set(fake, "fake", n or len(real_set.images), seed + 1, image_size)
     train_set = None
     if train is not None:
-        train_set, _ = load_set(train, "train", None, seed)
+        train_set, _ = load_set(train, "train", None, seed, image_size)
     elif real_splits is not None and real_set.split != "train":
         train_set = EvalSet(real_set.source, "train", real_splits.train.images, real_splits.train.labels,
                             real_splits.num_classes, real_splits.multilabel)

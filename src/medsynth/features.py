@@ -209,3 +209,15 @@ class PerceptualLoss(nn.Module):
         for w, a, b in zip(self.weights, self.taps(recon), ref):
             total = total + w * (a.float() - b.float()).pow(2).flatten(1).mean(1)
         return total * pixels
+
+
+def perceptual_loss(cfg) -> PerceptualLoss | None:
+    """The perceptual loss of cfg.loss (taps of loss.perceptual_net), or None when its weight is 0;
+    refuses a feature network trained on another image size or channel count."""
+    lc, m = cfg.loss, cfg.model
+    if lc.perceptual_weight <= 0:
+        return None
+    net = load_feature_net(lc.perceptual_net)
+    net.check(torch.zeros(1, m.in_channels, *m.image_size))
+    return PerceptualLoss(net, list(lc.perceptual_layers),
+                          None if lc.perceptual_layer_weights is None else list(lc.perceptual_layer_weights))

@@ -36,11 +36,28 @@ def _labels(recipe, n: int, label: int | None, start: int = 0) -> torch.Tensor |
     return None if label is None else torch.full((n,), int(label))
 
 
-def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256, start: int = 0):
+def sampler_options(recipe, sampler: str | None = None, steps: int | None = None,
+                    guidance: float | None = None) -> dict:
+    """A diffusion model's sampler settings (the run's defaults filled in, so provenance records
+    them) as keywords for recipe.sample; {} for other families, which refuse them."""
+    given = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items() if v is not None}
+    if recipe.cfg.model.family != "ldm":
+        if given:
+            raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
+                                f"model.family={recipe.cfg.model.family})")
+        return {}
+    d = recipe.cfg.diffusion
+    return {"sampler": sampler or d.sampler, "steps": steps or d.sampling_steps,
+            "guidance": d.guidance_scale if guidance is None else guidance}
+
+
+def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256, start: int = 0,
+         **options):
     """n samples (B x C x *spatial, [-1, 1]) and their labels (None for unconditional models).
 
     A conditional model with no label given cycles through its classes by
     global index (start + i), so the output is a balanced labelled set.
+    options: the diffusion sampler's (sampler, steps, guidance, progress), see sampler_options.
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
@@ -51,20 +68,24 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
     chunks = []
     for first in range(0, n, batch_size):
         part = None if labels is None else labels[first:first + batch_size]
-        chunks.append(recipe.sample(min(batch_size, n - first), condition=part, generator=generator).cpu())
+        chunks.append(recipe.sample(min(batch_size, n - first), condition=part, generator=generator, **options).cpu())
     return torch.cat(chunks), labels
 
 
 def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str | Path | None = None,
            label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
-           out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1) -> Path:
-    """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`."""
+           out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
+           sampler: str | None = None, steps: int | None = None, guidance: float | None = None) -> Path:
+    """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`.
+
+    sampler ("ddpm" | "ddim"), steps, guidance: latent diffusion's (defaults: the run's config)."""
     from medsynth.provenance import synthetic_provenance
 
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     if out_dir is not None:
-        return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid)
+        return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
+                             sampler=sampler, steps=steps, guidance=guidance)
     out = Path(out)
     nifti = out.name.endswith((".nii", ".nii.gz"))
     if out.suffix != ".npz" and not nifti:
@@ -73,8 +94,9 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
         raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
                             f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
-    images, labels = draw(recipe, n, label, seed, batch_size)
-    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label,
+    options = sampler_options(recipe, sampler, steps, guidance)
+    images, labels = draw(recipe, n, label, seed, batch_size, **options, **({"progress": True} if options else {}))
+    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
                                 labels=None if labels is None else labels.tolist())
     if nifti:  # one 4D image: the volumes along the 4th axis, intensities in [-1, 1]
         from medsynth.data.volumes import write_nifti
@@ -99,26 +121,28 @@ def _shard_plan(n: int, shard_size: int, seed: int) -> list[tuple[int, int, int,
 
 
 def _write_shard(recipe, run_dir: Path, out_dir: Path, k: int, start: int, count: int, shard_seed: int,
-                 label, batch_size: int) -> None:
+                 label, batch_size: int, options: dict) -> None:
     from medsynth.provenance import synthetic_provenance
 
-    images, labels = draw(recipe, count, label, shard_seed, batch_size, start=start)
-    prov = synthetic_provenance(recipe, run_dir, shard_seed, shard=k, first_index=start, n=count, label=label)
+    images, labels = draw(recipe, count, label, shard_seed, batch_size, start=start, **options)
+    prov = synthetic_provenance(recipe, run_dir, shard_seed, shard=k, first_index=start, n=count, label=label,
+                                **options)
     save_npz(out_dir / SHARD.format(k), images, labels, provenance=prov,
              extra={"indices": np.arange(start, start + count, dtype=np.int64)})
 
 
 def _worker(rank: int, workers: int, run_dir: str, out_dir: str, todo: list, label, batch_size: int,
-            device: str, threads: int) -> None:
+            device: str, threads: int, options: dict) -> None:
     torch.set_num_threads(threads)
     recipe = load_run(run_dir, device)
     for k, start, count, shard_seed in todo[rank::workers]:
-        _write_shard(recipe, Path(run_dir), Path(out_dir), k, start, count, shard_seed, label, batch_size)
+        _write_shard(recipe, Path(run_dir), Path(out_dir), k, start, count, shard_seed, label, batch_size, options)
 
 
 def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None = None, seed: int = 0,
                   batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
-                  grid: str | Path | None = None) -> Path:
+                  grid: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
+                  guidance: float | None = None) -> Path:
     from medsynth.features import file_sha256
     from medsynth.io import WEIGHTS
 
@@ -129,9 +153,10 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     run_dir = Path(run_dir)
     recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
     _labels(recipe, 1, label)
+    options = sampler_options(recipe, sampler, steps, guidance)
     model_hash = file_sha256(run_dir / WEIGHTS)
     request = {"run": str(run_dir.resolve()), "model_sha256": model_hash, "n": n, "label": label, "seed": seed,
-               "shard_size": shard_size}
+               "shard_size": shard_size, **options}
     out_dir.mkdir(parents=True, exist_ok=True)
     req_path = out_dir / "request.json"
     if req_path.is_file():
@@ -145,12 +170,13 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     if todo:
         if workers == 1:
             for k, start, count, shard_seed in todo:
-                _write_shard(recipe, run_dir, out_dir, k, start, count, shard_seed, label, batch_size)
+                _write_shard(recipe, run_dir, out_dir, k, start, count, shard_seed, label, batch_size, options)
         else:
             ctx = torch.multiprocessing.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // workers)
             procs = [ctx.Process(target=_worker, args=(r, workers, str(run_dir), str(out_dir), todo, label,
-                                                         batch_size, device, threads)) for r in range(workers)]
+                                                         batch_size, device, threads, options))
+                     for r in range(workers)]
             for p in procs:
                 p.start()
             for p in procs:

@@ -221,7 +221,8 @@ def merge_metrics(run_dir: Path) -> Path:
 
 def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, error: str | None = None,
                    extra: dict | None = None) -> None:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+               and torch.isfinite(v)}  # e.g. latent diffusion's val_loss is inf while stage 1 trains: not JSON
     metrics.update(extra or {})
     step, epoch = trainer.global_step, trainer.current_epoch
     ckpt = last_checkpoint(run_dir)

@@ -31,6 +31,10 @@ def build_recipe(cfg: DictConfig):
         from medsynth.models.translation import CycleGANRecipe
 
         return CycleGANRecipe(cfg)
+    if family == "ldm":
+        from medsynth.models.ldm import LatentDiffusionRecipe
+
+        return LatentDiffusionRecipe(cfg)
     if family == "classifier":
         from medsynth.models.classifier import ClassifierRecipe
 

@@ -69,17 +69,10 @@ class VAERecipe(Recipe):
     def prepare_training(self) -> None:
         """Load the frozen perceptual network, kept outside the module so it is neither trained
         nor saved with the VAE's weights."""
-        lc = self.cfg.loss
-        self._perceptual = None
-        if lc.perceptual_weight > 0:
-            from medsynth.features import PerceptualLoss, load_feature_net
+        from medsynth.features import perceptual_loss
 
-            net = load_feature_net(lc.perceptual_net)
-            if net.image_size is not None and list(net.image_size) != list(self.cfg.model.image_size):
-                net.check(torch.zeros(1, self.cfg.model.in_channels, *self.cfg.model.image_size))
-            self._perceptual = [PerceptualLoss(net, list(lc.perceptual_layers),
-                                               None if lc.perceptual_layer_weights is None
-                                               else list(lc.perceptual_layer_weights))]
+        loss = perceptual_loss(self.cfg)
+        self._perceptual = None if loss is None else [loss]
 
     def loss_terms(self, batch, step: int) -> dict[str, torch.Tensor]:
         lc = self.cfg.loss
