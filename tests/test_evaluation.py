@@ -153,8 +153,11 @@ def test_evaluate_bad_inputs(medium_npz, feature_run, tmp_path):
         evaluate(medium_npz, small, **quiet)
     big = tmp_path / "big.npz"
     np.savez(big, images=np.zeros((20, 64, 64), np.uint8))
-    with pytest.raises(MedsynthError, match=r"shape \[1, 64, 64\]"):
+    with pytest.raises(MedsynthError, match=r"shape \[1, 64, 64\].*--image-size"):
         evaluate(medium_npz, big, **quiet)
+    # --image-size resizes the real files' sets to a 64 px model's size
+    resized = evaluate(medium_npz, big, image_size=64, utility=False, out=tmp_path / "m.json", **quiet)
+    assert resized["sets"]["real"]["shape"] == [1, 64, 64] == resized["sets"]["train"]["shape"]
     nan = tmp_path / "nan.npz"
     arr = np.zeros((20, 28, 28), np.float32)
     arr[3, 0, 0] = np.nan

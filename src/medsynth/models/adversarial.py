@@ -52,6 +52,16 @@ class AdversarialRecipe(Recipe):
         threshold = self.cfg.loss.d_accuracy_threshold
         return threshold is None or accuracy.item() < threshold
 
+    def discriminator_step(self, optimizer, d_loss: torch.Tensor, accuracy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The discriminator's turn: its loss must be finite and not collapsed; it is updated only
+        under the accuracy threshold. Returns its terms for the log (d_loss, d_accuracy, d_updated)."""
+        self.check_finite(d_loss, {"d_loss": d_loss})
+        self.check_collapse(d_loss)
+        updated = self.update_discriminator(accuracy)
+        if updated:
+            self.optimise(optimizer, d_loss)
+        return {"d_loss": d_loss, "d_accuracy": accuracy, "d_updated": torch.tensor(float(updated))}
+
     def check_collapse(self, d_loss: torch.Tensor) -> None:
         steps = self.cfg.loss.d_collapse_steps
         if not steps:

@@ -59,16 +59,10 @@ class GANRecipe(AdversarialRecipe):
         z = torch.randn(len(x), self.cfg.model.latent_dim, device=x.device)
         fake = self.generator(z, c)
         real_out, fake_out = self.discriminator(x, c), self.discriminator(fake.detach(), c)
-        d_loss = self.discriminator_loss(real_out, fake_out)
-        accuracy = self.discriminator_accuracy(real_out, fake_out)
-        self.check_finite(d_loss, {"d_loss": d_loss})
-        self.check_collapse(d_loss)
-        updated = self.update_discriminator(accuracy)
-        if updated:
-            self.optimise(opt_d, d_loss)
+        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
+                                          self.discriminator_accuracy(real_out, fake_out))
         g_loss = self.generator_adversarial_loss(self.discriminator(fake, c))
-        terms = {"g_loss": g_loss, "d_loss": d_loss, "d_accuracy": accuracy,
-                 "d_updated": torch.tensor(float(updated))}
+        terms = {"g_loss": g_loss, **d_terms}
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
         if self.generator_ema is not None:

@@ -262,14 +262,8 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         self.optimise(opt_ae, loss)
         if adversary:
             real_out, fake_out = self.discriminator(x)[-1], self.discriminator(recon.detach())[-1]
-            d_loss = self.discriminator_loss(real_out, fake_out)
-            accuracy = self.discriminator_accuracy(real_out, fake_out)
-            self.check_finite(d_loss, {"d_loss": d_loss})
-            self.check_collapse(d_loss)
-            updated = self.update_discriminator(accuracy)
-            if updated:
-                self.optimise(opt_d, d_loss)
-            terms.update(d_loss=d_loss, d_accuracy=accuracy, d_updated=torch.tensor(float(updated)))
+            terms.update(self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
+                                                 self.discriminator_accuracy(real_out, fake_out)))
         self.log_train_terms({"loss": loss, **terms})
 
     def _set_scale_factor(self, x: torch.Tensor) -> None:

@@ -69,17 +69,12 @@ class SegmentationRecipe(AdversarialRecipe):
         probs = logits.float().softmax(dim=1)
         truth = F.one_hot(y[:, 0], self.cfg.model.num_classes).movedim(-1, 1).to(probs.dtype)
         real_out, fake_out = self._discriminate(x, truth), self._discriminate(x, probs.detach())
-        d_loss = self.discriminator_loss(real_out, fake_out)
-        accuracy = self.discriminator_accuracy(real_out, fake_out)
-        self.check_finite(d_loss, {"d_loss": d_loss})
-        self.check_collapse(d_loss)
-        updated = self.update_discriminator(accuracy)
-        if updated:
-            self.optimise(opt_d, d_loss)
+        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
+                                          self.discriminator_accuracy(real_out, fake_out))
         adv = self.generator_adversarial_loss(self._discriminate(x, probs))
         l = self.cfg.loss
         g_loss = l.adversarial_weight * adv + l.dice_weight * dice
-        terms.update(g_adv=adv, d_loss=d_loss, d_accuracy=accuracy, d_updated=torch.tensor(float(updated)))
+        terms.update(g_adv=adv, **d_terms)
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
         self.log_train_terms({"loss": g_loss, **terms})

@@ -111,18 +111,12 @@ class Pix2PixRecipe(TranslationRecipe):
         fake = torch.tanh(self.generator(source))
         real_out = self.discriminator(torch.cat([source, target], 1))[-1]
         fake_out = self.discriminator(torch.cat([source, fake.detach()], 1))[-1]
-        d_loss = self.discriminator_loss(real_out, fake_out)
-        accuracy = self.discriminator_accuracy(real_out, fake_out)
-        self.check_finite(d_loss, {"d_loss": d_loss})
-        self.check_collapse(d_loss)
-        updated = self.update_discriminator(accuracy)
-        if updated:
-            self.optimise(opt_d, d_loss)
+        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
+                                          self.discriminator_accuracy(real_out, fake_out))
         adv = self.generator_adversarial_loss(self.discriminator(torch.cat([source, fake], 1))[-1])
         l1 = (fake.float() - target.float()).abs().mean()
         g_loss = self.cfg.loss.adversarial_weight * adv + self.cfg.loss.l1_weight * l1
-        terms = {"g_adv": adv, "l1": l1, "d_loss": d_loss, "d_accuracy": accuracy,
-                 "d_updated": torch.tensor(float(updated))}
+        terms = {"g_adv": adv, "l1": l1, **d_terms}
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
         self.log_train_terms({"loss": g_loss, **terms})
@@ -189,12 +183,8 @@ class CycleGANRecipe(TranslationRecipe):
             d_losses.append(self.discriminator_loss(real_out, fake_out))
             outs[name] = (real_out, fake_out)
         d_loss = 0.5 * (d_losses[0] + d_losses[1])
-        accuracy = 0.5 * sum(self.discriminator_accuracy(*o) for o in outs.values())
-        self.check_finite(d_loss, {"d_loss": d_loss})
-        self.check_collapse(d_loss)
-        updated = self.update_discriminator(accuracy)
-        if updated:
-            self.optimise(opt_d, d_loss)
+        d_terms = self.discriminator_step(opt_d, d_loss, 0.5 * sum(self.discriminator_accuracy(*o)
+                                                                   for o in outs.values()))
         adv = 0.5 * (self.generator_adversarial_loss(self.discriminator(fake_b)[-1])
                      + self.generator_adversarial_loss(self.discriminator_a(fake_a)[-1]))
         cycle = ((torch.tanh(self.generator_ba(fake_b)) - real_a).abs().mean()
@@ -206,7 +196,7 @@ class CycleGANRecipe(TranslationRecipe):
                         + (torch.tanh(self.generator_ba(real_a)) - real_a).abs().mean())
             g_loss = g_loss + l.identity_weight * identity
             terms["identity"] = identity
-        terms.update(d_loss=d_loss, d_accuracy=accuracy, d_updated=torch.tensor(float(updated)))
+        terms.update(d_terms)
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
         self.log_train_terms({"loss": g_loss, **terms})

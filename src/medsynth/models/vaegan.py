@@ -72,12 +72,7 @@ class VAEGANRecipe(AdversarialRecipe):
         recon_out, prior_out = self.discriminator(recon.detach(), c), self.discriminator(prior.detach(), c)
         fake_out = torch.cat([recon_out, prior_out])
         d_loss = 0.5 * (self.discriminator_loss(real_out, recon_out) + self.discriminator_loss(real_out, prior_out))
-        accuracy = self.discriminator_accuracy(real_out, fake_out)
-        self.check_finite(d_loss, {"d_loss": d_loss})
-        self.check_collapse(d_loss)
-        updated = self.update_discriminator(accuracy)
-        if updated:
-            self.optimise(opt_d, d_loss)
+        d_terms = self.discriminator_step(opt_d, d_loss, self.discriminator_accuracy(real_out, fake_out))
 
         # encoder and decoder through the (now frozen) discriminator
         for p in self.discriminator.parameters():
@@ -92,8 +87,7 @@ class VAEGANRecipe(AdversarialRecipe):
             p.requires_grad_(True)
         enc_loss = kl + llike
         dec_loss = gamma * llike + g_adv
-        terms = {"kl": kl, "llike": llike, "g_adv": g_adv, "d_loss": d_loss, "d_accuracy": accuracy,
-                 "d_updated": torch.tensor(float(updated))}
+        terms = {"kl": kl, "llike": llike, "g_adv": g_adv, **d_terms}
         self.check_finite(enc_loss + dec_loss, terms)
         # one backward pass; each network keeps the gradient of its own objective
         enc_params = list(self.net.encoder_parameters())
