@@ -279,3 +279,20 @@ def test_bad_settings_are_one_clear_error(small_npz):
         recipe = tiny_recipe(small_npz, "model.conditional=false")
         recipe.scale_factor.fill_(1.0)
         recipe.sample(2, guidance=3.0)
+
+
+def test_ema_decay_warms_up_before_it_reaches_its_setting():
+    from torch.optim.swa_utils import AveragedModel
+
+    from medsynth.models.ldm import ema_with_warmup
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999))
+    expected = None
+    for n in range(200):
+        net.weight.data.fill_(float(n))
+        ema.update_parameters(net)
+        d = min(0.999, (1 + n) / (10 + n))  # n updates (the first a copy) came before this one
+        expected = 0.0 if n == 0 else d * expected + (1 - d) * n  # the first update copies
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-5)
+    assert ema.module.weight.item() > 150  # a fixed 0.999 would still sit near 18

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import AdversarialRecipe
@@ -53,6 +53,17 @@ def build_scheduler(d, sampler: str = "ddpm"):
     if d.schedule != "cosine":
         kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
     return (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**kwargs)
+
+
+def ema_with_warmup(decay: float):
+    """EMA update (for AveragedModel's multi_avg_fn) with the decay warming up as
+    min(decay, (1 + n) / (10 + n)) after n updates: with a fixed 0.999 from the first step, 1500
+    steps still left 23% of the average on barely trained weights, and its samples were noise where
+    the raw UNet's were chest X-rays."""
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+    return average
 
 
 class LatentDiffusionRecipe(AdversarialRecipe):
@@ -110,7 +121,7 @@ class LatentDiffusionRecipe(AdversarialRecipe):
             channels=list(d.unet_channels), attention_levels=list(d.unet_attention_levels),
             num_res_blocks=d.unet_res_blocks, num_head_channels=d.num_head_channels,
             norm_num_groups=norm_groups(d.unet_channels), **context)
-        self.unet_ema = (AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(m.ema_decay), use_buffers=True)
+        self.unet_ema = (AveragedModel(self.unet, multi_avg_fn=ema_with_warmup(m.ema_decay), use_buffers=True)
                          if m.ema_decay else None)
         self.scheduler = build_scheduler(d)
         # 0 until stage 2 starts; saved with the weights
