@@ -284,7 +284,7 @@ def test_bad_settings_are_one_clear_error(small_npz):
 def test_ema_decay_warms_up_before_it_reaches_its_setting():
     from torch.optim.swa_utils import AveragedModel
 
-    from medsynth.models.ldm import ema_with_warmup
+    from medsynth.models.base import ema_with_warmup
 
     net = torch.nn.Linear(1, 1, bias=False)
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999))

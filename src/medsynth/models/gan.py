@@ -11,10 +11,11 @@ statistics) kept beside it and used for sampling.
 from __future__ import annotations
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.models.base import ema_with_warmup
 from medsynth.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
 
@@ -37,7 +38,7 @@ class GANRecipe(AdversarialRecipe):
         size = int(m.image_size[0])
         self.generator = DCGANGenerator(m.latent_dim, m.in_channels, size, list(m.channels), cond)
         self.discriminator = DCGANDiscriminator(m.in_channels, size, list(m.channels), cond, m.spectral_norm)
-        self.generator_ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(m.ema_decay),
+        self.generator_ema = (AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(m.ema_decay),
                                             use_buffers=True) if m.ema_decay else None)
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.models.base import ema_with_warmup
 
 STAGE1 = "autoencoder.json"  # written when stage 1 is done: its reconstruction scores
 
@@ -53,17 +54,6 @@ def build_scheduler(d, sampler: str = "ddpm"):
     if d.schedule != "cosine":
         kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
     return (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**kwargs)
-
-
-def ema_with_warmup(decay: float):
-    """EMA update (for AveragedModel's multi_avg_fn) with the decay warming up as
-    min(decay, (1 + n) / (10 + n)) after n updates: with a fixed 0.999 from the first step, 1500
-    steps still left 23% of the average on barely trained weights, and its samples were noise where
-    the raw UNet's were chest X-rays."""
-    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n) -> None:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-    return average
 
 
 class LatentDiffusionRecipe(AdversarialRecipe):
