@@ -194,6 +194,12 @@ def test_save_load_and_the_cli_give_identical_samples(ldm_run, tmp_path):
     assert prov["synthetic"] and (prov["sampler"], prov["steps"], prov["guidance"]) == ("ddim", 10, 2.0)
     bad = subprocess.run([*cli[:-2], "--steps", "2000", "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
     assert bad.returncode == 2 and "steps must be in 1..1000" in bad.stderr
+    zero = subprocess.run([*cli[:-2], "--steps", "0", "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert zero.returncode == 2 and "got 0" in zero.stderr  # not silently the default
+    from medsynth.sampling import sample
+    with pytest.raises(MedsynthError, match="steps must be in"):  # refused before a shard or request is written
+        sample(run, 4, out_dir=tmp_path / "shards", steps=2000)
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "x.npz").exists()
 
 
 def test_stage2_refuses_to_start_without_a_trained_stage1(small_npz, tmp_path, ldm_run):

@@ -46,9 +46,7 @@ def sampler_options(recipe, sampler: str | None = None, steps: int | None = None
             raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
                                 f"model.family={recipe.cfg.model.family})")
         return {}
-    d = recipe.cfg.diffusion
-    return {"sampler": sampler or d.sampler, "steps": steps or d.sampling_steps,
-            "guidance": d.guidance_scale if guidance is None else guidance}
+    return recipe.sampler_settings(sampler, steps, guidance)  # checked here, before a file or shard is written
 
 
 def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256, start: int = 0,
