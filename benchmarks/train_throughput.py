@@ -28,7 +28,8 @@ import torch
 from medsynth.config import load_config
 from medsynth.data import MedsynthDataModule, load_splits
 from medsynth.models import build_recipe
-from medsynth.training import build_trainer, fill_data_shape, resolve_precision
+from medsynth.precision import resolve_precision
+from medsynth.training import build_trainer, fill_data_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "medmnist" / "pneumoniamnist.npz"

@@ -36,7 +36,8 @@ def _child(kind: str, arg: str) -> dict:
 
     from medsynth.config import load_config
     from medsynth.models import build_recipe
-    from medsynth.training import build_data, resolve_precision
+    from medsynth.precision import resolve_precision
+    from medsynth.training import build_data
 
     if kind == "steps":
         config, patch = arg.split(":")

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from medsynth.errors import MedsynthError, reason
+from medsynth.precision import autocast, resolve_precision
 
 
 @dataclass
@@ -46,7 +47,7 @@ class FeatureNet:
         out = []
         for i in range(0, len(images), batch_size):
             batch = images[i:i + batch_size].to(device).contiguous(memory_format=layout)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
+            with autocast(device, self.precision):
                 out.append(self.embed_fn(batch).float().cpu())
         return torch.cat(out)
 
@@ -72,8 +73,6 @@ def file_sha256(path: str | Path) -> str:
 def load_feature_net(source: str | Path, device: str = "cpu", precision: str = "auto") -> FeatureNet:
     """precision: "auto" (bf16 autocast where the hardware runs bf16 natively), "32" or "bf16-mixed";
     recorded in `info`, since features, and so FID, differ slightly between the two."""
-    from medsynth.training import resolve_precision
-
     source = Path(source)
     if source.is_dir():
         net = _from_run(source, device)

@@ -24,20 +24,10 @@ from medsynth.data import MedsynthDataModule, load_splits
 from medsynth.errors import MedsynthError, TrainingDiverged, reason
 from medsynth.io import CONFIG, export_weights, write_text
 from medsynth.models import build_recipe
+from medsynth.precision import resolve_precision
 from medsynth.provenance import record_environment
 from medsynth.runs import (CHECKPOINTS, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank,
                            new_run_dir)
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """"auto": bf16 autocast where the hardware runs bf16 natively (measured faster, see
-    benchmarks/train_throughput.py), else fp32."""
-    if precision != "auto":
-        return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    native = torch.cpu._is_avx512_bf16_supported() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16-mixed" if native else "32"
 
 
 def fill_data_shape(cfg: DictConfig, splits) -> None:
