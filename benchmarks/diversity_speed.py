@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from monai.metrics.regression import compute_ms_ssim
 
-from medsynth.losses import MSSSIM_WEIGHTS, msssim_settings
-from medsynth.metrics.similarity import diversity, pairwise_ms_ssim
+from medsynth.msssim import MSSSIM_WEIGHTS, msssim_settings
+from medsynth.metrics.similarity import diversity
+from medsynth.msssim import pairwise_ms_ssim
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "medmnist" / "pneumoniamnist.npz"

@@ -81,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     from medsynth.evaluate import evaluate
-    from medsynth.io import load_run, save_npz
+    from medsynth.models import load_run
+    from medsynth.writers import save_npz
     from medsynth.models.classifier import FEATURE_DEFAULTS
     from medsynth.sampling import draw
     from medsynth.training import train

@@ -66,7 +66,7 @@ def _child(kind: str, arg: str) -> dict:
     if kind == "inference":
         from medsynth.data.cases import load_case
         from medsynth.data.patches import prepare_case
-        from medsynth.io import load_run
+        from medsynth.models import load_run
 
         if arg:
             recipe = load_run(arg)

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import DATA
 from medsynth.data.cases import cases_from_folder, cases_from_manifest
-from medsynth.data.volumes import read_nifti, write_nifti
+from medsynth.data.volumes import read_nifti
+from medsynth.writers import write_nifti
 from medsynth.errors import MedsynthError
 
 BRATS = DATA / "brats2013"
@@ -57,7 +58,7 @@ def test_bad_pairs(tmp_path):
 
 
 def test_3d_vae_on_brats_volumes(tmp_path):
-    from medsynth.io import load_run
+    from medsynth.models import load_run
     from medsynth.training import train
 
     run = train(None, ["data.format=volumes", f"data.path={BRATS}", "data.contrasts=[Flair*,T1c*]",

@@ -25,7 +25,7 @@ def test_sampling_on_a_missing_device_is_one_clear_error(small_npz, tmp_path):
     import torch
 
     from medsynth.errors import MedsynthError
-    from medsynth.io import load_run
+    from medsynth.models import load_run
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

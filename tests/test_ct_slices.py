@@ -11,7 +11,8 @@ from medsynth.config import load_config
 from medsynth.data import MedsynthDataModule, load_splits
 from medsynth.data.intensity import ct_window, mr_normalise
 from medsynth.data.slices import organ_slices, stack_2_5d
-from medsynth.data.volumes import read_nifti, write_nifti
+from medsynth.data.volumes import read_nifti
+from medsynth.writers import write_nifti
 from medsynth.errors import MedsynthError
 
 CT = DATA / "ct_example"
@@ -78,7 +79,7 @@ def test_bad_ct_slice_inputs(tmp_path):
 
 
 def test_ct_vae_recipe_trains_on_real_pancreas_slices(tmp_path):
-    from medsynth.io import load_run
+    from medsynth.models import load_run
     from medsynth.training import train
 
     run = train("configs/ct_vae.yaml", [f"data.path={CT / 'example_ct_sm.nii.gz'}",

@@ -10,7 +10,9 @@ import torch
 from conftest import overrides, subset_npz
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
-from medsynth.features import PerceptualLoss, file_sha256, load_feature_net
+from medsynth.feature_runs import load_feature_net
+from medsynth.features import PerceptualLoss
+from medsynth.provenance import file_sha256
 from medsynth.models.classifier import FEATURE_DEFAULTS
 from medsynth.report import report
 from medsynth.training import train

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import overrides
 from medsynth.config import load_config
 from medsynth.errors import MedsynthError
-from medsynth.io import load_run
+from medsynth.models import load_run
 from medsynth.models import build_recipe
 from medsynth.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from medsynth.training import train
@@ -39,13 +39,13 @@ def test_dcgan_networks_draw_the_configured_sizes():
 def test_bce_and_hinge_objectives_have_the_expected_signs(small_npz):
     cfg = load_config("configs/dcgan_pneumonia.yaml", gan_overrides(small_npz, "unused"))
     cfg.model.update(in_channels=1, image_size=[28, 28])
-    recipe = build_recipe(cfg)
+    adversary = build_recipe(cfg).adversary
     sure, unsure = torch.full((8, 1), 10.0), torch.full((8, 1), -10.0)
-    assert recipe.discriminator_loss(sure, unsure).item() < 1e-3  # D right about both: ~0
-    assert recipe.discriminator_loss(unsure, sure).item() > 5  # D wrong about both
-    assert recipe.generator_adversarial_loss(unsure).item() > 5  # non-saturating: strong gradient when D wins
-    assert recipe.generator_adversarial_loss(sure).item() < 1e-3
-    assert recipe.discriminator_accuracy(sure, unsure).item() == 1.0
+    assert adversary.discriminator_loss(sure, unsure).item() < 1e-3  # D right about both: ~0
+    assert adversary.discriminator_loss(unsure, sure).item() > 5  # D wrong about both
+    assert adversary.generator_loss(unsure).item() > 5  # non-saturating: strong gradient when D wins
+    assert adversary.generator_loss(sure).item() < 1e-3
+    assert adversary.accuracy(sure, unsure).item() == 1.0
 
 
 def test_dcgan_trains_samples_from_ema_and_resumes(small_npz, tmp_path):

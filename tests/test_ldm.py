@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from conftest import ROOT, subset_npz
 from medsynth.config import load_config
 from medsynth.errors import MedsynthError
-from medsynth.io import load_run
+from medsynth.models import load_run
 from medsynth.models import build_recipe
-from medsynth.models.ldm import build_scheduler
+from medsynth.diffusion import build_scheduler
 from medsynth.training import train
 
 QUIET = dict(log=lambda *_: None)

@@ -6,7 +6,8 @@ import torch
 from scipy.signal.windows import gaussian
 
 from medsynth.errors import MedsynthError
-from medsynth.losses import kl_categorical_uniform, kl_normal, ms_ssim, msssim_settings, reconstruction_loss
+from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
+from medsynth.msssim import ms_ssim, msssim_settings
 
 
 def test_msssim_settings_follow_image_size():

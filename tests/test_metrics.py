@@ -5,10 +5,10 @@ import torch
 
 from medsynth.data.datasets import ImageSet
 from medsynth.errors import MedsynthError
-from medsynth.losses import ms_ssim, msssim_settings
+from medsynth.msssim import ms_ssim, msssim_settings, pairwise_ms_ssim
 from medsynth.metrics.fidelity import frechet_distance, kernel_inception_distance, prdc
 from medsynth.metrics.privacy import privacy_report
-from medsynth.metrics.similarity import diversity, pairwise_ms_ssim, psnr, ssim
+from medsynth.metrics.similarity import diversity, psnr, ssim
 from medsynth.metrics.utility import accuracy_auc, binary_auc, tstr
 
 
@@ -70,7 +70,7 @@ def test_batched_pairwise_msssim_equals_per_pair_and_monai(size, pneumonia):
     monai = torch.cat([compute_ms_ssim(x[i:i + 1], x[j:j + 1], 2, data_range=2.0, kernel_size=k, kernel_sigma=sigma,
                                        weights=(w / w.sum()).tolist()).flatten() for i, j in zip(first, second)])
     assert torch.allclose(batched, monai, atol=1e-4)
-    from medsynth.metrics.similarity import all_pairs_ms_ssim
+    from medsynth.msssim import all_pairs_ms_ssim
 
     assert torch.allclose(all_pairs_ms_ssim(x, block=5), batched, atol=1e-5)  # blocks that do not divide 12
     ours = ms_ssim(x[first], x[second])

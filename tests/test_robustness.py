@@ -108,8 +108,8 @@ def test_run_records_its_environment(trained_run):
 def test_every_output_is_marked_synthetic(trained_run, tmp_path):
     from PIL import Image
 
-    from medsynth.features import file_sha256
-    from medsynth.io import read_provenance
+    from medsynth.provenance import file_sha256
+    from medsynth.provenance import read_provenance
     from medsynth.sampling import sample
 
     model_hash = file_sha256(trained_run / "model.safetensors")
@@ -154,7 +154,7 @@ def test_sharded_sampling_killed_halfway_resumes_without_redoing_or_duplicating(
     assert len(rows) == n and len({int(r["index"]) for r in rows}) == n  # every index exactly once
     assert {r["label"] for r in rows} == {"0", "1"} and rows[0]["seed"] == "7" and rows[-1]["seed"] == str(7 + 59)
     # a shard is reproducible on its own: shard 3 drawn afresh with seed 7 + 3
-    from medsynth.io import load_run
+    from medsynth.models import load_run
     from medsynth.sampling import draw
     import numpy as np
 
@@ -183,7 +183,7 @@ def test_two_sampling_processes_give_the_same_shards_as_one(trained_run, tmp_pat
 @pytest.mark.parametrize("launcher", ["ddp_spawn", "torchrun"])
 def test_two_process_ddp_training_on_cpu(pneumonia, tmp_path, launcher):
     """The same `medsynth train` on 2 processes (gloo): each rank sees half the data per epoch."""
-    from medsynth.io import load_run
+    from medsynth.models import load_run
 
     data = subset_npz(pneumonia, tmp_path / "d.npz", {"train": 256, "val": 64, "test": 32})
     common = ["train", "configs/vae_pneumonia.yaml", f"data.path={data}", "trainer.max_epochs=2",

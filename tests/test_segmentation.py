@@ -94,24 +94,24 @@ TINY = ["model.family=segmentation", "data.format=segmentation", "data.classes=[
 
 def test_adversarial_criteria_have_the_expected_signs():
     cfg = load_config(None, TINY)
-    recipe = build_recipe(cfg)
+    adversary = build_recipe(cfg).adversary
     ones, zeros = torch.ones(2, 1, 3, 3, 3), torch.zeros(2, 1, 3, 3, 3)
-    assert recipe.discriminator_loss(ones, zeros).item() == 0  # LSGAN: a perfect discriminator
-    assert recipe.discriminator_loss(zeros, ones).item() == pytest.approx(1.0)
-    assert recipe.generator_adversarial_loss(zeros).item() == pytest.approx(1.0)
-    assert recipe.discriminator_accuracy(ones, zeros).item() == 1.0
-    assert recipe.discriminator_accuracy(zeros, ones).item() == 0.0
-    assert recipe.update_discriminator(torch.tensor(0.79)) and not recipe.update_discriminator(torch.tensor(0.8))
-    hinge = build_recipe(load_config(None, [*TINY, "loss.adversarial=hinge"]))
+    assert adversary.discriminator_loss(ones, zeros).item() == 0  # LSGAN: a perfect discriminator
+    assert adversary.discriminator_loss(zeros, ones).item() == pytest.approx(1.0)
+    assert adversary.generator_loss(zeros).item() == pytest.approx(1.0)
+    assert adversary.accuracy(ones, zeros).item() == 1.0
+    assert adversary.accuracy(zeros, ones).item() == 0.0
+    assert adversary.updates(torch.tensor(0.79)) and not adversary.updates(torch.tensor(0.8))
+    hinge = build_recipe(load_config(None, [*TINY, "loss.adversarial=hinge"])).adversary
     assert hinge.discriminator_loss(ones * 3, -ones * 3).item() < hinge.discriminator_loss(-ones * 3, ones * 3).item()
     cfg.loss.d_collapse_steps = 3
-    recipe = build_recipe(cfg)
-    recipe.check_collapse(torch.tensor(0.0))
-    recipe.check_collapse(torch.tensor(0.3))  # a non-zero loss resets the count
-    recipe.check_collapse(torch.tensor(0.0))
-    recipe.check_collapse(torch.tensor(0.0))
+    adversary = build_recipe(cfg).adversary
+    adversary.check_collapse(torch.tensor(0.0), 0)
+    adversary.check_collapse(torch.tensor(0.3), 1)  # a non-zero loss resets the count
+    adversary.check_collapse(torch.tensor(0.0), 1)
+    adversary.check_collapse(torch.tensor(0.0), 1)
     with pytest.raises(DiscriminatorCollapse, match="3 steps in a row"):
-        recipe.check_collapse(torch.tensor(0.0))
+        adversary.check_collapse(torch.tensor(0.0), 1)
 
 
 @pytest.mark.parametrize("threshold", [0.0, None])

@@ -15,7 +15,7 @@ from conftest import BOX, overrides as quick
 from medsynth.config import load_config
 from medsynth.data.intensity import mr_normalise
 from medsynth.errors import MedsynthError
-from medsynth.io import load_run
+from medsynth.models import load_run
 from medsynth.metrics.translation import translation_scores
 from medsynth.translate import translate
 

@@ -5,7 +5,9 @@ import torch
 
 from medsynth.config import load_config
 from medsynth.data import load_splits
-from medsynth.io import CONFIG, export_weights, load_run, write_text
+from medsynth.models import load_run
+from medsynth.runs import CONFIG, export_weights
+from medsynth.writers import write_text
 from medsynth.config import to_yaml
 from medsynth.models import build_recipe
 from medsynth.training import fill_data_shape

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import DATA, damaged
-from medsynth.data.volumes import read_dicom_series, read_nifti, write_nifti
+from medsynth.data.volumes import read_dicom_series, read_nifti
+from medsynth.writers import write_nifti
 from medsynth.errors import MedsynthError
 
 BRATS = DATA / "brats2013" / "train" / "brats_2013_pat0005_1"
@@ -112,7 +113,7 @@ def test_hostile_dicom_bytes(tmp_path_factory, data):
 
 
 def test_3d_vae_samples_are_written_as_marked_nifti(tmp_path):
-    from medsynth.io import read_provenance
+    from medsynth.provenance import read_provenance
     from medsynth.sampling import sample
     from medsynth.training import train
 

@@ -4,14 +4,21 @@ are printed as one line (exit 2); anything else is a bug and keeps its traceback
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from medsynth import __version__
 from medsynth.errors import MedsynthError
+from medsynth.evaluate import evaluate
+from medsynth.models.classifier import FEATURE_DEFAULTS
+from medsynth.report import report
+from medsynth.sampling import sample
+from medsynth.segment import segment
+from medsynth.training import train
+from medsynth.translate import translate
 
 
 def _train(args) -> None:
-    from medsynth.training import train
-
     overrides = list(args.overrides)
     config = args.config
     if args.resume is not None:
@@ -27,8 +34,6 @@ def _train(args) -> None:
 
 
 def _sample(args) -> None:
-    from medsynth.sampling import sample
-
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
@@ -37,10 +42,6 @@ def _sample(args) -> None:
 
 
 def _segment(args) -> None:
-    import json
-
-    from medsynth.segment import segment
-
     records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size)
     scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
@@ -51,25 +52,16 @@ def _segment(args) -> None:
 
 
 def _translate(args) -> None:
-    from medsynth.translate import translate
-
     translate(args.run_dir, args.input, args.out, mask=args.mask, device=args.device, batch_size=args.batch_size,
               reverse=args.reverse)
 
 
 def _features_train(args) -> None:
-    from medsynth.models.classifier import FEATURE_DEFAULTS
-    from medsynth.training import train
-
     base = [] if args.config else list(FEATURE_DEFAULTS)
     print(train(args.config, [*base, f"data.path={args.data}", *args.overrides]))
 
 
 def _evaluate(args) -> None:
-    import json
-
-    from medsynth.evaluate import evaluate
-
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size)
@@ -81,17 +73,14 @@ def _evaluate(args) -> None:
 
 
 def _report(args) -> None:
-    from medsynth.report import report
-
     print(report(args.run_dir, out=args.out, evaluation=args.evaluation))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medsynth", description="Train, sample and audit generative models of medical images.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a recipe and write a run directory",
                        description="Train a model from a YAML recipe. Prints the run directory, which holds "
                                    "the resolved config, checkpoints, metrics.csv, portable weights "
@@ -103,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its last checkpoint (positionals are then all overrides)")
     p.set_defaults(func=_train)
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw synthetic images from a trained run",
                        description="Write N synthetic images to an .npz (keys images, labels, provenance; "
                                    "MedMNIST layout, uint8), or as shards with a manifest (--out-dir), and "
@@ -119,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, help="class to draw (conditional models; default: cycle over classes)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples; default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_device(p)
     p.add_argument("--sampler", choices=["ddim", "ddpm"],
                    help="latent diffusion: the reverse process (default: the run's diffusion.sampler, ddim)")
     p.add_argument("--steps", type=int, help="latent diffusion: denoising steps (default: the run's, 50; DDPM "
@@ -128,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(e.g. 3.0; default: the run's, none)")
     p.set_defaults(func=_sample)
 
+
+def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="label maps of whole volumes from a segmentation run (Vox2Vox, UNet)",
                        description="Segment a case folder (files matching the run's contrast patterns), a folder "
                                    "of case folders, or a single volume (one-contrast models) by sliding windows. "
@@ -138,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .nii.gz (one case) or folder (several cases)")
     p.add_argument("--overlap", type=float, help="overlap of neighbouring windows (default: the run's, 0.25)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the run's, 2)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_device(p)
     p.set_defaults(func=_segment)
 
+
+def _add_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate images with a pix2pix or CycleGAN run (e.g. T1c -> FLAIR)",
                        description="Translate an .npz, a folder of PNG/JPEG images, or a NIfTI volume (slice by "
                                    "slice along the run's slice axis). Outputs keep the input's shape (and a NIfTI "
@@ -151,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="NIfTI inputs: a mask for the MR normalisation (e.g. the brain), as in training")
     p.add_argument("--reverse", action="store_true", help="CycleGAN: translate target -> source (e.g. FLAIR -> T1c)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass (default 64)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_device(p)
     p.set_defaults(func=_translate)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="the domain feature network (for metrics and perceptual loss)",
                        description="Train the domain feature network on real images.")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
@@ -167,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=3")
     f.set_defaults(func=_features_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="fidelity, diversity, reconstruction, privacy and utility metrics",
                        description="Compare a synthetic set with real images and write JSON. Each set is a .npz, "
                                    "an image folder, or a run directory to sample from. From a data file REAL "
@@ -188,13 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "trained with data.image_size=64 on 28 px MedMNIST")
     p.set_defaults(func=_evaluate)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run",
                        description="Sample grid, reconstructions, loss curves, the metric table beside the "
                                    "real-vs-real floor, nearest-neighbour strip and the config, in one HTML file.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--evaluation", help="evaluation JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--out", help="output HTML (default RUN_DIR/report.html)")
-    p.set_defaults(func=_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsynth", description="Train, sample and audit generative models of medical images.")
+    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_train, _add_sample, _add_segment, _add_translate, _add_features, _add_evaluate, _add_report):
+        add(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from medsynth.errors import MedsynthError
+from medsynth.families import FAMILIES
 
 DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
 
@@ -59,7 +60,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "vae"  # vae | gan | vaegan | pix2pix | cyclegan | classifier (feature network) | segmentation | ldm
+    family: str = "vae"  # a name in medsynth.families.FAMILIES: vae | gan | vaegan | pix2pix | cyclegan | ...
     arch: str = "conv"  # conv (PyTorch-VAE style) | ct (the abdominal-CT tutorial VAE)
     spatial_dims: int = 2
     channels: List[int] = field(default_factory=lambda: [32, 64, 128])
@@ -202,7 +203,7 @@ class Config:
 CHOICES = {
     "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
     "data.regions": (None, "brats"),
-    "model.family": ("vae", "gan", "vaegan", "pix2pix", "cyclegan", "classifier", "segmentation", "ldm"),
+    "model.family": tuple(FAMILIES),
     "diffusion.schedule": ("linear_beta", "scaled_linear_beta", "cosine"),
     "diffusion.prediction_type": ("epsilon", "v_prediction"),
     "diffusion.sampler": ("ddim", "ddpm"),

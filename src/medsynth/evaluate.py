@@ -18,7 +18,19 @@ from pathlib import Path
 
 import torch
 
+from medsynth.config import load_config
+from medsynth.data import load_splits
+from medsynth.data.datasets import ImageSet
 from medsynth.errors import MedsynthError
+from medsynth.feature_runs import load_feature_net
+from medsynth.metrics.fidelity import frechet_distance, kernel_inception_distance, prdc
+from medsynth.metrics.privacy import privacy_report
+from medsynth.metrics.similarity import diversity, reconstruction_scores
+from medsynth.metrics.utility import tstr
+from medsynth.models import load_run
+from medsynth.runs import EVALUATION, is_run
+from medsynth.sampling import check_samples, draw
+from medsynth.writers import save_grid, write_text
 
 MIN_IMAGES = 10
 
@@ -34,14 +46,7 @@ class EvalSet:
     recipe: object = None  # the model, when the set was sampled from a run
 
 
-def _is_run(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
-
-
 def _read_splits(path: Path, seed: int, image_size: int | None = None):
-    from medsynth.config import load_config
-    from medsynth.data import load_splits
-
     cfg = load_config()
     cfg.data.path = str(path)
     cfg.data.val_fraction = 0.0
@@ -54,13 +59,9 @@ def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0,
     """(the set for `role`, the SplitData it came from, or None for a run). role: real | fake | train.
     image_size: resize a file's or folder's images (e.g. 28 px MedMNIST for a 64 px model)."""
     path = Path(spec)
-    if _is_run(path):
-        from medsynth.io import load_run
-        from medsynth.sampling import draw
-
+    if is_run(path):
         recipe = load_run(path)
-        if not hasattr(recipe, "sample"):
-            raise MedsynthError(f"{path}: this model does not sample images")
+        check_samples(recipe)
         images, labels = draw(recipe, n or 1000, seed=seed)
         if not torch.isfinite(images).all():
             raise MedsynthError(f"{path}: samples hold NaN or inf (did the run diverge?)")
@@ -71,10 +72,7 @@ def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0,
         raise MedsynthError(f"{path}: {role} set not found")
     splits = _read_splits(path, seed, image_size)
     if role == "real":
-        for name in ("test", "val", "train"):
-            part = getattr(splits, name)
-            if part is not None and len(part):
-                break
+        name, part = splits.held_out()
     else:
         name, part = "train", splits.train
     images, labels = part.images, part.labels
@@ -104,8 +102,6 @@ def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def _fidelity(real_f: torch.Tensor, fake_f: torch.Tensor, k: int, seed: int) -> dict:
-    from medsynth.metrics.fidelity import frechet_distance, kernel_inception_distance, prdc
-
     a, b = real_f.numpy(), fake_f.numpy()
     kid, kid_std, m = kernel_inception_distance(a, b, seed=seed)
     return {"fid": frechet_distance(a, b), "kid": kid, "kid_std": kid_std, "kid_subset_size": m,
@@ -130,16 +126,57 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's)."""
-    from medsynth.features import load_feature_net
-    from medsynth.io import save_grid, write_text
-    from medsynth.metrics.privacy import privacy_report
-    from medsynth.metrics.similarity import diversity, reconstruction_scores
-    from medsynth.metrics.utility import tstr
-
     if k < 1:
         raise MedsynthError(f"k must be >= 1, got {k}")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = _Clock()
+    sets, floor_set = load_sets(real, fake, train, n, seed, image_size)
+    _check_sets(sets, max(MIN_IMAGES, k + 1))
+    if out is None:
+        out = Path(fake) / EVALUATION if sets["fake"].recipe is not None else Path("metrics.json")
+    out = Path(out)
+    clock.lap("load")
+    result: dict = {"sets": {name: {"source": s.source, "split": s.split, "images": len(s.images),
+                                    "shape": list(s.images.shape[1:]), "labelled": s.labels is not None}
+                             for name, s in sets.items()},
+                    "floor": {}}
+    feats = _features(result, sets, floor_set, features)
+    clock.lap("features")
+    _fidelity_section(result, feats, k, seed)
+    clock.lap("fidelity")
+    result["diversity"] = {name: diversity(_subset(sets[name].images, diversity_images, seed)) for name in ("fake", "real")}
+    result["floor"]["diversity"] = result["diversity"]["real"]
+    clock.lap("diversity")
+    result["reconstruction"] = _reconstruction(sets["fake"].recipe, sets["real"])
+    clock.lap("reconstruction")
+    _privacy_section(result, sets, floor_set, feats, out.with_name(out.stem + "_nearest.png"))
+    clock.lap("privacy")
+    _utility_section(result, sets, utility, utility_steps, seed)
+    clock.lap("utility")
+    result["seconds"] = clock.seconds
+    result["settings"] = {"k": k, "diversity_images": diversity_images, "seed": seed, "utility_steps": utility_steps}
+    result = _clean(result)
+    write_text(out, json.dumps(result, indent=2))
+    log(f"metrics: {out}")
+    return result
+
+
+class _Clock:
+    """Seconds spent in each section, for result["seconds"]."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def load_sets(real, fake, train, n: int | None, seed: int, image_size: int | None):
+    """({"real", "fake"[, "train"]}: EvalSet, the floor set or None). Without `train`, a real data
+    file's train split is the training set; its val split (when real is its test split) is the
+    second held-out set that gives the privacy floor."""
     real_set, real_splits = load_set(real, "real", n, seed, image_size)
     fake_set, _ = load_set(fake, "fake", n or len(real_set.images), seed + 1, image_size)
     train_set = None
@@ -148,89 +185,74 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     elif real_splits is not None and real_set.split != "train":
         train_set = EvalSet(real_set.source, "train", real_splits.train.images, real_splits.train.labels,
                             real_splits.num_classes, real_splits.multilabel)
-    # a second held-out real split gives the privacy floor (real unseen images vs the same threshold)
     floor_set = None
     if real_splits is not None and real_set.split == "test" and len(real_splits.val):
         floor_set = real_splits.val
     sets = {"real": real_set, "fake": fake_set, **({"train": train_set} if train_set is not None else {})}
-    _check_sets(sets, max(MIN_IMAGES, k + 1))
-    if out is None:
-        out = Path(fake) / "evaluation.json" if fake_set.recipe is not None else Path("metrics.json")
-    out = Path(out)
-    timings["load"] = time.perf_counter() - clock
+    return sets, floor_set
 
-    result: dict = {"sets": {name: {"source": s.source, "split": s.split, "images": len(s.images),
-                                    "shape": list(s.images.shape[1:]), "labelled": s.labels is not None}
-                             for name, s in sets.items()},
-                    "floor": {}}
-    net = load_feature_net(features) if features is not None else None
-    feats = {}
-    clock = time.perf_counter()
-    if net is not None:
-        result["features"] = {**net.info, "dim": net.dim}
-        feats = {name: net.embed(s.images) for name, s in sets.items()}
-        if floor_set is not None:
-            feats["floor"] = net.embed(floor_set.images)
-    else:
+
+def _features(result: dict, sets: dict, floor_set, features) -> dict:
+    """Embeddings of every set (and the floor set) in the feature network's space; {} without one."""
+    if features is None:
         result["features"] = {"not_computed": "no feature network given (--features; train one with "
                                               "`medsynth features train`)"}
-    timings["features"] = time.perf_counter() - clock
+        return {}
+    net = load_feature_net(features)
+    result["features"] = {**net.info, "dim": net.dim}
+    feats = {name: net.embed(s.images) for name, s in sets.items()}
+    if floor_set is not None:
+        feats["floor"] = net.embed(floor_set.images)
+    return feats
 
-    clock = time.perf_counter()
-    if net is None:
+
+def _fidelity_section(result: dict, feats: dict, k: int, seed: int) -> None:
+    if not feats:
         result["fidelity"] = {"not_computed": "FID, KID and PRDC need a feature network (--features)"}
+        return
+    result["fidelity"] = _fidelity(feats["real"], feats["fake"], k, seed)
+    if "train" in feats:
+        floor_train = _subset(feats["train"], len(feats["real"]), seed)
+        result["floor"]["fidelity"] = {**_fidelity(feats["real"], floor_train, k, seed),
+                                       "what": "real train subset vs real held-out"}
     else:
-        result["fidelity"] = _fidelity(feats["real"], feats["fake"], k, seed)
-        if "train" in feats:
-            floor_train = _subset(feats["train"], len(feats["real"]), seed)
-            result["floor"]["fidelity"] = {**_fidelity(feats["real"], floor_train, k, seed),
-                                           "what": "real train subset vs real held-out"}
-        else:
-            result["floor"]["fidelity"] = {"not_computed": "no training set to compare with"}
-    timings["fidelity"] = time.perf_counter() - clock
+        result["floor"]["fidelity"] = {"not_computed": "no training set to compare with"}
 
-    clock = time.perf_counter()
-    result["diversity"] = {"fake": diversity(_subset(fake_set.images, diversity_images, seed)),
-                           "real": diversity(_subset(real_set.images, diversity_images, seed))}
-    result["floor"]["diversity"] = result["diversity"]["real"]
-    timings["diversity"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    recipe = fake_set.recipe
-    if recipe is not None and hasattr(recipe, "reconstruct"):
-        x = real_set.images
-        cond = real_set.labels if getattr(recipe, "conditional", False) else None
-        if getattr(recipe, "conditional", False) and cond is None:
-            result["reconstruction"] = {"not_computed": "conditional model and the real set has no labels"}
-        else:
-            recon = torch.cat([recipe.reconstruct(x[i:i + 256], None if cond is None else cond[i:i + 256]).cpu()
-                               for i in range(0, len(x), 256)])
-            result["reconstruction"] = {**reconstruction_scores(x, recon), "split": real_set.split}
-    else:
-        result["reconstruction"] = {"not_computed": "the synthetic set is not from a model that reconstructs "
-                                                    "(give a run directory as --fake)"}
-    timings["reconstruction"] = time.perf_counter() - clock
+def _reconstruction(recipe, real_set: EvalSet) -> dict:
+    if recipe is None or not recipe.can_reconstruct:
+        return {"not_computed": "the synthetic set is not from a model that reconstructs (give a run directory "
+                                "as --fake)"}
+    x = real_set.images
+    cond = real_set.labels if recipe.conditional else None
+    if recipe.conditional and cond is None:
+        return {"not_computed": "conditional model and the real set has no labels"}
+    recon = torch.cat([recipe.reconstruct(x[i:i + 256], None if cond is None else cond[i:i + 256]).cpu()
+                       for i in range(0, len(x), 256)])
+    return {**reconstruction_scores(x, recon), "split": real_set.split}
 
-    clock = time.perf_counter()
-    strip = out.with_name(out.stem + "_nearest.png")
+
+def _privacy_section(result: dict, sets: dict, floor_set, feats: dict, strip: Path) -> None:
+    real_set, fake_set, train_set = sets["real"], sets["fake"], sets.get("train")
     if train_set is None:
         result["privacy"] = {"not_computed": "no training set (--train, or a real file with a train split)"}
         result["floor"]["privacy"] = result["privacy"]
-    else:
-        priv, pairs = privacy_report(fake_set.images, train_set.images, real_set.images,
-                                     feats.get("fake"), feats.get("train"), feats.get("real"))
-        result["privacy"] = {**priv, "heldout": f"{real_set.source} [{real_set.split}]", "strip": str(strip)}
-        top = pairs[:8]
-        save_grid(strip, torch.cat([fake_set.images[top[:, 0]], train_set.images[top[:, 1]]]), nrow=len(top))
-        if floor_set is not None:
-            floor, _ = privacy_report(floor_set.images, train_set.images, real_set.images,
-                                      feats.get("floor"), feats.get("train"), feats.get("real"))
-            result["floor"]["privacy"] = {**floor, "what": "real val images in place of the synthetic set"}
-        else:
-            result["floor"]["privacy"] = {"not_computed": "no second held-out real split (val) for a floor"}
-    timings["privacy"] = time.perf_counter() - clock
+        return
+    priv, pairs = privacy_report(fake_set.images, train_set.images, real_set.images,
+                                 feats.get("fake"), feats.get("train"), feats.get("real"))
+    result["privacy"] = {**priv, "heldout": f"{real_set.source} [{real_set.split}]", "strip": str(strip)}
+    top = pairs[:8]
+    save_grid(strip, torch.cat([fake_set.images[top[:, 0]], train_set.images[top[:, 1]]]), nrow=len(top))
+    if floor_set is None:
+        result["floor"]["privacy"] = {"not_computed": "no second held-out real split (val) for a floor"}
+        return
+    floor, _ = privacy_report(floor_set.images, train_set.images, real_set.images,
+                              feats.get("floor"), feats.get("train"), feats.get("real"))
+    result["floor"]["privacy"] = {**floor, "what": "real val images in place of the synthetic set"}
 
-    clock = time.perf_counter()
+
+def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: int) -> None:
+    real_set, fake_set, train_set = sets["real"], sets["fake"], sets.get("train")
     why = None
     if not utility:
         why = "switched off"
@@ -241,19 +263,9 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     if why:
         result["utility"] = {"not_computed": why}
         result["floor"]["utility"] = result["utility"]
-    else:
-        classes = real_set.num_classes or int(max(real_set.labels.max(), fake_set.labels.max())) + 1
-        from medsynth.data.datasets import ImageSet
-
-        res = tstr(ImageSet(fake_set.images, fake_set.labels), ImageSet(train_set.images, train_set.labels),
-                   ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, utility_steps, seed)
-        result["utility"] = res
-        result["floor"]["utility"] = {"what": "train on real, test on real (the ratio's denominator)", **res["real"]}
-    timings["utility"] = time.perf_counter() - clock
-
-    result["seconds"] = {k2: round(v, 3) for k2, v in timings.items()}
-    result["settings"] = {"k": k, "diversity_images": diversity_images, "seed": seed, "utility_steps": utility_steps}
-    result = _clean(result)
-    write_text(out, json.dumps(result, indent=2))
-    log(f"metrics: {out}")
-    return result
+        return
+    classes = real_set.num_classes or int(max(real_set.labels.max(), fake_set.labels.max())) + 1
+    res = tstr(ImageSet(fake_set.images, fake_set.labels), ImageSet(train_set.images, train_set.labels),
+               ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, steps, seed)
+    result["utility"] = res
+    result["floor"]["utility"] = {"what": "train on real, test on real (the ratio's denominator)", **res["real"]}

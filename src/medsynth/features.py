@@ -1,18 +1,17 @@
-"""The domain feature network: load it, embed images with it, tap it for a perceptual loss.
+"""The domain feature network as the metrics and losses see it: embed images with it, tap it
+for a perceptual loss.
 
-Two sources:
-- a feature run made by `medsynth features train` (a run directory: the VGG-style
-  classifier of `nets/classifier.py`, its config and safetensors weights);
+Two sources (`medsynth.feature_runs.load_feature_net` picks one):
+- a feature run made by `medsynth features train` (the VGG-style classifier of
+  `nets/classifier.py`);
 - external weights in a local file (.pt / .pth / .safetensors), e.g. a chest
-  X-ray DenseNet121 state dict, loaded into MONAI's DenseNet121. State dicts in
+  X-ray DenseNet121 state dict, loaded here into MONAI's DenseNet121. State dicts in
   torchvision's naming (CheXNet-style, optionally under "module." or
   "state_dict") are renamed to MONAI's. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from medsynth.errors import MedsynthError, reason
-from medsynth.precision import autocast, resolve_precision
+from medsynth.precision import autocast
+from medsynth.provenance import file_sha256
 
 
 @dataclass
@@ -60,47 +60,6 @@ class FeatureNet:
             raise MedsynthError(f"{where} was trained on images of size {list(self.image_size)}; "
                                 f"these are {list(images.shape[2:])} (resize the sets or train a feature "
                                 "network at this size)")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_feature_net(source: str | Path, device: str = "cpu", precision: str = "auto") -> FeatureNet:
-    """precision: "auto" (bf16 autocast where the hardware runs bf16 natively), "32" or "bf16-mixed";
-    recorded in `info`, since features, and so FID, differ slightly between the two."""
-    source = Path(source)
-    if source.is_dir():
-        net = _from_run(source, device)
-    elif source.is_file():
-        net = load_densenet121(source, device)
-    else:
-        net = None
-    if net is not None:
-        net.precision = "bf16-mixed" if resolve_precision(precision, device) == "bf16-mixed" else "32"
-        net.info["precision"] = net.precision
-        return net
-    raise MedsynthError(f"{source}: feature network not found (a `medsynth features train` run directory "
-                        "or a local weights file)")
-
-
-def _from_run(run_dir: Path, device: str) -> FeatureNet:
-    from medsynth.io import load_run
-
-    recipe = load_run(run_dir, device)
-    if recipe.cfg.model.family != "classifier":
-        raise MedsynthError(f"{run_dir}: is a {recipe.cfg.model.family} run, not a feature network")
-    meta_path = run_dir / "features.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    info = {"source": str(run_dir), "kind": "medsynth-vgg", "sha256": meta.get("sha256") or
-            file_sha256(run_dir / "model.safetensors"), "task": meta.get("task"),
-            "test_accuracy": meta.get("accuracy"), "test_auc": meta.get("auc")}
-    return FeatureNet(recipe.net, recipe.net.embed, recipe.net.embed_dim, info,
-                      list(recipe.cfg.model.image_size), recipe.cfg.model.in_channels)
 
 
 _TV_LAYER = re.compile(r"^(.*denselayer\d+\.)(norm|relu|conv)\.?(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -208,15 +167,3 @@ class PerceptualLoss(nn.Module):
         for w, a, b in zip(self.weights, self.taps(recon), ref):
             total = total + w * (a.float() - b.float()).pow(2).flatten(1).mean(1)
         return total * pixels
-
-
-def perceptual_loss(cfg) -> PerceptualLoss | None:
-    """The perceptual loss of cfg.loss (taps of loss.perceptual_net), or None when its weight is 0;
-    refuses a feature network trained on another image size or channel count."""
-    lc, m = cfg.loss, cfg.model
-    if lc.perceptual_weight <= 0:
-        return None
-    net = load_feature_net(lc.perceptual_net)
-    net.check(torch.zeros(1, m.in_channels, *m.image_size))
-    return PerceptualLoss(net, list(lc.perceptual_layers),
-                          None if lc.perceptual_layer_weights is None else list(lc.perceptual_layer_weights))

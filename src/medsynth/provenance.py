@@ -1,15 +1,23 @@
-"""Where a file came from: the environment a run was made in, and the provenance every
-synthetic image carries so it cannot pass for a patient's."""
+"""Where a file came from: the environment a run was made in, file hashes, and the provenance
+every synthetic image carries (npz key, PNG text chunk, NIfTI header extension) so it cannot
+pass for a patient's; `read_provenance` reads that mark back."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import platform
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medsynth.runs import ENVIRONMENT, WEIGHTS
+from medsynth.writers import write_text
 
 PACKAGES = ("medsynth", "torch", "lightning", "monai", "numpy", "scipy", "omegaconf", "safetensors", "pillow")
 
@@ -40,9 +48,7 @@ def environment() -> dict:
 
 def record_environment(run_dir: Path) -> None:
     """Append this session's environment to <run_dir>/environment.json (a resumed run adds one entry)."""
-    from medsynth.io import write_text
-
-    path = run_dir / "environment.json"
+    path = run_dir / ENVIRONMENT
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
     sessions.append(environment())
     write_text(path, json.dumps({"sessions": sessions}, indent=2))
@@ -51,9 +57,6 @@ def record_environment(run_dir: Path) -> None:
 def synthetic_provenance(recipe, run_dir: Path | None, seed: int | None, **extra) -> dict:
     """The record written into every synthetic output: an explicit synthetic flag, the model's
     weights hash, its recipe and the seed."""
-    from medsynth.features import file_sha256
-    from medsynth.io import WEIGHTS
-
     weights = Path(run_dir) / WEIGHTS if run_dir is not None else None
     cfg = recipe.cfg
     return {"synthetic": True, "generator": f"medsynth {_version()}",
@@ -67,3 +70,37 @@ def _version() -> str:
         return metadata.version("medsynth")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance stored in an npz, PNG or NIfTI file written by medsynth, or None."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        return _nifti_provenance(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            return json.loads(str(f["provenance"])) if "provenance" in f.files else None
+    with Image.open(path) as im:
+        text = getattr(im, "text", {}).get("medsynth:provenance")
+    return json.loads(text) if text else None
+
+
+def _nifti_provenance(path: Path) -> dict | None:
+    import nibabel as nib
+
+    for ext in nib.load(str(path)).header.extensions:
+        try:
+            data = json.loads(ext.get_content())
+        except (ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and "synthetic" in data:
+            return data
+    return None

@@ -15,7 +15,9 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from medsynth.errors import MedsynthError  # noqa: E402
-from medsynth.io import CONFIG, write_text  # noqa: E402
+import medsynth.runs as runs  # noqa: E402
+from medsynth.runs import CONFIG  # noqa: E402
+from medsynth.writers import write_text  # noqa: E402
 
 # (section, key, label, better): the metric table, in reading order
 ROWS = [
@@ -131,19 +133,19 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise MedsynthError(f"{run_dir}: not a run directory (no {CONFIG})")
-    out = Path(out) if out else run_dir / "report.html"
-    eval_path = Path(evaluation) if evaluation else run_dir / "evaluation.json"
+    out = Path(out) if out else run_dir / runs.REPORT
+    eval_path = Path(evaluation) if evaluation else run_dir / runs.EVALUATION
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medsynth: {html.escape(run_dir.name)}"
              f"</title><style>{STYLE}</style></head><body><h1>{html.escape(run_dir.name)}</h1>"]
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / runs.SUMMARY
     if summary_path.is_file():
         s = json.loads(summary_path.read_text())
         parts.append(f"<p>status <b>{html.escape(str(s.get('status')))}</b>, {s.get('global_step')} steps, "
                      f"{s.get('train_seconds')} s, precision {html.escape(str(s.get('precision')))}</p>")
-    parts.append("<h2>Samples</h2>" + _img(run_dir / "samples.png", "sample grid"))
+    parts.append("<h2>Samples</h2>" + _img(run_dir / runs.SAMPLES, "sample grid"))
     parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
-                 + _img(run_dir / "reconstructions.png", "reconstructions"))
-    curves = loss_curves(run_dir / "metrics.csv")
+                 + _img(run_dir / runs.RECONSTRUCTIONS, "reconstructions"))
+    curves = loss_curves(run_dir / runs.METRICS)
     parts.append("<h2>Loss curves</h2><p>Per epoch. Train terms carry the warm-up / capacity schedule in force at "
                  "that step; validation terms are the full objective, so the two can cross early on.</p>"
                  + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"

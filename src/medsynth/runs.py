@@ -1,11 +1,14 @@
-"""Run directories: one per run, never shared, holding everything the run made.
+"""The run directory: every file name in it, creating or claiming one, checkpoints, weights.
 
     <runs_dir>/<name>-<YYYYmmdd-HHMMSS>[-k]/
         config.yaml          resolved config (rebuilds the model on its own)
         checkpoints/         last.ckpt, best.ckpt (Lightning, for --resume)
-        metrics.csv          per-step and per-epoch metrics
+        logs/version_N/      one CSV log per training session; metrics.csv joins them
         model.safetensors    portable weights (no pickle)
-        samples.png, reconstructions.png, summary.json
+        summary.json, environment.json, and what the end of training writes by capability
+        (samples.png, reconstructions.png, ...; see medsynth.artefacts)
+
+Every other module asks here for a file's name, so the layout is stated once (docs/run-directory.md).
 """
 
 from __future__ import annotations
@@ -19,10 +22,35 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medsynth.errors import MedsynthError, reason
-from medsynth.io import atomic_path
+from medsynth.writers import atomic_path
 
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
+BEST = "best"  # Lightning adds .ckpt
+LOGS = "logs"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+ENVIRONMENT = "environment.json"
+SAMPLES = "samples.png"
+RECONSTRUCTIONS = "reconstructions.png"
+TRANSLATIONS = "translations.png"
+TRANSLATION_SCORES = "translation.json"
+SEGMENTATIONS = "segmentation.png"
+SEGMENTATION_SCORES = "segmentation.json"
+AUTOENCODER_SCORES = "autoencoder.json"  # latent diffusion: stage 1's reconstruction scores
+FEATURES = "features.json"  # a feature network's test scores and weights hash
+EVALUATION = "evaluation.json"
+REPORT = "report.html"
+# what `train` lists at its end when present
+HEADLINE = (SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, SEGMENTATIONS, FEATURES)
+
+
+def is_run(path: str | Path) -> bool:
+    """A finished run directory: its config and portable weights are there."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -50,17 +78,48 @@ def launched_rank() -> tuple[int, int]:
 def claim_run_dir(path: str | Path, rank: int) -> Path:
     """An explicit run directory: rank 0 refuses one that already holds a run; other ranks join it."""
     path = Path(path)
-    if rank == 0:
-        if (path / "config.yaml").exists():
-            raise MedsynthError(f"{path}: already holds a run (use --resume, or another run_dir)")
-        path.mkdir(parents=True, exist_ok=True)
-    else:
-        path.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and (path / CONFIG).exists():
+        raise MedsynthError(f"{path}: already holds a run (use --resume, or another run_dir)")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS / LAST
+
+
+def export_weights(run_dir: str | Path, module: torch.nn.Module) -> Path:
+    """The module's state dict as safetensors: loadable without unpickling anything."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / WEIGHTS
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "medsynth"})
+    return path
+
+
+def read_weights(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The run's portable weights (a state dict), read without unpickling."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / WEIGHTS
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MedsynthError(f"{path}: cannot read weights ({reason(exc)})") from None
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """The run directory, or one clear error when it is missing or unfinished."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MedsynthError(f"{run_dir}: run directory not found")
+    for name in (CONFIG, WEIGHTS):
+        if not (run_dir / name).is_file():
+            raise MedsynthError(f"{run_dir}: no {name} (is this a finished medsynth run?)")
+    return run_dir
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

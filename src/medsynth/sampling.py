@@ -21,11 +21,14 @@ import numpy as np
 import torch
 
 from medsynth.errors import MedsynthError
-from medsynth.io import load_run, save_grid, save_npz, write_text
+from medsynth.models import load_run
+from medsynth.provenance import file_sha256, synthetic_provenance
+from medsynth.runs import WEIGHTS
+from medsynth.writers import save_grid, save_npz, write_nifti, write_text
 
 
 def _labels(recipe, n: int, label: int | None, start: int = 0) -> torch.Tensor | None:
-    conditional = getattr(recipe, "conditional", False)
+    conditional = recipe.conditional
     if label is not None and not conditional:
         raise MedsynthError("--label given, but this model is not conditional")
     if conditional and label is None:
@@ -36,17 +39,17 @@ def _labels(recipe, n: int, label: int | None, start: int = 0) -> torch.Tensor |
     return None if label is None else torch.full((n,), int(label))
 
 
-def sampler_options(recipe, sampler: str | None = None, steps: int | None = None,
-                    guidance: float | None = None) -> dict:
-    """A diffusion model's sampler settings (the run's defaults filled in, so provenance records
-    them) as keywords for recipe.sample; {} for other families, which refuse them."""
-    given = {k: v for k, v in {"sampler": sampler, "steps": steps, "guidance": guidance}.items() if v is not None}
-    if recipe.cfg.model.family != "ldm":
-        if given:
-            raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
-                                f"model.family={recipe.cfg.model.family})")
-        return {}
-    return recipe.sampler_settings(sampler, steps, guidance)  # checked here, before a file or shard is written
+def check_samples(recipe) -> None:
+    """Refuse, with what to do instead, a model that cannot draw samples now."""
+    family = recipe.cfg.model.family
+    if recipe.can_translate:
+        raise MedsynthError(f"a {family} model does not draw samples: it translates images "
+                            "(`medsynth translate RUN --input IN --out OUT`)")
+    if recipe.can_segment:
+        raise MedsynthError(f"a {family} model does not draw samples: segment volumes with "
+                            "`medsynth segment RUN --input ... --out ...`")
+    if not recipe.can_sample:
+        raise MedsynthError(f"a {family} model does not draw samples")
 
 
 def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: int = 256, start: int = 0,
@@ -55,12 +58,11 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
 
     A conditional model with no label given cycles through its classes by
     global index (start + i), so the output is a balanced labelled set.
-    options: the diffusion sampler's (sampler, steps, guidance, progress), see sampler_options.
+    options: the diffusion sampler's (sampler, steps, guidance, progress), see Recipe.sampler_settings.
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
-    if not hasattr(recipe, "sample"):
-        raise MedsynthError(f"a {recipe.cfg.model.family} model does not draw samples")
+    check_samples(recipe)
     labels = _labels(recipe, n, label, start)
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     chunks = []
@@ -77,8 +79,6 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`.
 
     sampler ("ddpm" | "ddim"), steps, guidance: latent diffusion's (defaults: the run's config)."""
-    from medsynth.provenance import synthetic_provenance
-
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     if out_dir is not None:
@@ -92,13 +92,11 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
         raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
                             f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
-    options = sampler_options(recipe, sampler, steps, guidance)
+    options = recipe.sampler_settings(sampler, steps, guidance)
     images, labels = draw(recipe, n, label, seed, batch_size, **options, **({"progress": True} if options else {}))
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
                                 labels=None if labels is None else labels.tolist())
     if nifti:  # one 4D image: the volumes along the 4th axis, intensities in [-1, 1]
-        from medsynth.data.volumes import write_nifti
-
         write_nifti(out, images[:, 0].permute(1, 2, 3, 0).numpy(), provenance=prov)
     else:
         save_npz(out, images, labels, provenance=prov)
@@ -120,8 +118,6 @@ def _shard_plan(n: int, shard_size: int, seed: int) -> list[tuple[int, int, int,
 
 def _write_shard(recipe, run_dir: Path, out_dir: Path, k: int, start: int, count: int, shard_seed: int,
                  label, batch_size: int, options: dict) -> None:
-    from medsynth.provenance import synthetic_provenance
-
     images, labels = draw(recipe, count, label, shard_seed, batch_size, start=start, **options)
     prov = synthetic_provenance(recipe, run_dir, shard_seed, shard=k, first_index=start, n=count, label=label,
                                 **options)
@@ -141,9 +137,6 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
                   batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
                   grid: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
                   guidance: float | None = None) -> Path:
-    from medsynth.features import file_sha256
-    from medsynth.io import WEIGHTS
-
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
     if workers < 1:
@@ -151,7 +144,7 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     run_dir = Path(run_dir)
     recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
     _labels(recipe, 1, label)
-    options = sampler_options(recipe, sampler, steps, guidance)
+    options = recipe.sampler_settings(sampler, steps, guidance)
     model_hash = file_sha256(run_dir / WEIGHTS)
     request = {"run": str(run_dir.resolve()), "model_sha256": model_hash, "n": n, "label": label, "seed": seed,
                "shard_size": shard_size, **options}

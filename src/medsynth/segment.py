@@ -9,20 +9,19 @@ affine and (for NIfTI inputs) its header, marked as a model prediction.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medsynth.data.cases import Case, load_case, read_volume
+from medsynth.data.cases import Case, load_case
 from medsynth.data.patches import prepare_case, to_values
 from medsynth.errors import MedsynthError
-from medsynth.metrics.segmentation import BRATS_REGIONS, segmentation_scores
-
-PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 60], [70, 110, 240], [245, 210, 50], [200, 80, 220],
-                    [60, 210, 220], [240, 140, 40]], dtype=np.float32)
+from medsynth.metrics.segmentation import score_label_maps
+from medsynth.models import load_run
+from medsynth.provenance import synthetic_provenance
+from medsynth.writers import write_nifti
 
 
 def _match(folder: Path, pattern: str | None) -> Path | None:
@@ -65,14 +64,12 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
             overlap: float | None = None, sw_batch_size: int | None = None, log=print) -> list[dict]:
     """Segment a volume, a case folder, or a folder of case folders (then `out` is a folder of
     <case>_seg.nii.gz). Cases with a reference label map are scored. Returns one record per case."""
-    from medsynth.io import load_run
-
     if overlap is not None and not 0 <= overlap < 1:
         raise MedsynthError(f"overlap must be in [0, 1), got {overlap}")
     if sw_batch_size is not None and sw_batch_size < 1:
         raise MedsynthError(f"windows per pass must be positive, got {sw_batch_size}")
     recipe = load_run(run_dir, device)
-    if recipe.cfg.model.family != "segmentation":
+    if not recipe.can_segment:
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not segment")
     data_cfg = recipe.cfg.data
     input, out = Path(input), Path(out)
@@ -103,7 +100,7 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
         write_label_map(target, labels, geometry, case.affine, recipe, run_dir)
         record = {"case": case.name, "out": str(target), "seconds": round(time.perf_counter() - start, 2)}
         if case.label is not None:
-            record["scores"] = _scores(labels, case.label, data_cfg, case.spacing)
+            record["scores"] = score_label_maps(labels, case.label, data_cfg, case.spacing)
         records.append(record)
         log(f"{case.name}: {target} ({record['seconds']} s)")
     return records
@@ -113,9 +110,6 @@ def write_label_map(path: Path, labels: np.ndarray, geometry: Path, affine: np.n
     """The label map with the input's affine, and its NIfTI header when the input is NIfTI."""
     import nibabel as nib
 
-    from medsynth.data.volumes import write_nifti
-    from medsynth.provenance import synthetic_provenance
-
     header = None
     if geometry.is_file() and geometry.name.lower().endswith((".nii", ".nii.gz")):
         header = nib.load(str(geometry)).header
@@ -123,54 +117,3 @@ def write_label_map(path: Path, labels: np.ndarray, geometry: Path, affine: np.n
                                       f"real image ({geometry.name}), not a reference annotation")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_nifti(path, labels.astype(np.uint8), affine, provenance, header=header, dtype=np.uint8, mark="MODEL LABELS")
-
-
-def _scores(pred_values: np.ndarray, target_values: np.ndarray, data_cfg, spacing) -> dict:
-    foreground = [c for c in data_cfg.classes if c != 0]
-    regions = BRATS_REGIONS if data_cfg.regions == "brats" else None
-    return segmentation_scores(pred_values, target_values, foreground, regions, spacing)
-
-
-def score_cases(recipe, cases: list[Case], run_dir: Path, seed: int = 0) -> dict:
-    """After training: segment prepared held-out cases (labels as class indices), write
-    segmentation.json and segmentation.png; return mean Dice per class / region for summary.json."""
-    from medsynth.io import save_grid, write_text
-    from medsynth.provenance import synthetic_provenance
-
-    classes = list(recipe.cfg.data.classes)
-    per_case, figures = {}, []
-    for case in cases:
-        start = time.perf_counter()
-        pred = recipe.segment(case.image, case.mask)
-        seconds = time.perf_counter() - start
-        scores = _scores(to_values(pred, classes), to_values(case.label, classes), recipe.cfg.data, case.spacing)
-        scores["seconds"] = round(seconds, 2)
-        per_case[case.name] = scores
-        figures.append(overlay_rows(case.image[0], case.label, pred))
-    means = {}
-    for group in ("classes", "regions"):
-        names = next(iter(per_case.values())).get(group, {})
-        for name in names:
-            key = f"dice_{name}" if group == "regions" else f"dice_class_{name}"
-            means[key] = float(np.mean([per_case[c][group][name]["dice"] for c in per_case]))
-    write_text(run_dir / "segmentation.json", json.dumps({"cases": per_case, "mean": means}, indent=2))
-    save_grid(run_dir / "segmentation.png", torch.cat(figures), nrow=3,
-              provenance=synthetic_provenance(recipe, run_dir, seed, kind="segmentation (per held-out case: "
-                                              "image, reference labels, model labels)"))
-    return means
-
-
-def overlay_rows(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> torch.Tensor:
-    """3 x 3 x H x W in [-1, 1]: the axial slice with most reference foreground, plain, with the
-    reference labels and with the predicted labels coloured over it."""
-    k = int(np.argmax((truth > 0).sum(axis=(0, 1)))) if truth.ndim == 3 else 0
-    gray = (np.clip(image[..., k], -1, 1) + 1) * 127.5
-    tiles = []
-    for labels in (None, truth[..., k], pred[..., k]):
-        rgb = np.repeat(gray[..., None], 3, axis=-1)
-        if labels is not None:
-            colour = PALETTE[np.asarray(labels) % len(PALETTE)]
-            rgb = np.where((np.asarray(labels) > 0)[..., None], 0.45 * rgb + 0.55 * colour, rgb)
-        tiles.append(torch.from_numpy(np.rot90(rgb).copy()).permute(2, 0, 1) / 127.5 - 1.0)
-    return torch.stack(tiles).float()
-

@@ -19,15 +19,18 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
+import medsynth.runs as runs
+from medsynth.artefacts import write_artefacts
 from medsynth.config import load_config, to_yaml
 from medsynth.data import MedsynthDataModule, load_splits
+from medsynth.data.patches import PatchDataModule, load_segmentation_splits
 from medsynth.errors import MedsynthError, TrainingDiverged, reason
-from medsynth.io import CONFIG, export_weights, write_text
-from medsynth.models import build_recipe
+from medsynth.feature_runs import perceptual_loss
+from medsynth.models import build_recipe, load_run
 from medsynth.precision import resolve_precision
 from medsynth.provenance import record_environment
-from medsynth.runs import (CHECKPOINTS, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank,
-                           new_run_dir)
+from medsynth.runs import CONFIG, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank, new_run_dir
+from medsynth.writers import write_text
 
 
 def fill_data_shape(cfg: DictConfig, splits) -> None:
@@ -50,8 +53,6 @@ def build_data(cfg: DictConfig):
     """The splits and the LightningDataModule for cfg.data (images in memory, or segmentation
     cases cut into patches); fills cfg.model with the data's shape."""
     if cfg.data.format == "segmentation":
-        from medsynth.data.patches import PatchDataModule, load_segmentation_splits
-
         splits = load_segmentation_splits(cfg.data, cfg.seed)
         fill_data_shape(cfg, splits)
         d = cfg.data
@@ -75,20 +76,20 @@ class _ChannelsLast(L.Callback):
 def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks=(), manual: bool = False) -> L.Trainer:
     """manual: the recipe optimises by hand (adversarial models), so it clips its own gradients."""
     t = cfg.trainer
-    callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val_loss" if has_val else None,
+    callbacks = [ModelCheckpoint(dirpath=run_dir / runs.CHECKPOINTS, filename=runs.BEST, monitor="val_loss" if has_val else None,
                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False),
                  # refreshing every step cost ~5% of a small CPU step
                  TQDMProgressBar(refresh_rate=10), *extra_callbacks]
     if t.checkpoint_every_n_steps:
         # last.ckpt also within epochs, so a killed run loses at most this many steps
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / runs.CHECKPOINTS, save_top_k=0, save_last=True,
                                          every_n_train_steps=t.checkpoint_every_n_steps,
                                          enable_version_counter=False))
     if t.channels_last and cfg.model.spatial_dims == 2:
         callbacks.append(_ChannelsLast())
     # One CSV per session (logs/version_N): Lightning deletes an existing metrics file,
     # which would lose a resumed run's history; merge_metrics joins them.
-    loggers = [CSVLogger(save_dir=run_dir, name="logs")]
+    loggers = [CSVLogger(save_dir=run_dir, name=runs.LOGS)]
     if cfg.tracking.mlflow:
         loggers.append(_mlflow_logger(cfg, run_dir))
     return L.Trainer(
@@ -122,46 +123,69 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     resume: a run directory to continue from its last checkpoint (its saved
     config, plus overrides such as trainer.max_epochs=20).
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        ckpt = last_checkpoint(run_dir)
-        if not (run_dir / CONFIG).is_file() or not ckpt.is_file():
-            raise MedsynthError(f"{run_dir}: cannot resume, no {CONFIG} or {ckpt.relative_to(run_dir)} found")
-        cfg = load_config(run_dir / CONFIG, overrides)
-    else:
-        cfg = config if isinstance(config, DictConfig) else load_config(config, overrides)
-        ckpt = None
+    cfg, ckpt = _training_config(config, overrides, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, data = build_data(cfg)
     recipe = build_recipe(cfg)
-    recipe.prepare_training()
-
-    rank, world = launched_rank()
-    runs_root_existed = True
-    if resume is None:
-        if cfg.run_dir:
-            run_dir = claim_run_dir(cfg.run_dir, rank)
-        elif world > 1:
-            raise MedsynthError("this process is one of several started by a launcher (torchrun / SLURM): "
-                                "give every process the same run_dir=PATH")
-        else:
-            runs_root_existed = Path(cfg.runs_dir).exists()
-            run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    recipe.prepare_training(perceptual_loss(cfg), load_run)
+    rank, _ = launched_rank()
+    run_dir, made = (Path(resume), []) if resume is not None else _open_run_dir(cfg, rank)
     try:  # Lightning checks the trainer settings here; nothing has been written yet
         validates = type(recipe).validation_step is not L.LightningModule.validation_step  # GANs have no val loss
         trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0 and validates,
                                 manual=not recipe.automatic_optimization)
     except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
         # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
-        if resume is None and not cfg.run_dir and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # the empty directory this call made, and its runs folder if this call made it
-            if not runs_root_existed and not any(run_dir.parent.iterdir()):
-                run_dir.parent.rmdir()
+        for folder in made:  # the empty run directory this call made, and its runs folder if it made it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise MedsynthError(f"trainer settings refused: {reason(exc)}") from None
     if rank == 0:
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)
         log(f"run directory: {run_dir}")
+    seconds = _fit(trainer, recipe, data, ckpt, run_dir, cfg)
+    if not trainer.is_global_zero:  # with a launcher every rank runs this; rank 0 writes the results
+        return run_dir
+    merge_metrics(run_dir)
+    recipe.eval()
+    runs.export_weights(run_dir, recipe)
+    extra = write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)
+    _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
+    log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / runs.WEIGHTS}")
+    for name in runs.HEADLINE:
+        if (run_dir / name).is_file():
+            log(f"{name}: {run_dir / name}")
+    return run_dir
+
+
+def _training_config(config, overrides, resume) -> tuple[DictConfig, Path | None]:
+    """(config, checkpoint to resume from or None): a resumed run's saved config plus overrides."""
+    if resume is None:
+        return (config if isinstance(config, DictConfig) else load_config(config, overrides)), None
+    run_dir = Path(resume)
+    ckpt = last_checkpoint(run_dir)
+    if not (run_dir / CONFIG).is_file() or not ckpt.is_file():
+        raise MedsynthError(f"{run_dir}: cannot resume, no {CONFIG} or {ckpt.relative_to(run_dir)} found")
+    return load_config(run_dir / CONFIG, overrides), ckpt
+
+
+def _open_run_dir(cfg: DictConfig, rank: int) -> tuple[Path, list[Path]]:
+    """(the new run's directory, the folders this call created, innermost first): run_dir= is
+    claimed (every launched process joins it), else a fresh one under runs_dir."""
+    if cfg.run_dir:
+        return claim_run_dir(cfg.run_dir, rank), []
+    if launched_rank()[1] > 1:
+        raise MedsynthError("this process is one of several started by a launcher (torchrun / SLURM): "
+                            "give every process the same run_dir=PATH")
+    root_existed = Path(cfg.runs_dir).exists()
+    run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    return run_dir, [run_dir] + ([] if root_existed else [run_dir.parent])
+
+
+def _fit(trainer: L.Trainer, recipe, data, ckpt: Path | None, run_dir: Path, cfg: DictConfig) -> float:
+    """trainer.fit; on failure the run directory says what happened (summary.json, metrics.csv)
+    before the error goes on up. Returns the seconds it trained."""
     start = time.perf_counter()
     try:
         trainer.fit(recipe, datamodule=data, ckpt_path=ckpt, weights_only=True if ckpt else None)
@@ -171,36 +195,24 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
         _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="diverged", error=str(exc))
         merge_metrics(run_dir)
         raise MedsynthError(f"{run_dir}: {exc}; {where}") from None
-    except BaseException as exc:  # the run directory says what happened, then the error goes on up
+    except BaseException as exc:
         _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="failed",
                        error=f"{type(exc).__name__}: {exc}")
         merge_metrics(run_dir)
         raise
-    seconds = time.perf_counter() - start
-    if not trainer.is_global_zero:  # with a launcher every rank runs this; rank 0 writes the results
-        return run_dir
-    merge_metrics(run_dir)
-    recipe.eval()
-    export_weights(run_dir, recipe)
-    extra = recipe.to(torch.float32).after_training(splits, run_dir, cfg.seed)
-    _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
-    log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / 'model.safetensors'}")
-    for name in ("samples.png", "reconstructions.png", "features.json"):
-        if (run_dir / name).is_file():
-            log(f"{name}: {run_dir / name}")
-    return run_dir
+    return time.perf_counter() - start
 
 
 def merge_metrics(run_dir: Path) -> Path:
     """Concatenate every session's CSV log into <run_dir>/metrics.csv (columns: the union)."""
-    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    parts = sorted((run_dir / runs.LOGS).glob(f"version_*/{runs.METRICS}"), key=lambda p: int(p.parent.name.split("_")[1]))
     rows, columns = [], []
     for part in parts:
         with open(part, newline="") as fh:
             reader = csv.DictReader(fh)
             columns += [c for c in reader.fieldnames or [] if c not in columns]
             rows += list(reader)
-    out = run_dir / "metrics.csv"
+    out = run_dir / runs.METRICS
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -224,4 +236,4 @@ def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, err
                "train_seconds": round(seconds, 2), "precision": str(trainer.precision), "metrics": metrics}
     if error:
         summary["error"] = error
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text(run_dir / runs.SUMMARY, json.dumps(summary, indent=2))

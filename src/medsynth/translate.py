@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.folder import list_images
+from medsynth.data.intensity import mr_normalise, to_unit_range
+from medsynth.data.npz import read_npz
+from medsynth.data.volumes import read_nifti
 from medsynth.errors import MedsynthError, reason
+from medsynth.models import load_run
+from medsynth.provenance import synthetic_provenance
+from medsynth.writers import save_grid, save_npz, write_nifti
 
 
 def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bool = False) -> torch.Tensor:
@@ -38,13 +45,10 @@ def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bo
 def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str | Path | None = None,
               device: str = "cpu", batch_size: int = 64, reverse: bool = False, log=print) -> Path:
     """reverse: target -> source (CycleGAN learns both directions)."""
-    from medsynth.io import load_run
-    from medsynth.provenance import synthetic_provenance
-
     recipe = load_run(run_dir, device)
-    if not hasattr(recipe, "translate"):
+    if not recipe.can_translate:
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not translate images")
-    if reverse and not hasattr(recipe, "generator_ba"):
+    if reverse and not recipe.translates_back:
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model translates one way only (no --reverse)")
     recipe.reverse = reverse
     input, out = Path(input), Path(out)
@@ -79,8 +83,6 @@ def _check_channels(recipe, channels: int, source: Path) -> None:
 def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict) -> None:
     import nibabel as nib
 
-    from medsynth.data.intensity import mr_normalise
-    from medsynth.data.volumes import read_nifti, write_nifti
 
     _check_channels(recipe, 1, path)
     volume = read_nifti(path)
@@ -103,9 +105,6 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
 
 
 def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict) -> None:
-    from medsynth.data.intensity import to_unit_range
-    from medsynth.data.npz import read_npz
-    from medsynth.io import save_npz
 
     splits = read_npz(path, spatial_dims=2)
     images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
@@ -117,7 +116,6 @@ def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: d
 def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict) -> None:
     from PIL import Image
 
-    from medsynth.data.folder import list_images
 
     files = list_images(folder)
     if not files:
@@ -137,6 +135,5 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
 
 def _save_png(path: Path, image: torch.Tensor, provenance: dict) -> None:
     """One image at its own size (no grid padding), marked synthetic like every grid."""
-    from medsynth.io import save_grid
 
     save_grid(path, image[None], nrow=1, provenance=provenance, pad=0)

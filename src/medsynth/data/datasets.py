@@ -47,6 +47,14 @@ class SplitData:
     def in_channels(self) -> int:
         return int(self.train.images.shape[1])
 
+    def held_out(self) -> tuple[str, ImageSet]:
+        """(name, images) of the held-out split: test, else validation, else (nothing held out) train."""
+        for name in ("test", "val", "train"):
+            part = getattr(self, name)
+            if part is not None and len(part):
+                return name, part
+        raise MedsynthError(f"{self.source}: every split is empty")
+
     @property
     def image_size(self) -> list[int]:
         if self.crop_size is not None:

@@ -1,5 +1,5 @@
 """Medical volumes: NIfTI (nibabel), NRRD (pynrrd), HDF5 (h5py) and DICOM series (pydicom), read
-with their geometry, and NIfTI written with the synthetic-output provenance.
+with their geometry (NIfTI is written by `medsynth.writers.write_nifti`).
 
 Every failure is one MedsynthError naming the file: unreadable or truncated
 files, headers claiming more voxels than the machine can hold, several series
@@ -8,7 +8,6 @@ in one DICOM folder, missing slices, pixel data that does not decode.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,43 +206,3 @@ def read_dicom_series(folder: str | Path) -> Volume:
     affine[:3, 3] = slices[0][2]["position"]
     affine[:2] *= -1  # DICOM patient space is LPS; NIfTI's world (and ours) is RAS
     return Volume(np.stack(planes), affine, (step, row_mm, col_mm), str(folder))
-
-
-def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None,
-                provenance: dict | None = None, header=None, dtype=np.float32, mark: str = "SYNTHETIC") -> None:
-    """A NIfTI file; with provenance, marked (`mark`: SYNTHETIC, or MODEL LABELS for a predicted label
-    map) in the header description and carrying the
-    full provenance JSON as a header extension. `header`: an input's NIfTI header to keep (units,
-    orientation codes, ...), with the data type and scaling of `array`."""
-    import nibabel as nib
-
-    from medsynth.io import atomic_path
-
-    if header is not None:
-        header = header.copy()
-        header.extensions.clear()
-        header.set_slope_inter(1.0, 0.0)
-    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.eye(4) if affine is None else affine, header=header)
-    image.set_data_dtype(dtype)
-    if provenance is not None:
-        image.header["descrip"] = (f"{mark} " + provenance.get("generator", "medsynth"))[:79].encode()
-        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance).encode()))
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    with atomic_path(path) as tmp:
-        target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression from the name
-        nib.save(image, str(target))
-        target.replace(tmp)
-
-
-def read_nifti_provenance(path: str | Path) -> dict | None:
-    import nibabel as nib
-
-    for ext in nib.load(str(path)).header.extensions:
-        try:
-            data = json.loads(ext.get_content())
-        except (ValueError, TypeError):
-            continue
-        if isinstance(data, dict) and "synthetic" in data:
-            return data
-    return None

@@ -50,3 +50,11 @@ def segmentation_scores(pred: np.ndarray, target: np.ndarray, classes: list[int]
         out["regions"] = {name: _scores(np.isin(pred, labels), np.isin(target, labels), spacing)
                           for name, labels in regions.items()}
     return out
+
+
+def score_label_maps(pred_values: np.ndarray, target_values: np.ndarray, data_cfg, spacing=None) -> dict:
+    """segmentation_scores with a run's label values (data.classes, background first) and regions
+    (data.regions: "brats" or None): what `medsynth segment` and the end of training both report."""
+    foreground = [c for c in data_cfg.classes if c != 0]
+    regions = BRATS_REGIONS if data_cfg.regions == "brats" else None
+    return segmentation_scores(pred_values, target_values, foreground, regions, spacing)

@@ -1,46 +1,57 @@
-"""One recipe (a LightningModule) per model family, all with the same small interface:
-sample(n, condition=None, generator=None), reconstruct(x, condition=None), encode(x, condition=None)."""
+"""One recipe (a LightningModule) per model family, found through the registry in
+`medsynth.families`, and `load_run`, which rebuilds a trained recipe from its run directory.
+
+Every recipe states its capabilities (see `models.base.Recipe`): can_sample, can_reconstruct,
+can_translate, can_segment, can_classify, conditional.
+"""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
+import torch
 from omegaconf import DictConfig
 
-from medsynth.errors import MedsynthError
+from medsynth.config import load_config
+from medsynth.errors import MedsynthError, reason
+from medsynth.families import FAMILIES
+from medsynth.runs import CONFIG, WEIGHTS, check_run_dir, read_weights
+
+
+def recipe_class(family: str) -> type:
+    """The recipe class registered for `family`."""
+    if family not in FAMILIES:
+        raise MedsynthError(f"model.family={family!r} is not a known model family ({', '.join(FAMILIES)})")
+    module, name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_recipe(cfg: DictConfig):
     """The LightningModule for cfg.model.family (model fields must already hold the data's shape)."""
-    family = cfg.model.family
-    if family == "vae":
-        from medsynth.models.vae import VAERecipe
+    return recipe_class(cfg.model.family)(cfg)
 
-        return VAERecipe(cfg)
-    if family == "gan":
-        from medsynth.models.gan import GANRecipe
 
-        return GANRecipe(cfg)
-    if family == "vaegan":
-        from medsynth.models.vaegan import VAEGANRecipe
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise MedsynthError(f"device {device!r}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsynthError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+    return dev
 
-        return VAEGANRecipe(cfg)
-    if family == "pix2pix":
-        from medsynth.models.translation import Pix2PixRecipe
 
-        return Pix2PixRecipe(cfg)
-    if family == "cyclegan":
-        from medsynth.models.translation import CycleGANRecipe
-
-        return CycleGANRecipe(cfg)
-    if family == "ldm":
-        from medsynth.models.ldm import LatentDiffusionRecipe
-
-        return LatentDiffusionRecipe(cfg)
-    if family == "classifier":
-        from medsynth.models.classifier import ClassifierRecipe
-
-        return ClassifierRecipe(cfg)
-    if family == "segmentation":
-        from medsynth.models.segmentation import SegmentationRecipe
-
-        return SegmentationRecipe(cfg)
-    raise MedsynthError(f"model.family={family!r} is not a known model family")
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained recipe from a run directory's config.yaml and model.safetensors (no pickle),
+    in eval mode on `device`."""
+    _device(device)
+    run_dir = check_run_dir(run_dir)
+    recipe = build_recipe(load_config(run_dir / CONFIG))
+    state = read_weights(run_dir, device)
+    try:
+        recipe.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MedsynthError(f"{run_dir / WEIGHTS}: weights do not fit {run_dir / CONFIG} "
+                            f"({reason(exc)})") from None
+    return recipe.to(device).eval()

@@ -1,4 +1,6 @@
-"""What every recipe shares: cheap logging of loss terms, and the NaN/inf guard.
+"""What every recipe shares: the capabilities it states, conditions, cheap logging of loss
+terms, the NaN/inf guard; and, for recipes that optimise several networks by hand, the
+manual step (`ManualRecipe`).
 
 Lightning's `self.log` costs ~0.2 ms a call on CPU; five terms every step were
 6% of a 28 px VAE step (benchmarks/train_throughput.py). Terms are instead
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,9 +36,24 @@ def ema_with_warmup(decay: float):
 
 
 class Recipe(L.LightningModule):
-    """Base of the model families. Subclasses offer, where it makes sense:
-    sample(n, condition=None, generator=None), reconstruct(x, condition=None),
-    encode(x, condition=None), translate(x)."""
+    """Base of the model families. A recipe states what it can do; the sampling, translation,
+    segmentation, evaluation and end-of-training code ask these flags, never hasattr:
+
+    - can_sample:      sample(n, condition=None, generator=None) -> B x C x *spatial in [-1, 1]
+    - can_reconstruct: reconstruct(x, condition=None) and encode(x, condition=None)
+    - can_translate:   translate(x, reverse=False) and split(images) -> (source, target)
+    - can_segment:     segment(image C x *spatial, mask=None) -> class indices
+    - can_classify:    predict_scores(x) -> B x K (the domain feature network)
+    - conditional:     (per instance, from model.conditional) takes class labels
+    """
+
+    can_sample = False
+    can_reconstruct = False
+    can_translate = False
+    can_segment = False
+    can_classify = False
+    # written at the end of training with reconstruction scores of the held-out split (None: not written)
+    reconstruction_scores_file: str | None = None
 
     def __init__(self, cfg: DictConfig | dict):
         super().__init__()
@@ -47,7 +65,26 @@ class Recipe(L.LightningModule):
             raise MedsynthError("model.in_channels and model.image_size must be set (they come from the data)")
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
+        self._perceptual = None
         self.conditional = False  # class-conditional families set this from model.conditional
+
+    def ready_to_sample(self) -> bool:
+        """Whether sample() can run now (latent diffusion: only once its stage 2 has trained)."""
+        return self.can_sample
+
+    def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
+                         guidance: float | None = None) -> dict:
+        """Sampler settings for sample(), checked before anything is drawn or written (the run's
+        defaults filled in, so provenance records them). Only diffusion models take any."""
+        given = [k for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance)) if v is not None]
+        if given:
+            raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
+                                f"model.family={self.cfg.model.family})")
+        return {}
+
+    def model_figures(self) -> dict:
+        """Figures about the trained model itself, written beside its reconstruction scores."""
+        return {}
 
     def condition_vector(self, labels, n: int | None = None) -> torch.Tensor | None:
         """Labels (ints B, an int, or multi-hot B x k) -> B x cond_dim float, or None when unconditional."""
@@ -65,26 +102,15 @@ class Recipe(L.LightningModule):
             raise MedsynthError(f"label {labels.max().item()} is outside the model's classes 0..{k - 1}")
         return F.one_hot(labels.long(), k).float()
 
-    def save_samples(self, splits, run_dir, seed: int) -> None:
-        """samples.png: trainer.samples_after_training draws (conditional models cycle over the classes)."""
-        from medsynth.io import save_grid
-        from medsynth.provenance import synthetic_provenance
+    def prepare_training(self, perceptual: nn.Module | None = None, load_run=None) -> None:
+        """Take what only training needs, built above models/ before the run directory exists:
+        the frozen perceptual loss (a list, not a submodule: neither trained nor saved with the
+        weights) and `load_run`, for recipes that start from another finished run."""
+        self._perceptual = None if perceptual is None else [perceptual]
 
-        n = self.cfg.trainer.samples_after_training
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        condition = None
-        if self.conditional:
-            condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % self.cfg.model.num_classes
-            n = len(condition)
-        save_grid(run_dir / "samples.png", self.sample(n, condition=condition, generator=generator),
-                  provenance=synthetic_provenance(self, run_dir, seed, kind="samples"))
-
-    def prepare_training(self) -> None:
-        """Load what only training needs (e.g. a perceptual network); runs before the run directory exists."""
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """Write the family's artefacts into the run directory; returns figures for summary.json."""
-        return {}
+    def perceptual(self, device: torch.device) -> nn.Module | None:
+        """The perceptual loss handed over by prepare_training, on `device`; None without one."""
+        return None if self._perceptual is None else self._perceptual[0].to(device)
 
     def check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         if not torch.isfinite(loss):
@@ -108,3 +134,31 @@ class Recipe(L.LightningModule):
             self.log_dict({f"train/{k}": v for k, v in zip(key.split(","), total / self._count)},
                           on_step=False, on_epoch=True, sync_dist=True)
         self._sums, self._count = {}, 0
+
+
+class ManualRecipe(Recipe):
+    """A recipe that optimises its networks by hand, each on its own objective (GANs, translation,
+    segmentation, latent diffusion's two stages)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.automatic_optimization = False
+
+    def optimise(self, optimizer, loss: torch.Tensor) -> None:
+        """One manual step of one network: only its parameters get gradients (toggle_optimizer),
+        clipped like automatic optimisation would with trainer.gradient_clip_val."""
+        self.toggle_optimizer(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_and_step(optimizer)
+        self.untoggle_optimizer(optimizer)
+
+    def clip_and_step(self, optimizer) -> None:
+        clip = self.cfg.trainer.gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def adam(self, params, lr: float):
+        o = self.cfg.optim
+        return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)

@@ -9,13 +9,12 @@ weights, so every metric computed with it can name the exact network.
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
+from medsynth.metrics.utility import accuracy_auc
 from medsynth.models.base import Recipe
 from medsynth.nets.classifier import VGGClassifier
 
@@ -34,6 +33,8 @@ def rotate_batch(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.T
 
 
 class ClassifierRecipe(Recipe):
+    can_classify = True
+
     def __init__(self, cfg: DictConfig | dict):
         super().__init__(cfg)
         cfg, m = self.cfg, self.cfg.model
@@ -93,21 +94,12 @@ class ClassifierRecipe(Recipe):
             out.append(torch.sigmoid(logits) if self.multilabel else logits.softmax(1))
         return torch.cat(out).cpu()
 
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """Test accuracy / ROC AUC (on the pretext task when self-supervised) and the weights' hash."""
-        from medsynth.features import file_sha256
-        from medsynth.io import WEIGHTS, write_text
-        from medsynth.metrics.utility import accuracy_auc
+    @property
+    def task(self) -> str:
+        return "rotation" if self.self_supervised else ("multilabel" if self.multilabel else "classes")
 
-        held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
-        x, y = held_out.images, held_out.labels
+    def test_scores(self, x: torch.Tensor, y: torch.Tensor | None, seed: int = 0) -> dict[str, float]:
+        """Accuracy and ROC AUC on held-out images (on seeded rotations when self-supervised)."""
         if self.self_supervised:
             x, y = rotate_batch(x, torch.Generator().manual_seed(seed))
-        scores = self.predict_scores(x)
-        result = accuracy_auc(scores, y, self.multilabel)
-        info = {"task": "rotation" if self.self_supervised else ("multilabel" if self.multilabel else "classes"),
-                "sha256": file_sha256(run_dir / WEIGHTS), "embed_dim": self.net.embed_dim,
-                "image_size": list(self.cfg.model.image_size), "in_channels": self.cfg.model.in_channels,
-                "test_split": "test" if held_out is splits.test else "val", "test_images": len(held_out), **result}
-        write_text(run_dir / "features.json", json.dumps(info, indent=2))
-        return {f"test_{k}": v for k, v in result.items()}
+        return accuracy_auc(self.predict_scores(x), y, self.multilabel)

@@ -14,13 +14,15 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
-from medsynth.models.adversarial import AdversarialRecipe
-from medsynth.models.base import ema_with_warmup
+from medsynth.models.adversarial import Adversary
+from medsynth.models.base import ManualRecipe, ema_with_warmup
 from medsynth.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
 
-class GANRecipe(AdversarialRecipe):
+class GANRecipe(ManualRecipe):
     """Batches are {"image": B x C x H x W in [-1, 1], "label": B (when labelled)}."""
+
+    can_sample = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -34,6 +36,7 @@ class GANRecipe(AdversarialRecipe):
         if m.conditional and m.multilabel:
             raise MedsynthError("the conditional GAN takes one class per image; this data is multi-label")
         self.conditional = bool(m.conditional)
+        self.adversary = Adversary(self.cfg.loss)
         cond = m.num_classes if self.conditional else 0
         size = int(m.image_size[0])
         self.generator = DCGANGenerator(m.latent_dim, m.in_channels, size, list(m.channels), cond)
@@ -60,9 +63,8 @@ class GANRecipe(AdversarialRecipe):
         z = torch.randn(len(x), self.cfg.model.latent_dim, device=x.device)
         fake = self.generator(z, c)
         real_out, fake_out = self.discriminator(x, c), self.discriminator(fake.detach(), c)
-        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
-                                          self.discriminator_accuracy(real_out, fake_out))
-        g_loss = self.generator_adversarial_loss(self.discriminator(fake, c))
+        d_terms = self.adversary.step_on(self, opt_d, real_out, fake_out)
+        g_loss = self.adversary.generator_loss(self.discriminator(fake, c))
         terms = {"g_loss": g_loss, **d_terms}
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
@@ -74,7 +76,3 @@ class GANRecipe(AdversarialRecipe):
         o = self.cfg.optim
         return [self.adam(self.generator.parameters(), o.lr),
                 self.adam(self.discriminator.parameters(), o.d_lr or o.lr)]
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        self.save_samples(splits, run_dir, seed)
-        return {}

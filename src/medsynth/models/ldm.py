@@ -23,7 +23,6 @@ trained for stage 1 only continues into stage 2 with `--resume RUN trainer.max_e
 
 from __future__ import annotations
 
-import json
 import math
 from functools import reduce
 from pathlib import Path
@@ -32,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
+from medsynth.diffusion import SAMPLERS, build_scheduler, classifier_free_guidance, sample_loop
 from medsynth.errors import MedsynthError
 from medsynth.losses import kl_normal
-from medsynth.models.adversarial import AdversarialRecipe
-from medsynth.models.base import ema_with_warmup
+from medsynth.models.adversarial import Adversary
+from medsynth.models.base import ManualRecipe, ema_with_warmup
 from medsynth.precision import autocast
-
-STAGE1 = "autoencoder.json"  # written when stage 1 is done: its reconstruction scores
+from medsynth.runs import AUTOENCODER_SCORES
 
 
 def norm_groups(channels) -> int:
@@ -46,20 +45,12 @@ def norm_groups(channels) -> int:
     return math.gcd(32, reduce(math.gcd, [int(c) for c in channels]))
 
 
-def build_scheduler(d, sampler: str = "ddpm"):
-    """A MONAI DDPM or DDIM scheduler with the run's noise schedule. Predicted x0 is not clipped
-    to [-1, 1]: the scaled latents have unit variance and often lie outside it."""
-    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-
-    kwargs = {"num_train_timesteps": d.num_train_timesteps, "schedule": d.schedule,
-              "prediction_type": d.prediction_type, "clip_sample": False}
-    if d.schedule != "cosine":
-        kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
-    return (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**kwargs)
-
-
-class LatentDiffusionRecipe(AdversarialRecipe):
+class LatentDiffusionRecipe(ManualRecipe):
     """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
+
+    can_sample = True  # once stage 2 has trained (ready_to_sample)
+    can_reconstruct = True
+    reconstruction_scores_file = AUTOENCODER_SCORES  # stage 1's scores; also marks a finished stage 1
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -94,8 +85,9 @@ class LatentDiffusionRecipe(AdversarialRecipe):
             channels=list(m.channels), latent_channels=m.latent_channels, num_res_blocks=m.num_res_blocks,
             attention_levels=attention, norm_num_groups=norm_groups(m.channels),
             with_encoder_nonlocal_attn=attention[-1], with_decoder_nonlocal_attn=attention[-1])
-        self.discriminator = None
+        self.discriminator, self.adversary = None, None
         if self.cfg.loss.adversarial_weight > 0:
+            self.adversary = Adversary(self.cfg.loss)
             self.discriminator = build_discriminator(m, m.in_channels)
             try:  # a discriminator deeper than the image allows fails inside its last norm: say so now
                 with torch.no_grad():
@@ -124,21 +116,22 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         epoch = self.current_epoch if epoch is None else epoch
         return "autoencoder" if epoch < self.cfg.diffusion.autoencoder_epochs else "diffusion"
 
-    def prepare_training(self) -> None:
-        """Load the perceptual network and, with diffusion.autoencoder, a finished stage 1."""
-        from medsynth.features import perceptual_loss
+    def ready_to_sample(self) -> bool:
+        return self.scale_factor.item() > 0
 
-        loss = perceptual_loss(self.cfg)
-        self._perceptual = None if loss is None else [loss]  # a list: not a submodule, neither trained nor saved
+    def model_figures(self) -> dict:
+        return {"scale_factor": self.scale_factor.item() or None}
+
+    def prepare_training(self, perceptual=None, load_run=None) -> None:
+        """The perceptual loss and, with diffusion.autoencoder, a finished stage 1 to start from."""
+        super().prepare_training(perceptual, load_run)
         if self.cfg.diffusion.autoencoder:
-            self._load_stage1(Path(self.cfg.diffusion.autoencoder))
+            self._load_stage1(Path(self.cfg.diffusion.autoencoder), load_run)
 
-    def _load_stage1(self, run_dir: Path) -> None:
-        from medsynth.io import load_run
-
-        if not (run_dir / STAGE1).is_file():
-            raise MedsynthError(f"diffusion.autoencoder={run_dir}: no trained stage 1 there (no {STAGE1}: not a "
-                                "latent diffusion run whose autoencoder finished training)")
+    def _load_stage1(self, run_dir: Path, load_run) -> None:
+        if not (run_dir / AUTOENCODER_SCORES).is_file():
+            raise MedsynthError(f"diffusion.autoencoder={run_dir}: no trained stage 1 there (no {AUTOENCODER_SCORES}: "
+                                "not a latent diffusion run whose autoencoder finished training)")
         other = load_run(run_dir)
         try:
             self.autoencoder.load_state_dict(other.autoencoder.state_dict())
@@ -190,11 +183,11 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         sampler = d.sampler if sampler is None else sampler
         steps = d.sampling_steps if steps is None else steps
         guidance = d.guidance_scale if guidance is None else guidance
-        if self.scale_factor.item() <= 0:
+        if not self.ready_to_sample():
             raise MedsynthError("this run's diffusion stage has not been trained (stage 1 only): continue it with "
                                 "`medsynth train --resume RUN_DIR trainer.max_epochs=N` (N > diffusion.autoencoder_epochs)")
-        if sampler not in ("ddpm", "ddim"):
-            raise MedsynthError(f"sampler {sampler!r} is not one of ['ddpm', 'ddim']")
+        if sampler not in SAMPLERS:
+            raise MedsynthError(f"sampler {sampler!r} is not one of {list(SAMPLERS)}")
         if not 0 < steps <= d.num_train_timesteps:
             raise MedsynthError(f"sampling steps must be in 1..{d.num_train_timesteps}, got {steps}")
         if guidance is not None and not self.conditional:
@@ -214,27 +207,17 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         benchmarks/ldm_pneumonia.py); the scheduler's arithmetic and the decoder stay in fp32."""
         sampler, steps, guidance = self.sampler_settings(sampler, steps, guidance).values()
         precision = precision or self.cfg.trainer.precision
-        d = self.cfg.diffusion
-        scheduler = build_scheduler(d, sampler)
-        scheduler.set_timesteps(steps)
         net = self.unet_ema.module if self.unet_ema is not None else self.unet
-        cond = self.condition_kwargs(condition, n)
-        if guidance is not None:  # one pass over [null; conditional]
-            null = self.condition_kwargs(None, n)
-            cond = {k: torch.cat([null[k], v]) for k, v in cond.items()}
-        z = torch.randn(n, *self.latent_shape, generator=generator, device=self.device)
-        from tqdm.auto import tqdm
 
-        for t in tqdm(scheduler.timesteps.tolist(), desc=f"{sampler} sampling", disable=None if progress else True,
-                      leave=False):
+        def denoiser(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
             with autocast(self.device, precision):
-                if guidance is None:
-                    out = net(z, torch.full((n,), t, device=self.device), **cond).float()
-                else:
-                    both = net(torch.cat([z, z]), torch.full((2 * n,), t, device=self.device), **cond).float()
-                    uncond, conditional = both.chunk(2)
-                    out = uncond + guidance * (conditional - uncond)
-            z, _ = scheduler.step(out, t, z, generator=generator)
+                return net(z, t, **cond).float()
+
+        if guidance is not None:
+            denoiser = classifier_free_guidance(denoiser, self.condition_kwargs(None, n), guidance)
+        noise = torch.randn(n, *self.latent_shape, generator=generator, device=self.device)
+        z = sample_loop(denoiser, noise, build_scheduler(self.cfg.diffusion, sampler), steps,
+                        self.condition_kwargs(condition, n), generator, progress, desc=f"{sampler} sampling")
         return self.autoencoder.decode_stage_2_outputs(z / self.scale_factor).float().clamp(-1, 1)
 
     # --- training -------------------------------------------------------------------------
@@ -252,9 +235,10 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         kl = kl_normal(mu.float(), 2 * sigma.float().log()).mean()
         loss = l1 + lc.kl_weight * kl
         terms = {"l1": l1, "kl": kl}
-        if getattr(self, "_perceptual", None):
+        perceptual = self.perceptual(x.device)
+        if perceptual is not None:
             # PerceptualLoss is scaled to summed pixel errors; the L1 here is a pixel mean
-            p = self._perceptual[0].to(x.device)(recon, x).mean() / x[0].numel()
+            p = perceptual(recon, x).mean() / x[0].numel()
             terms["perceptual"] = p
             loss = loss + lc.perceptual_weight * p
         return recon, loss, terms
@@ -264,14 +248,13 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         recon, loss, terms = self._autoencoder_terms(x)
         adversary = self.discriminator is not None and self.current_epoch >= self.cfg.diffusion.adversarial_warmup_epochs
         if adversary:
-            terms["g_adv"] = self.generator_adversarial_loss(self.discriminator(recon)[-1])
+            terms["g_adv"] = self.adversary.generator_loss(self.discriminator(recon)[-1])
             loss = loss + lc.adversarial_weight * terms["g_adv"]
         self.check_finite(loss, terms)
         self.optimise(opt_ae, loss)
         if adversary:
             real_out, fake_out = self.discriminator(x)[-1], self.discriminator(recon.detach())[-1]
-            terms.update(self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
-                                                 self.discriminator_accuracy(real_out, fake_out)))
+            terms.update(self.adversary.step_on(self, opt_d, real_out, fake_out))
         self.log_train_terms({"loss": loss, **terms})
 
     def _set_scale_factor(self, x: torch.Tensor) -> None:
@@ -331,25 +314,3 @@ class LatentDiffusionRecipe(AdversarialRecipe):
         d_params = self.discriminator.parameters() if self.discriminator is not None else [torch.zeros(1, requires_grad=True)]
         return [self.adam(self.autoencoder.parameters(), o.lr), self.adam(d_params, o.d_lr or o.lr),
                 self.adam(self.unet.parameters(), self.cfg.diffusion.lr)]
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """autoencoder.json (stage 1's reconstruction of the test split: MS-SSIM, SSIM, PSNR),
-        reconstructions.png, and samples.png once stage 2 has trained."""
-        from medsynth.io import write_text
-        from medsynth.metrics.similarity import reconstruction_scores
-        from medsynth.models.vae import save_reconstructions
-
-        held = splits.test if splits.test is not None and len(splits.test) else splits.val
-        x = held.images[:1000]
-        recon = torch.cat([self.reconstruct(x[i:i + 128]).cpu() for i in range(0, len(x), 128)])
-        try:
-            scores = {**reconstruction_scores(x, recon), "split": "test" if held is splits.test else "val"}
-        except MedsynthError as exc:  # MS-SSIM needs images large enough for its scales
-            scores = {"not_computed": str(exc),
-                      "l1": float((recon - x).abs().mean()), "images": len(x)}
-        scores["scale_factor"] = self.scale_factor.item() or None
-        write_text(run_dir / STAGE1, json.dumps(scores, indent=2))
-        save_reconstructions(self, splits, run_dir, seed)
-        if self.scale_factor.item() > 0:
-            self.save_samples(splits, run_dir, seed)
-        return {f"autoencoder_{k}": v for k, v in scores.items() if isinstance(v, (int, float)) and k != "images"}

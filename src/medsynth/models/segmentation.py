@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.errors import MedsynthError
-from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.models.adversarial import Adversary
+from medsynth.models.base import ManualRecipe
 from medsynth.nets.unet_gan import build_discriminator, build_generator
 
 
-class SegmentationRecipe(AdversarialRecipe):
+class SegmentationRecipe(ManualRecipe):
     """Batches are {"image": B x C x P^3 in [-1, 1], "label": B x 1 x P^3 class indices}."""
+
+    can_segment = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -37,6 +40,7 @@ class SegmentationRecipe(AdversarialRecipe):
         self.generator = build_generator(m, m.num_classes)
         self.adversarial = self.cfg.loss.adversarial_weight > 0
         self.discriminator = build_discriminator(m, m.in_channels + m.num_classes) if self.adversarial else None
+        self.adversary = Adversary(self.cfg.loss) if self.adversarial else None
         self.dice_loss = GeneralizedDiceLoss(to_onehot_y=True, softmax=True, w_type="square")
 
     @property
@@ -45,10 +49,6 @@ class SegmentationRecipe(AdversarialRecipe):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
-
-    def sample(self, n, condition=None, generator=None):
-        raise MedsynthError("a segmentation model does not draw samples: segment volumes with "
-                            "`medsynth segment RUN --input ... --out ...`")
 
     # --- training -------------------------------------------------------------------------
     def _discriminate(self, x, target):
@@ -69,9 +69,8 @@ class SegmentationRecipe(AdversarialRecipe):
         probs = logits.float().softmax(dim=1)
         truth = F.one_hot(y[:, 0], self.cfg.model.num_classes).movedim(-1, 1).to(probs.dtype)
         real_out, fake_out = self._discriminate(x, truth), self._discriminate(x, probs.detach())
-        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
-                                          self.discriminator_accuracy(real_out, fake_out))
-        adv = self.generator_adversarial_loss(self._discriminate(x, probs))
+        d_terms = self.adversary.step_on(self, opt_d, real_out, fake_out)
+        adv = self.adversary.generator_loss(self._discriminate(x, probs))
         l = self.cfg.loss
         g_loss = l.adversarial_weight * adv + l.dice_weight * dice
         terms.update(g_adv=adv, **d_terms)
@@ -119,16 +118,6 @@ class SegmentationRecipe(AdversarialRecipe):
         if mask is not None:
             pred[~np.asarray(mask, dtype=bool)] = 0
         return pred
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """Segment every held-out case (test, else validation) whole; write segmentation.json
-        (Dice and HD95 per class and region, per case and mean) and segmentation.png."""
-        from medsynth.segment import score_cases
-
-        held = splits.test or splits.val
-        if not held:
-            return {}
-        return score_cases(self, held, run_dir, seed)
 
 
 def patch_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

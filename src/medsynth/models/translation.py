@@ -18,16 +18,21 @@ from __future__ import annotations
 import torch
 
 from medsynth.errors import MedsynthError
-from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.models.adversarial import Adversary
+from medsynth.models.base import ManualRecipe
 from medsynth.nets.unet_gan import build_discriminator, UNetGenerator
 
 
-class TranslationRecipe(AdversarialRecipe):
+class TranslationRecipe(ManualRecipe):
     """What both translation families share: the channel split, translate(), validation by L1
-    against the paired target, and the scores written after training."""
+    against the paired target."""
+
+    can_translate = True
+    translates_back = False  # CycleGAN also learns target -> source (translate(x, reverse=True))
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.adversary = Adversary(self.cfg.loss)
         m = self.cfg.model
         self.target_channels = int(self.cfg.data.target_channels)
         self.source_channels = int(m.in_channels) - self.target_channels
@@ -51,10 +56,9 @@ class TranslationRecipe(AdversarialRecipe):
         net = self.generator
         channels = self.source_channels
         if reverse:
-            net = getattr(self, "generator_ba", None)
-            channels = self.target_channels
-            if net is None:
+            if not self.translates_back:
                 raise MedsynthError(f"a {self.cfg.model.family} model translates one way only (no --reverse)")
+            net, channels = self.generator_ba, self.target_channels
         if source.shape[1] != channels:
             raise MedsynthError(f"the model translates {channels}-channel images, got {source.shape[1]}")
         was = net.training
@@ -63,40 +67,11 @@ class TranslationRecipe(AdversarialRecipe):
         net.train(was)
         return out
 
-    def sample(self, n, condition=None, generator=None):
-        raise MedsynthError("a pix2pix model translates images rather than drawing them: "
-                            "`medsynth translate RUN --input IN --out OUT`")
-
     def validation_step(self, batch, batch_idx):
         source, target = self.split(batch["image"])
         l1 = (torch.tanh(self.generator(source)).float() - target.float()).abs().mean()
         self.log("val/l1", l1, on_epoch=True, batch_size=len(source), sync_dist=True)
         self.log("val_loss", l1, on_epoch=True, prog_bar=True, batch_size=len(source), logger=False, sync_dist=True)
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """translations.png (rows: source, target, translation) and translation.json: MAE, PSNR and
-        SSIM against the target inside the brain (pixels above -1 in some channel) on the held-out
-        split, beside the trivial baseline of the source itself."""
-        from medsynth.io import save_grid, write_text
-        from medsynth.metrics.translation import translation_scores
-        from medsynth.provenance import synthetic_provenance
-        import json
-
-        held = splits.test if splits.test is not None and len(splits.test) else splits.val
-        source, target = self.split(held.images)
-        fake = torch.cat([self.translate(source[i:i + 64]).cpu() for i in range(0, len(source), 64)])
-        # background is -1 in every channel; resizing leaves it a rounding error above -1
-        mask = (held.images > -1 + 1e-3).any(1, keepdim=True)
-        scores = {"model": translation_scores(fake, target, mask),
-                  "baseline_source": translation_scores(source[:, -1:].expand_as(target), target, mask),
-                  "images": len(source)}
-        write_text(run_dir / "translation.json", json.dumps(scores, indent=2))
-        pick = torch.linspace(0, len(source) - 1, min(8, len(source))).long()
-        rows = torch.cat([source[pick, -1:], target[pick, :1], fake[pick, :1]])
-        save_grid(run_dir / "translations.png", rows, nrow=len(pick),
-                  provenance=synthetic_provenance(self, run_dir, seed, kind="translations (rows: real source, real "
-                                                  "target, synthetic translation)"))
-        return {f"test_{k}": v for k, v in scores["model"].items()}
 
 
 class Pix2PixRecipe(TranslationRecipe):
@@ -111,9 +86,8 @@ class Pix2PixRecipe(TranslationRecipe):
         fake = torch.tanh(self.generator(source))
         real_out = self.discriminator(torch.cat([source, target], 1))[-1]
         fake_out = self.discriminator(torch.cat([source, fake.detach()], 1))[-1]
-        d_terms = self.discriminator_step(opt_d, self.discriminator_loss(real_out, fake_out),
-                                          self.discriminator_accuracy(real_out, fake_out))
-        adv = self.generator_adversarial_loss(self.discriminator(torch.cat([source, fake], 1))[-1])
+        d_terms = self.adversary.step_on(self, opt_d, real_out, fake_out)
+        adv = self.adversary.generator_loss(self.discriminator(torch.cat([source, fake], 1))[-1])
         l1 = (fake.float() - target.float()).abs().mean()
         g_loss = self.cfg.loss.adversarial_weight * adv + self.cfg.loss.l1_weight * l1
         terms = {"g_adv": adv, "l1": l1, **d_terms}
@@ -154,6 +128,8 @@ class HistoryPool:
 
 
 class CycleGANRecipe(TranslationRecipe):
+    translates_back = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         from monai.networks.nets import PatchDiscriminator
@@ -172,7 +148,7 @@ class CycleGANRecipe(TranslationRecipe):
     def training_step(self, batch, batch_idx):
         real_a, real_b = self.split(batch["image"])
         opt_g, opt_d = self.optimizers()
-        l = self.cfg.loss
+        l, adversary = self.cfg.loss, self.adversary
         fake_b, fake_a = torch.tanh(self.generator(real_a)), torch.tanh(self.generator_ba(real_b))
         # discriminators, on pooled earlier translations
         outs = {}
@@ -180,13 +156,12 @@ class CycleGANRecipe(TranslationRecipe):
         for name, d, real, fake, pool in (("b", self.discriminator, real_b, fake_b, self.pools[0]),
                                           ("a", self.discriminator_a, real_a, fake_a, self.pools[1])):
             real_out, fake_out = d(real)[-1], d(pool(fake))[-1]
-            d_losses.append(self.discriminator_loss(real_out, fake_out))
+            d_losses.append(adversary.discriminator_loss(real_out, fake_out))
             outs[name] = (real_out, fake_out)
         d_loss = 0.5 * (d_losses[0] + d_losses[1])
-        d_terms = self.discriminator_step(opt_d, d_loss, 0.5 * sum(self.discriminator_accuracy(*o)
-                                                                   for o in outs.values()))
-        adv = 0.5 * (self.generator_adversarial_loss(self.discriminator(fake_b)[-1])
-                     + self.generator_adversarial_loss(self.discriminator_a(fake_a)[-1]))
+        d_terms = adversary.step(self, opt_d, d_loss, 0.5 * sum(adversary.accuracy(*o) for o in outs.values()))
+        adv = 0.5 * (adversary.generator_loss(self.discriminator(fake_b)[-1])
+                     + adversary.generator_loss(self.discriminator_a(fake_a)[-1]))
         cycle = ((torch.tanh(self.generator_ba(fake_b)) - real_a).abs().mean()
                  + (torch.tanh(self.generator(fake_a)) - real_b).abs().mean())
         g_loss = l.adversarial_weight * adv + l.cycle_weight * cycle

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from medsynth.errors import MedsynthError
 from medsynth.models.base import Recipe
 from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
+from medsynth.msssim import msssim_settings
 from medsynth.nets.vae import build_vae_net
 
 
@@ -30,14 +31,15 @@ def ramp(step: int, steps: int) -> float:
 class VAERecipe(Recipe):
     """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
 
+    can_sample = True
+    can_reconstruct = True
+
     def __init__(self, cfg: DictConfig | dict):
         super().__init__(cfg)
         cfg, m = self.cfg, self.cfg.model
         if m.conditional and not m.num_classes:
             raise MedsynthError("model.conditional=true needs labelled data (no labels found)")
         if cfg.loss.reconstruction == "msssim":
-            from medsynth.losses import msssim_settings
-
             msssim_settings(list(m.image_size), cfg.loss.msssim_scales, cfg.loss.msssim_kernel)  # fail early
         self.net = build_vae_net(m)
         self.conditional = bool(m.conditional)
@@ -66,14 +68,6 @@ class VAERecipe(Recipe):
         return self.net.latent(mu, logvar, alphas, self.cfg.model.temperature, sample=False).float()
 
     # --- training -------------------------------------------------------------------------
-    def prepare_training(self) -> None:
-        """Load the frozen perceptual network, kept outside the module so it is neither trained
-        nor saved with the VAE's weights."""
-        from medsynth.features import perceptual_loss
-
-        loss = perceptual_loss(self.cfg)
-        self._perceptual = None if loss is None else [loss]
-
     def loss_terms(self, batch, step: int) -> dict[str, torch.Tensor]:
         lc = self.cfg.loss
         x = batch["image"]
@@ -83,10 +77,9 @@ class VAERecipe(Recipe):
                                     kernel=lc.msssim_kernel).mean()
         kl = kl_normal(mu.float(), logvar.float()).mean()
         terms = {"recon": recon, "kl": kl}
-        perceptual = getattr(self, "_perceptual", None)
-        if perceptual:
-            module = perceptual[0].to(x.device)
-            terms["perceptual"] = module(torch.tanh(logits), x).mean()
+        perceptual = self.perceptual(x.device)
+        if perceptual is not None:
+            terms["perceptual"] = perceptual(torch.tanh(logits), x).mean()
             recon = recon + lc.perceptual_weight * terms["perceptual"]
         if lc.capacity_max is not None:
             capacity = lc.capacity_max * ramp(step, lc.capacity_steps)
@@ -123,36 +116,6 @@ class VAERecipe(Recipe):
         self.log("val_loss", terms["loss"].float(), on_epoch=True, prog_bar=True,
                  batch_size=len(batch["image"]), logger=False, sync_dist=True)
 
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        """samples.png from the prior; reconstructions.png."""
-        self.save_samples(splits, run_dir, seed)
-        save_reconstructions(self, splits, run_dir, seed)
-        return {}
-
     def configure_optimizers(self):
         o = self.cfg.optim
         return torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-
-
-def save_reconstructions(recipe, splits, run_dir, seed: int) -> None:
-    """reconstructions.png: rows of held-out originals above their reconstructions."""
-    from medsynth.io import save_grid
-    from medsynth.provenance import synthetic_provenance
-
-    held_out = splits.test if splits.test is not None and len(splits.test) else splits.val
-    if held_out is None or len(held_out) == 0:
-        held_out = splits.train
-    x = held_out.images[:32]
-    if splits.crop_size is not None and list(x.shape[2:]) != splits.image_size:
-        from medsynth.data.slices import center_crop_array
-
-        x = center_crop_array(x, splits.crop_size)
-    labels = held_out.labels[:32] if held_out.labels is not None else None
-    recon = recipe.reconstruct(x, condition=labels if recipe.conditional else None).cpu()
-    width = min(8, len(x))  # originals and their reconstructions on alternating rows
-    rows = []
-    for i in range(0, len(x), width):
-        rows += [x[i:i + width], recon[i:i + width]]
-    save_grid(run_dir / "reconstructions.png", torch.cat(rows), nrow=width,
-              provenance=synthetic_provenance(recipe, run_dir, seed, kind="reconstructions (rows of real "
-                                              "held-out images alternate with their reconstructions)"))

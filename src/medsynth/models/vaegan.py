@@ -18,12 +18,16 @@ import torch
 
 from medsynth.errors import MedsynthError
 from medsynth.losses import kl_normal
-from medsynth.models.adversarial import AdversarialRecipe
+from medsynth.models.adversarial import Adversary
+from medsynth.models.base import ManualRecipe
 from medsynth.nets.dcgan import DCGANDiscriminator
 from medsynth.nets.vae import build_vae_net
 
 
-class VAEGANRecipe(AdversarialRecipe):
+class VAEGANRecipe(ManualRecipe):
+    can_sample = True
+    can_reconstruct = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         m = self.cfg.model
@@ -32,6 +36,7 @@ class VAEGANRecipe(AdversarialRecipe):
         if m.conditional and not m.num_classes:
             raise MedsynthError("model.conditional=true needs labelled data (no labels found)")
         self.conditional = bool(m.conditional)
+        self.adversary = Adversary(self.cfg.loss)
         self.net = build_vae_net(m)
         cond = m.num_classes if self.conditional else 0
         # widths fine to coarse, like the encoder's
@@ -71,8 +76,9 @@ class VAEGANRecipe(AdversarialRecipe):
         real_out = self.discriminator(x, c)
         recon_out, prior_out = self.discriminator(recon.detach(), c), self.discriminator(prior.detach(), c)
         fake_out = torch.cat([recon_out, prior_out])
-        d_loss = 0.5 * (self.discriminator_loss(real_out, recon_out) + self.discriminator_loss(real_out, prior_out))
-        d_terms = self.discriminator_step(opt_d, d_loss, self.discriminator_accuracy(real_out, fake_out))
+        adversary = self.adversary
+        d_loss = 0.5 * (adversary.discriminator_loss(real_out, recon_out) + adversary.discriminator_loss(real_out, prior_out))
+        d_terms = adversary.step(self, opt_d, d_loss, adversary.accuracy(real_out, fake_out))
 
         # encoder and decoder through the (now frozen) discriminator
         for p in self.discriminator.parameters():
@@ -81,8 +87,7 @@ class VAEGANRecipe(AdversarialRecipe):
         recon_logit, recon_features = self.discriminator(recon, c, layer=layer)
         llike = 0.5 * (recon_features.float() - real_features.detach().float()).pow(2).flatten(1).sum(1).mean()
         kl = kl_normal(mu.float(), logvar.float()).mean()
-        g_adv = 0.5 * (self.generator_adversarial_loss(recon_logit)
-                       + self.generator_adversarial_loss(self.discriminator(prior, c)))
+        g_adv = 0.5 * (adversary.generator_loss(recon_logit) + adversary.generator_loss(self.discriminator(prior, c)))
         for p in self.discriminator.parameters():
             p.requires_grad_(True)
         enc_loss = kl + llike
@@ -95,27 +100,14 @@ class VAEGANRecipe(AdversarialRecipe):
         enc_grads = torch.autograd.grad(enc_loss, enc_params, retain_graph=True, allow_unused=True)
         opt_dec.zero_grad(set_to_none=True)
         self.manual_backward(dec_loss, inputs=dec_params)
-        self._step(opt_dec)
+        self.clip_and_step(opt_dec)
         opt_enc.zero_grad(set_to_none=True)
         for p, g in zip(enc_params, enc_grads):
             p.grad = None if g is None else g.detach()
-        self._step(opt_enc)
+        self.clip_and_step(opt_enc)
         self.log_train_terms({"loss": enc_loss + dec_loss, **terms})
-
-    def _step(self, optimizer) -> None:
-        clip = self.cfg.trainer.gradient_clip_val
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        optimizer.step()
 
     def configure_optimizers(self):
         o = self.cfg.optim
         return [self.adam(self.net.encoder_parameters(), o.lr), self.adam(self.net.decoder_parameters(), o.lr),
                 self.adam(self.discriminator.parameters(), o.d_lr or o.lr)]
-
-    def after_training(self, splits, run_dir, seed: int) -> dict:
-        from medsynth.models.vae import save_reconstructions
-
-        self.save_samples(splits, run_dir, seed)
-        save_reconstructions(self, splits, run_dir, seed)
-        return {}

@@ -1,7 +1,8 @@
-"""Writers (npz, PNG grids) and portable weights (safetensors + YAML).
+"""The bottom floor: files written atomically (npz, PNG grids, NIfTI, text).
 
-Every file is written to a temporary name in its folder and renamed into
-place, so an interrupted write never leaves a half-file under the real name.
+Every file is written to a temporary name in its folder and renamed into place, so an
+interrupted write never leaves a half-file under the real name. Nothing here knows about
+runs, models or data sets.
 """
 
 from __future__ import annotations
@@ -17,11 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-
-from medsynth.errors import MedsynthError, reason
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
 
 
 @contextmanager
@@ -104,61 +100,26 @@ def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None, p
         Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=info)
 
 
-def read_provenance(path: str | Path) -> dict | None:
-    """The provenance stored in an npz, PNG or NIfTI file written by medsynth, or None."""
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None,
+                provenance: dict | None = None, header=None, dtype=np.float32, mark: str = "SYNTHETIC") -> None:
+    """A NIfTI file; with provenance, marked (`mark`: SYNTHETIC, or MODEL LABELS for a predicted label
+    map) in the header description and carrying the
+    full provenance JSON as a header extension. `header`: an input's NIfTI header to keep (units,
+    orientation codes, ...), with the data type and scaling of `array`."""
+    import nibabel as nib
+
+    if header is not None:
+        header = header.copy()
+        header.extensions.clear()
+        header.set_slope_inter(1.0, 0.0)
+    image = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.eye(4) if affine is None else affine, header=header)
+    image.set_data_dtype(dtype)
+    if provenance is not None:
+        image.header["descrip"] = (f"{mark} " + provenance.get("generator", "medsynth"))[:79].encode()
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(provenance).encode()))
     path = Path(path)
-    if path.name.endswith((".nii", ".nii.gz")):
-        from medsynth.data.volumes import read_nifti_provenance
-
-        return read_nifti_provenance(path)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return json.loads(str(f["provenance"])) if "provenance" in f.files else None
-    with Image.open(path) as im:
-        text = getattr(im, "text", {}).get("medsynth:provenance")
-    return json.loads(text) if text else None
-
-
-def export_weights(run_dir: str | Path, module: torch.nn.Module) -> Path:
-    """The module's state dict as safetensors: loadable without unpickling anything."""
-    from safetensors.torch import save_file
-
-    path = Path(run_dir) / WEIGHTS
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "medsynth"})
-    return path
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a trained recipe from a run directory's config.yaml and model.safetensors (no pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from medsynth.config import load_config
-    from medsynth.models import build_recipe
-
-    run_dir = Path(run_dir)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise MedsynthError(f"device {device!r}: not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsynthError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-    if not run_dir.is_dir():
-        raise MedsynthError(f"{run_dir}: run directory not found")
-    for name in (CONFIG, WEIGHTS):
-        if not (run_dir / name).is_file():
-            raise MedsynthError(f"{run_dir}: no {name} (is this a finished medsynth run?)")
-    cfg = load_config(run_dir / CONFIG)
-    recipe = build_recipe(cfg)
-    try:
-        state = load_file(str(run_dir / WEIGHTS), device=str(device))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MedsynthError(f"{run_dir / WEIGHTS}: cannot read weights ({reason(exc)})") from None
-    try:
-        recipe.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise MedsynthError(f"{run_dir / WEIGHTS}: weights do not fit {run_dir / CONFIG} "
-                            f"({reason(exc)})") from None
-    return recipe.to(device).eval()
+        target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression from the name
+        nib.save(image, str(target))
+        target.replace(tmp)
