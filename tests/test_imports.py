@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
-    ["errors", "families", "precision", "writers"],
+    ["errors", "families", "precision", "writers", "console"],
     ["config", "runs"],
     ["provenance", "msssim", "data", "nets"],
     ["losses", "features", "metrics", "diffusion"],

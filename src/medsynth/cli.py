@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from medsynth import __version__
+from medsynth import __version__, console
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
 from medsynth.models.classifier import FEATURE_DEFAULTS
@@ -29,7 +29,7 @@ def _train(args) -> None:
         raise MedsynthError("give a recipe (e.g. configs/vae_pneumonia.yaml) or --resume RUN_DIR")
     elif "=" in config and not config.endswith((".yaml", ".yml")):
         raise MedsynthError(f"'{config}' looks like an override; the recipe file comes first")
-    run_dir = train(config, overrides, resume=args.resume)
+    run_dir = train(config, overrides, resume=args.resume, log=_log())
     print(run_dir)
 
 
@@ -43,7 +43,7 @@ def _sample(args) -> None:
 
 def _segment(args) -> None:
     records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
-                      sw_batch_size=args.sw_batch_size)
+                      sw_batch_size=args.sw_batch_size, log=_log())
     scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
               for r in records if "scores" in r}
     if scored:
@@ -53,18 +53,18 @@ def _segment(args) -> None:
 
 def _translate(args) -> None:
     translate(args.run_dir, args.input, args.out, mask=args.mask, device=args.device, batch_size=args.batch_size,
-              reverse=args.reverse)
+              reverse=args.reverse, log=_log())
 
 
 def _features_train(args) -> None:
     base = [] if args.config else list(FEATURE_DEFAULTS)
-    print(train(args.config, [*base, f"data.path={args.data}", *args.overrides]))
+    print(train(args.config, [*base, f"data.path={args.data}", *args.overrides], log=_log()))
 
 
 def _evaluate(args) -> None:
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
-                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size)
+                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size, log=_log())
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
@@ -76,12 +76,30 @@ def _report(args) -> None:
     print(report(args.run_dir, out=args.out, evaluation=args.evaluation))
 
 
+def _log():
+    """Where the API's progress messages go: stdout, or nowhere with --quiet."""
+    return print if console.verbosity() >= console.NORMAL else (lambda *_: None)
+
+
+def _verbosity_options() -> argparse.ArgumentParser:
+    """-q / -v, accepted by every sub-command."""
+    common = argparse.ArgumentParser(add_help=False)
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="also print the libraries' notices and warnings (Lightning, PyTorch)")
+    return common
+
+
+COMMON = _verbosity_options()
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe and write a run directory",
+    p = sub.add_parser("train", parents=[COMMON], help="train a recipe and write a run directory",
                        description="Train a model from a YAML recipe. Prints the run directory, which holds "
                                    "the resolved config, checkpoints, metrics.csv, portable weights "
                                    "(model.safetensors) and sample / reconstruction grids.")
@@ -94,7 +112,7 @@ def _add_train(sub) -> None:
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="draw synthetic images from a trained run",
+    p = sub.add_parser("sample", parents=[COMMON], help="draw synthetic images from a trained run",
                        description="Write N synthetic images to an .npz (keys images, labels, provenance; "
                                    "MedMNIST layout, uint8), or as shards with a manifest (--out-dir), and "
                                    "optionally a PNG grid of the first 64. Every file is marked synthetic.")
@@ -121,7 +139,7 @@ def _add_sample(sub) -> None:
 
 
 def _add_segment(sub) -> None:
-    p = sub.add_parser("segment", help="label maps of whole volumes from a segmentation run (Vox2Vox, UNet)",
+    p = sub.add_parser("segment", parents=[COMMON], help="label maps of whole volumes from a segmentation run (Vox2Vox, UNet)",
                        description="Segment a case folder (files matching the run's contrast patterns), a folder "
                                    "of case folders, or a single volume (one-contrast models) by sliding windows. "
                                    "Label maps are written as NIfTI with the input's affine and header; cases "
@@ -136,7 +154,7 @@ def _add_segment(sub) -> None:
 
 
 def _add_translate(sub) -> None:
-    p = sub.add_parser("translate", help="translate images with a pix2pix or CycleGAN run (e.g. T1c -> FLAIR)",
+    p = sub.add_parser("translate", parents=[COMMON], help="translate images with a pix2pix or CycleGAN run (e.g. T1c -> FLAIR)",
                        description="Translate an .npz, a folder of PNG/JPEG images, or a NIfTI volume (slice by "
                                    "slice along the run's slice axis). Outputs keep the input's shape (and a NIfTI "
                                    "volume its affine and header) and are marked synthetic.")
@@ -155,7 +173,7 @@ def _add_features(sub) -> None:
                        description="Train the domain feature network on real images.")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
     fsub.required = True
-    f = fsub.add_parser("train", help="train a feature network on the real training split",
+    f = fsub.add_parser("train", parents=[COMMON], help="train a feature network on the real training split",
                         description="Train a VGG-style classifier on --data (labels: its classes; no labels: "
                                     "rotation prediction). The run directory holds model.safetensors and "
                                     "features.json (test accuracy / ROC AUC, SHA-256 of the weights).")
@@ -166,7 +184,7 @@ def _add_features(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="fidelity, diversity, reconstruction, privacy and utility metrics",
+    p = sub.add_parser("evaluate", parents=[COMMON], help="fidelity, diversity, reconstruction, privacy and utility metrics",
                        description="Compare a synthetic set with real images and write JSON. Each set is a .npz, "
                                    "an image folder, or a run directory to sample from. From a data file REAL "
                                    "is its test split (else val) and the training images its train split.")
@@ -189,7 +207,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run",
+    p = sub.add_parser("report", parents=[COMMON], help="write a self-contained HTML report of a run",
                        description="Sample grid, reconstructions, loss curves, the metric table beside the "
                                    "real-vs-real floor, nearest-neighbour strip and the config, in one HTML file.")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -210,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.set_verbosity(console.QUIET if getattr(args, "quiet", False) else
+                          console.VERBOSE if getattr(args, "verbose", False) else console.NORMAL)
     try:
         args.func(args)
     except MedsynthError as exc:

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
+import medsynth.console as console
 import medsynth.runs as runs
 from medsynth.artefacts import write_artefacts
 from medsynth.config import load_config, to_yaml
@@ -63,6 +64,21 @@ def build_data(cfg: DictConfig):
     return splits, MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
 
 
+class _EpochLine(L.Callback):
+    """One line per epoch (off a terminal, in place of progress bars): the last step's loss and the
+    validation loss, with the epoch's seconds."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        m = trainer.callback_metrics
+        parts = [f"{k} {float(m[k]):.4g}" for k in ("loss", "val_loss") if k in m and torch.isfinite(m[k])]
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        console.say(f"epoch {trainer.current_epoch + 1}/{total}: {', '.join(parts) or 'no loss logged'} "
+                    f"({time.perf_counter() - self._start:.1f} s)")
+
+
 class _ChannelsLast(L.Callback):
     """NHWC memory layout for 2D convs: oneDNN's fast path on CPU."""
 
@@ -78,8 +94,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
     t = cfg.trainer
     callbacks = [ModelCheckpoint(dirpath=run_dir / runs.CHECKPOINTS, filename=runs.BEST, monitor="val_loss" if has_val else None,
                                  mode="min", save_top_k=1, save_last=True, enable_version_counter=False),
-                 # refreshing every step cost ~5% of a small CPU step
-                 TQDMProgressBar(refresh_rate=10), *extra_callbacks]
+                 *extra_callbacks]
+    if console.progress_bars():
+        callbacks.append(TQDMProgressBar(refresh_rate=10))  # refreshing every step cost ~5% of a small CPU step
+    elif console.epoch_lines():
+        callbacks.append(_EpochLine())
     if t.checkpoint_every_n_steps:
         # last.ckpt also within epochs, so a killed run loses at most this many steps
         callbacks.append(ModelCheckpoint(dirpath=run_dir / runs.CHECKPOINTS, save_top_k=0, save_last=True,
@@ -99,6 +118,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, extra_callbacks
         gradient_clip_val=None if manual else t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches if has_val else 0, callbacks=callbacks, logger=loggers,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=console.progress_bars(),
         plugins=[SafeCheckpointIO()],
     )
 
@@ -144,6 +164,8 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)
         log(f"run directory: {run_dir}")
+        log(f"precision: {trainer.precision}" + (" (trainer.precision=auto: bf16 only where the hardware runs it "
+                                                  "natively)" if cfg.trainer.precision == "auto" else ""))
     seconds = _fit(trainer, recipe, data, ckpt, run_dir, cfg)
     if not trainer.is_global_zero:  # with a launcher every rank runs this; rank 0 writes the results
         return run_dir
