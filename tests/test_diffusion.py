@@ -1,6 +1,10 @@
-"""The sampling loop against an analytic case, with no model: latents x0 ~ N(0, s^2 I) have an
-exact denoiser, so the loop's output spread shows the sampler's own error. As steps grow every
-correct sampler returns std s; at few steps DDIM shrinks it a little."""
+"""Samplers against analytic cases, with no model.
+
+Latents x0 ~ N(0, S^2 I) have an exact denoiser, and DDIM and DDPM then act on x_t linearly, so
+the variance of their output has a closed-form recursion: an independent reference for the
+library samplers we wrap. A two-component Gaussian mixture (posterior mean also closed form)
+checks that the mixture weights and modes are kept. Every correct sampler returns std S as steps
+grow; at few steps they shrink the spread a little (a sharp data scale is a hard case)."""
 
 import math
 
@@ -9,76 +13,146 @@ import torch
 
 from conftest import ROOT
 from medsynth.config import load_config
-from medsynth.diffusion import build_scheduler, classifier_free_guidance, sample_loop
+from medsynth.diffusion import SAMPLERS, build_sampler, build_scheduler, check_sampler, classifier_free_guidance, sample_loop
 from medsynth.errors import MedsynthError
 
-S = 0.5  # data std: a sharp scale, a hard case for few steps
+S = 0.5  # data std
+PREDICTIONS = ["epsilon", "v_prediction"]
 
 
 def schedule(*overrides):
     return load_config(ROOT / "configs" / "ldm_pneumonia.yaml", list(overrides)).diffusion
 
 
-def exact_denoiser(scheduler, prediction_type: str):
-    """E[eps | x_t] (or E[v | x_t]) for x0 ~ N(0, S^2): linear in x_t with the cumulative alpha of t."""
-    abar = scheduler.alphas_cumprod
+def to_prediction(eps, x0, a, prediction_type):
+    return eps if prediction_type == "epsilon" else torch.sqrt(a) * eps - torch.sqrt(1 - a) * x0
 
+
+def gaussian_denoiser(abar, prediction_type):
+    """Exact E[eps | x_t] (or v) for x0 ~ N(0, S^2): linear in x_t."""
     def denoise(x, t, condition):
         a = abar[t].reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
         var = a * S ** 2 + 1 - a
         eps = torch.sqrt(1 - a) * x / var
-        if prediction_type == "epsilon":
-            return eps
-        x0 = torch.sqrt(a) * S ** 2 * x / var
-        return torch.sqrt(a) * eps - torch.sqrt(1 - a) * x0  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+        return to_prediction(eps, torch.sqrt(a) * S ** 2 * x / var, a, prediction_type)
     return denoise
 
 
-def spread(sampler: str, steps: int, *overrides) -> float:
-    d = schedule(*overrides)
-    scheduler = build_scheduler(d, sampler)
+def mixture_denoiser(abar, prediction_type, means=(-1.0, 1.0), std=0.2, weights=(0.5, 0.5)):
+    """Exact E[x0 | x_t] for x0 ~ sum_k w_k N(m_k, std^2) per coordinate, and the eps / v it implies."""
+    def denoise(x, t, condition):
+        a = abar[t].reshape(-1, *[1] * (x.ndim - 1)).to(torch.float64)
+        xd = x.double()
+        var = a * std ** 2 + 1 - a
+        logp = torch.stack([math.log(w) - (xd - torch.sqrt(a) * m) ** 2 / (2 * var) for m, w in zip(means, weights)])
+        r = torch.softmax(logp, 0)
+        x0 = sum(r[k] * (m + torch.sqrt(a) * std ** 2 * (xd - torch.sqrt(a) * m) / var) for k, m in enumerate(means))
+        eps = (xd - torch.sqrt(a) * x0) / torch.sqrt(1 - a)
+        return to_prediction(eps, x0, a, prediction_type).float()
+    return denoise
+
+
+def draw(sampler, steps, denoiser_of, prediction_type="epsilon", seed=0, n=8192, spacing=None):
+    d = schedule(f"diffusion.prediction_type={prediction_type}")
+    scheduler = build_sampler(d, sampler, spacing)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 4, generator=g)
+    return sample_loop(denoiser_of(scheduler.alphas_cumprod, prediction_type), noise, scheduler, steps, generator=g)
+
+
+def closed_form_std(sampler: str, steps: int, spacing: str = "trailing") -> float:
+    """The output std of DDIM (eta 0) or DDPM on Gaussian data with the exact denoiser, by the
+    variance recursion over the chain's timesteps (no sampling): for x_prev = k x + sigma z,
+    V_prev = k^2 V + sigma^2."""
+    scheduler = build_sampler(schedule(), sampler, spacing)
+    scheduler.set_timesteps(steps)
+    abar = scheduler.alphas_cumprod.double()
+    ts = [int(t) for t in scheduler.timesteps]
+    v = 1.0
+    for i, t in enumerate(ts):
+        a = abar[t]
+        last = i + 1 == len(ts)
+        a_prev = (abar[0] if sampler == "ddim" else torch.tensor(1.0, dtype=torch.float64)) if last else abar[ts[i + 1]]
+        var = a * S ** 2 + 1 - a
+        x0_gain = (1 - (1 - a) / var) / torch.sqrt(a)  # x0_hat = x0_gain * x_t
+        eps_gain = torch.sqrt(1 - a) / var  # eps_hat = eps_gain * x_t
+        if sampler == "ddim":
+            k, sigma2 = torch.sqrt(a_prev) * x0_gain + torch.sqrt(1 - a_prev) * eps_gain, 0.0
+        else:  # DDPM posterior mean and fixed-small variance (Ho et al. 2020, eq. 7)
+            beta = 1 - a / a_prev
+            k = torch.sqrt(a_prev) * beta / (1 - a) * x0_gain + torch.sqrt(1 - beta) * (1 - a_prev) / (1 - a)
+            sigma2 = 0.0 if last else float((1 - a_prev) / (1 - a) * beta)
+        v = float(k) ** 2 * v + sigma2
+    return math.sqrt(v)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("steps", [10, 50, 200])
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_ddim_and_ddpm_match_the_closed_form_recursion(sampler, steps, prediction_type):
+    expected = closed_form_std(sampler, steps)
+    assert float(draw(sampler, steps, gaussian_denoiser, prediction_type).std()) == pytest.approx(expected, abs=0.01)
+
+
+def test_the_closed_form_tells_the_old_monai_ddpm_fault_apart():
+    """MONAI's DDPM took t - 1 as the previous timestep whatever the spacing: at 50 steps it ended
+    near std 0.94 (issue 13). The reference recursion puts correct DDPM near 0.43, and the
+    wrapped sampler agrees (test above), so the fault cannot return unnoticed."""
+    assert closed_form_std("ddpm", 50) < 0.46
+    assert closed_form_std("ddpm", 1000) == pytest.approx(S, rel=0.02)
+    monai = build_scheduler(schedule(), "ddpm")  # the training scheduler, once also the sampler
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn(8192, 4, generator=g)
-    x = sample_loop(exact_denoiser(scheduler, d.prediction_type), noise, scheduler, steps, generator=g)
-    return float(x.std())
+    x = sample_loop(gaussian_denoiser(monai.alphas_cumprod, "epsilon"), torch.randn(8192, 4, generator=g), monai, 50,
+                    generator=g)
+    assert float(x.std()) > 0.9
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_full_chains_recover_the_data_spread(sampler):
-    assert spread(sampler, 1000) == pytest.approx(S, abs=0.02)
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_every_sampler_converges_to_the_data_spread(sampler, prediction_type):
+    steps = 1000 if sampler == "ddpm" else 200
+    assert float(draw(sampler, steps, gaussian_denoiser, prediction_type).std()) == pytest.approx(S, rel=0.02)
 
 
-def test_v_prediction_on_the_cosine_schedule_recovers_the_data_spread():
-    assert spread("ddim", 1000, "diffusion.schedule=cosine", "diffusion.prediction_type=v_prediction") == \
-        pytest.approx(S, abs=0.02)
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_mixture_weights_and_modes_are_kept(sampler):
+    steps = 1000 if sampler == "ddpm" else 200
+    x = draw(sampler, steps, mixture_denoiser, n=4096)
+    assert float((x > 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(x.abs().mean()) == pytest.approx(1.0, abs=0.03)  # modes at -1 and 1, std 0.2
+    assert float(((x.abs() - 1).abs() < 0.6).float().mean()) > 0.97  # nothing left between the modes
 
 
-def test_ddim_at_few_steps_shrinks_the_spread_only_a_little():
-    """diffusers' DDIM on the same schedule and denoiser gives 0.46-0.47 at 50 steps."""
-    assert 0.44 < spread("ddim", 50) < S + 0.01
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_same_seed_same_samples(sampler):
+    assert torch.equal(draw(sampler, 10, gaussian_denoiser, seed=3, n=64),
+                       draw(sampler, 10, gaussian_denoiser, seed=3, n=64))
 
 
 def test_the_check_can_fail():
-    """The denoiser of another data scale (unit variance: eps = sqrt(1 - abar) x_t) ends at the
-    wrong spread, so the analytic check tells a right sampler and denoiser from a wrong one."""
-    scheduler = build_scheduler(schedule(), "ddim")
-    abar = scheduler.alphas_cumprod
-    x = sample_loop(lambda x, t, c: torch.sqrt(1 - abar[t]).reshape(-1, 1) * x,
-                    torch.randn(4096, 4, generator=torch.Generator().manual_seed(1)), scheduler, 50)
-    assert float(x.std()) == pytest.approx(1.0, abs=0.05)
+    """The denoiser of another data scale (unit variance) ends at the wrong spread, so the analytic
+    check tells a right sampler and denoiser from a wrong one."""
+    def unit(abar, prediction_type):
+        return lambda x, t, c: torch.sqrt(1 - abar[t]).reshape(-1, 1) * x
+    assert float(draw("ddim", 50, unit).std()) == pytest.approx(1.0, abs=0.05)
 
 
-def test_guidance_combines_the_two_halves():
-    def denoiser(x, t, condition):  # depends on the condition linearly: null 0, class c -> c
-        return x * 0 + condition["class_labels"].float().reshape(-1, 1)
+def test_guidance_combines_the_two_halves_and_scale_one_is_the_conditional_model():
+    def denoiser(x, t, condition):  # depends on the condition: null 0, class c -> c
+        return x * 0.5 + condition["class_labels"].float().reshape(-1, 1)
 
+    labels = {"class_labels": torch.tensor([1, 2, 1])}
+    x, t = torch.randn(3, 2), torch.zeros(3, dtype=torch.long)
     guided = classifier_free_guidance(denoiser, {"class_labels": torch.zeros(3)}, scale=3.0)
-    out = guided(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), {"class_labels": torch.tensor([1, 2, 1])})
-    assert out[:, 0].tolist() == [3.0, 6.0, 3.0]  # 0 + 3 * (c - 0)
-    assert math.isclose(float(classifier_free_guidance(denoiser, {"class_labels": torch.zeros(1)}, 1.0)(
-        torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), {"class_labels": torch.tensor([2])})[0, 0]), 2.0)
+    torch.testing.assert_close(guided(x, t, labels), x * 0.5 + 3.0 * torch.tensor([[1.0], [2.0], [1.0]]))
+    plain = classifier_free_guidance(denoiser, {"class_labels": torch.zeros(3)}, scale=1.0)
+    torch.testing.assert_close(plain(x, t, labels), denoiser(x, t, labels))
 
 
-def test_an_unknown_sampler_is_refused():
-    with pytest.raises(MedsynthError, match="not one of"):
-        build_scheduler(schedule(), "euler")
+def test_bad_names_and_step_counts_are_one_clear_error_listing_the_valid_ones():
+    with pytest.raises(MedsynthError, match="not one of .*'dpmpp'"):
+        check_sampler("euler", 10, 1000)
+    with pytest.raises(MedsynthError, match="must be in 1..1000"):
+        check_sampler("ddim", 0, 1000)
+    with pytest.raises(MedsynthError, match="spacing 'even' is not one of"):
+        check_sampler("ddim", 10, 1000, "even")

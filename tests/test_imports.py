@@ -10,10 +10,10 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
-    ["errors", "families", "precision", "writers", "console"],
+    ["errors", "families", "precision", "writers", "console", "diffusion"],
     ["config", "runs"],
     ["provenance", "msssim", "data", "nets"],
-    ["losses", "features", "metrics", "diffusion"],
+    ["losses", "features", "metrics"],
     ["models"],
     ["feature_runs", "artefacts"],
     ["training", "sampling", "translate", "segment"],

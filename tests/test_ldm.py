@@ -16,7 +16,7 @@ from medsynth.config import load_config
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.models import build_recipe
-from medsynth.diffusion import build_scheduler
+from medsynth.diffusion import build_sampler, build_scheduler
 from medsynth.training import train
 
 QUIET = dict(log=lambda *_: None)
@@ -81,14 +81,17 @@ def test_noise_schedule_adds_noise_and_steps_as_the_formulas_say(schedule):
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(prev, mean + ((1 - ab_p) / (1 - ab_t) * beta).sqrt() * noise, atol=1e-4)
 
+    # the samplers (diffusers) run on exactly the training schedule
+    for name in ("ddpm", "ddim", "dpmpp", "unipc"):
+        assert torch.allclose(build_sampler(d, name).alphas_cumprod.double(), ddpm.alphas_cumprod.double(), atol=1e-6)
+
     # DDIM (eta 0) with the true noise lands exactly on the forward process at the previous timestep
-    ddim = build_scheduler(d, "ddim")
+    ddim = build_sampler(d, "ddim")
     ddim.set_timesteps(50)
-    ts = int(ddim.timesteps[10])
-    t_prev = ts - T // 50
-    x_t = ddim.add_noise(x0, eps, torch.tensor([ts]))
-    prev, _ = ddim.step(eps, ts, x_t)
-    assert torch.allclose(prev, ddim.add_noise(x0, eps, torch.tensor([t_prev])), atol=1e-4)
+    ts, t_prev = int(ddim.timesteps[10]), int(ddim.timesteps[11])
+    x_t = ddpm.add_noise(x0, eps, torch.tensor([ts]))
+    prev = ddim.step(eps, ts, x_t).prev_sample
+    assert torch.allclose(prev, ddpm.add_noise(x0, eps, torch.tensor([t_prev])), atol=1e-4)
 
 
 def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
@@ -168,18 +171,19 @@ def test_guidance_scale_one_is_plain_conditional_sampling(ldm_run):
     with torch.no_grad():
         for p in recipe.unet_ema.module.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    draw = lambda **kw: recipe.sample(6, condition=torch.tensor([0, 1, 0, 1, 0, 1]),  # noqa: E731
-                                      generator=torch.Generator().manual_seed(5), steps=10, **kw)
-    plain, one, three = draw(), draw(guidance=1.0), draw(guidance=3.0)
-    assert torch.allclose(plain, one, atol=1e-4)
-    assert not torch.allclose(plain, three, atol=1e-3)  # guidance does change the samples
-    assert plain.shape == (6, 1, 28, 28) and plain.abs().max() <= 1
+    for sampler in ("ddpm", "ddim", "dpmpp", "unipc"):  # guidance works with every sampler
+        draw = lambda **kw: recipe.sample(6, condition=torch.tensor([0, 1, 0, 1, 0, 1]),  # noqa: E731
+                                          generator=torch.Generator().manual_seed(5), steps=10, sampler=sampler, **kw)
+        plain, one, three = draw(), draw(guidance=1.0), draw(guidance=3.0)
+        assert torch.allclose(plain, one, atol=1e-4), sampler
+        assert not torch.allclose(plain, three, atol=1e-3)  # guidance does change the samples
+        assert plain.shape == (6, 1, 28, 28) and plain.abs().max() <= 1
 
 
 def test_save_load_and_the_cli_give_identical_samples(ldm_run, tmp_path):
     run, _ = ldm_run
     a, b = load_run(run), load_run(run)
-    for sampler, steps in (("ddim", 10), ("ddpm", 20)):
+    for sampler, steps in (("ddim", 10), ("ddpm", 20), ("dpmpp", 5), ("unipc", 5)):
         x = a.sample(4, condition=1, generator=torch.Generator().manual_seed(2), sampler=sampler, steps=steps)
         y = b.sample(4, condition=1, generator=torch.Generator().manual_seed(2), sampler=sampler, steps=steps)
         assert torch.equal(x, y)

@@ -8,6 +8,7 @@ import json
 import sys
 
 from medsynth import __version__, console
+from medsynth.diffusion import SAMPLERS, SPACINGS
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
 from medsynth.models.classifier import FEATURE_DEFAULTS
@@ -37,7 +38,7 @@ def _sample(args) -> None:
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
-                 guidance=args.guidance)
+                 guidance=args.guidance, spacing=args.spacing)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -129,10 +130,13 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples; default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     _add_device(p)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"],
-                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler, ddim)")
-    p.add_argument("--steps", type=int, help="latent diffusion: denoising steps (default: the run's, 50; DDPM "
-                                             "as trained: 1000)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler, ddim): "
+                        + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()))
+    p.add_argument("--steps", type=int, help="latent diffusion: denoising steps, i.e. network evaluations "
+                                             "(default: the run's, 50)")
+    p.add_argument("--spacing", choices=list(SPACINGS), help="latent diffusion: which trained timesteps the "
+                                                             "steps visit (default: the run's, trailing)")
     p.add_argument("--guidance", type=float, help="latent diffusion, conditional: classifier-free guidance scale "
                                                   "(e.g. 3.0; default: the run's, none)")
     p.set_defaults(func=_sample)

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from medsynth.diffusion import SAMPLERS, SPACINGS
 from medsynth.errors import MedsynthError
 from medsynth.families import FAMILIES
 
@@ -145,8 +146,10 @@ class DiffusionConfig:
     beta_end: float = 0.0195
     prediction_type: str = "epsilon"  # epsilon | v_prediction
     condition_dropout: float = 0.1  # share of training batches' conditions replaced by the null condition
-    sampler: str = "ddim"  # ddim | ddpm (the defaults of `medsynth sample` and of evaluate)
+    sampler: str = "ddim"  # ddpm | ddim | dpmpp | unipc (medsynth.diffusion.SAMPLERS): `medsynth sample`'s default
     sampling_steps: int = 50
+    timestep_spacing: str = "trailing"  # leading | trailing | linspace: which trained timesteps a short chain visits
+    ddim_eta: float = 0.0  # DDIM's stochasticity: 0 deterministic, 1 as noisy as DDPM
     guidance_scale: Optional[float] = None  # classifier-free guidance; None: plain conditional sampling
 
 
@@ -206,7 +209,8 @@ CHOICES = {
     "model.family": tuple(FAMILIES),
     "diffusion.schedule": ("linear_beta", "scaled_linear_beta", "cosine"),
     "diffusion.prediction_type": ("epsilon", "v_prediction"),
-    "diffusion.sampler": ("ddim", "ddpm"),
+    "diffusion.sampler": tuple(SAMPLERS),
+    "diffusion.timestep_spacing": SPACINGS,
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
     "model.arch": ("conv", "ct"),
@@ -265,6 +269,8 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: diffusion.autoencoder_epochs and adversarial_warmup_epochs must be >= 0")
     if d.scale_factor is not None and d.scale_factor <= 0:
         raise MedsynthError(f"{source}: diffusion.scale_factor must be positive or null, got {d.scale_factor}")
+    if not 0 <= d.ddim_eta <= 1:
+        raise MedsynthError(f"{source}: diffusion.ddim_eta must be in [0, 1], got {d.ddim_eta}")
     if d.sampling_steps > d.num_train_timesteps:
         raise MedsynthError(f"{source}: diffusion.sampling_steps={d.sampling_steps} exceeds "
                             f"diffusion.num_train_timesteps={d.num_train_timesteps}")

@@ -7,12 +7,18 @@ x0, whichever the scheduler was built for); `condition` is whatever that denoise
 autoencoders, EMA weights or precision, so a sampler can be tested with an analytic denoiser
 (tests/test_diffusion.py) and swapped without building a model.
 
-Schedulers: MONAI's DDPMScheduler and DDIMScheduler (`set_timesteps`, `step`, `add_noise`,
-`get_velocity`), built from the run's diffusion settings.
+Two kinds of scheduler, both on the run's noise schedule (the same betas):
+- training: MONAI's DDPMScheduler (`add_noise`, `get_velocity`), `build_scheduler`;
+- sampling: diffusers' schedulers (`set_timesteps`, `step`), `build_sampler`, one per name in
+  SAMPLERS. MONAI's DDPM step assumes the previous timestep is t - 1, so below 1000 steps its
+  posterior used the wrong alphas and left noise in the samples; MONAI's DDIM stepped to
+  t - T/steps from a timestep list spaced otherwise. diffusers' samplers take any subset of the
+  trained timesteps, and offer DPM-Solver++ and UniPC for 10-20 steps.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -20,7 +26,14 @@ import torch
 from medsynth.errors import MedsynthError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
-SAMPLERS = ("ddpm", "ddim")
+# name -> what it is for (the `medsynth sample --help` text)
+SAMPLERS = {
+    "ddpm": "ancestral DDPM (stochastic): the reference, at its best with all 1000 steps",
+    "ddim": "DDIM (deterministic with diffusion.ddim_eta=0): 50-100 steps",
+    "dpmpp": "DPM-Solver++ 2M (Lu et al. 2022): 10-20 steps",
+    "unipc": "UniPC (Zhao et al. 2023): 10-20 steps",
+}
+SPACINGS = ("leading", "trailing", "linspace")
 
 
 def build_scheduler(d, sampler: str = "ddpm"):
@@ -29,13 +42,40 @@ def build_scheduler(d, sampler: str = "ddpm"):
     clipped to [-1, 1]: scaled latents have unit variance and often lie outside it."""
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-    if sampler not in SAMPLERS:
-        raise MedsynthError(f"sampler {sampler!r} is not one of {list(SAMPLERS)}")
     kwargs = {"num_train_timesteps": d.num_train_timesteps, "schedule": d.schedule,
               "prediction_type": d.prediction_type, "clip_sample": False}
     if d.schedule != "cosine":
         kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
     return (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**kwargs)
+
+
+def check_sampler(sampler: str, steps: int, num_train_timesteps: int, spacing: str | None = None) -> None:
+    """One clear error for a sampler name, step count or spacing that cannot be used."""
+    if sampler not in SAMPLERS:
+        raise MedsynthError(f"sampler {sampler!r} is not one of {list(SAMPLERS)}")
+    if not 0 < steps <= num_train_timesteps:
+        raise MedsynthError(f"sampling steps must be in 1..{num_train_timesteps}, got {steps}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise MedsynthError(f"timestep spacing {spacing!r} is not one of {list(SPACINGS)}")
+
+
+def build_sampler(d, sampler: str, spacing: str | None = None):
+    """A diffusers scheduler for `sampler` on the run's noise schedule (the training scheduler's
+    betas, so the two cannot drift apart). spacing: which trained timesteps a short chain visits
+    (default d.timestep_spacing; "trailing" is the recommendation for few steps, Lin et al. 2024)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    spacing = spacing or d.timestep_spacing
+    check_sampler(sampler, 1, d.num_train_timesteps, spacing)
+    common = {"num_train_timesteps": d.num_train_timesteps, "trained_betas": build_scheduler(d).betas.numpy(),
+              "prediction_type": d.prediction_type, "timestep_spacing": spacing}
+    if sampler == "ddpm":  # predicted x0 is not clipped: scaled latents often lie outside [-1, 1]
+        return DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
+    if sampler == "ddim":  # the last step lands on the first trained timestep, not on alpha 1
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if sampler == "dpmpp":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    return UniPCMultistepScheduler(**common)
 
 
 def _join(null, condition):
@@ -55,17 +95,36 @@ def classifier_free_guidance(denoiser: Denoiser, null_condition, scale: float) -
     return guided
 
 
+def _stepper(scheduler, generator, eta: float):
+    """scheduler.step as (pred, t, x) -> x_prev, for MONAI's and diffusers' schedulers alike."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {"generator": generator} if "generator" in params else {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "return_dict" not in params:  # MONAI: (prev_sample, pred_original_sample)
+        return lambda pred, t, x: scheduler.step(pred, t, x, **kwargs)[0]
+    return lambda pred, t, x: scheduler.step(pred, t, x, return_dict=False, **kwargs)[0]
+
+
 @torch.no_grad()
 def sample_loop(denoiser: Denoiser, noise: torch.Tensor, scheduler, steps: int, condition=None,
-                generator: torch.Generator | None = None, progress: bool = False,
-                desc: str = "sampling") -> torch.Tensor:
+                generator: torch.Generator | None = None, progress: bool = False, desc: str = "sampling",
+                eta: float = 0.0, evaluations_per_step: int = 1) -> torch.Tensor:
     """Denoise `noise` (x_T, B x *shape) over `steps` of the scheduler's timesteps; returns x_0
-    (same shape). The scheduler's arithmetic runs in fp32 whatever the denoiser's precision."""
+    (same shape). The scheduler's arithmetic runs in fp32 whatever the denoiser's precision.
+    eta: DDIM's stochasticity (0: deterministic). The progress bar counts network evaluations
+    (`evaluations_per_step`: 2 under classifier-free guidance)."""
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(steps)
-    x = noise
-    for t in tqdm(scheduler.timesteps.tolist(), desc=desc, disable=None if progress else True, leave=False):
-        pred = denoiser(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), condition).float()
-        x, _ = scheduler.step(pred, t, x, generator=generator)
+    step = _stepper(scheduler, generator, eta)
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
+    bar = tqdm(total=len(scheduler.timesteps) * evaluations_per_step, desc=desc, unit="NFE",
+               disable=None if progress else True, leave=False)
+    for t in scheduler.timesteps:
+        t_batch = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+        pred = denoiser(x, t_batch, condition).float()
+        x = step(pred, t, x)
+        bar.update(evaluations_per_step)
+    bar.close()
     return x

@@ -75,15 +75,17 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
 def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str | Path | None = None,
            label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
            out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
-           sampler: str | None = None, steps: int | None = None, guidance: float | None = None) -> Path:
+           sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+           spacing: str | None = None) -> Path:
     """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`.
 
-    sampler ("ddpm" | "ddim"), steps, guidance: latent diffusion's (defaults: the run's config)."""
+    sampler (a name in medsynth.diffusion.SAMPLERS), steps, guidance, spacing: latent diffusion's
+    (defaults: the run's config)."""
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     if out_dir is not None:
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
-                             sampler=sampler, steps=steps, guidance=guidance)
+                             sampler=sampler, steps=steps, guidance=guidance, spacing=spacing)
     out = Path(out)
     nifti = out.name.endswith((".nii", ".nii.gz"))
     if out.suffix != ".npz" and not nifti:
@@ -92,7 +94,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
         raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
                             f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
-    options = recipe.sampler_settings(sampler, steps, guidance)
+    options = recipe.sampler_settings(sampler, steps, guidance, spacing)
     images, labels = draw(recipe, n, label, seed, batch_size, **options, **({"progress": True} if options else {}))
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
                                 labels=None if labels is None else labels.tolist())
@@ -136,7 +138,7 @@ def _worker(rank: int, workers: int, run_dir: str, out_dir: str, todo: list, lab
 def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None = None, seed: int = 0,
                   batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
                   grid: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
-                  guidance: float | None = None) -> Path:
+                  guidance: float | None = None, spacing: str | None = None) -> Path:
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
     if workers < 1:
@@ -144,7 +146,7 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     run_dir = Path(run_dir)
     recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
     _labels(recipe, 1, label)
-    options = recipe.sampler_settings(sampler, steps, guidance)
+    options = recipe.sampler_settings(sampler, steps, guidance, spacing)
     model_hash = file_sha256(run_dir / WEIGHTS)
     request = {"run": str(run_dir.resolve()), "model_sha256": model_hash, "n": n, "label": label, "seed": seed,
                "shard_size": shard_size, **options}

@@ -73,10 +73,11 @@ class Recipe(L.LightningModule):
         return self.can_sample
 
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
-                         guidance: float | None = None) -> dict:
+                         guidance: float | None = None, spacing: str | None = None) -> dict:
         """Sampler settings for sample(), checked before anything is drawn or written (the run's
         defaults filled in, so provenance records them). Only diffusion models take any."""
-        given = [k for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance)) if v is not None]
+        given = [k for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance), ("spacing", spacing))
+                 if v is not None]
         if given:
             raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
                                 f"model.family={self.cfg.model.family})")
