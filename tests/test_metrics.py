@@ -119,10 +119,14 @@ def test_tstr_real_as_synthetic_gives_ratio_near_one(pneumonia):
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     a, b = perm[:800], perm[800:1600]
     real_test = ImageSet(scale(d["test_images"]), d["test_labels"][:, 0].long())
+    # 400 steps: at 150 the classifiers had not settled and the ratio over seeds 0-5 ran from 0.975
+    # to 1.134 (one seed's real classifier stopped at AUC 0.84); at 400 it ran from 0.958 to 0.987
+    # (mean 0.976, sd 0.011), in fp32 on every CPU, so +-0.08 is about five standard deviations.
     out = tstr(ImageSet(scale(d["train_images"][a]), labels[a]), ImageSet(scale(d["train_images"][b]), labels[b]),
-               real_test, num_classes=2, steps=150)
-    assert out["real"]["auc"] > 0.85  # the classifier learns the task at all
+               real_test, num_classes=2, steps=400)
+    assert out["real"]["auc"] > 0.9  # the classifier learns the task at all
     assert out["auc_ratio"] == pytest.approx(1.0, abs=0.08)
+    assert out["precision"] == "32"
     assert out["train_images"] == 800
 
 

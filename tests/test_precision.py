@@ -73,3 +73,10 @@ def test_explicit_precision_is_kept():
     assert precision.resolve_precision("bf16-mixed") == "bf16-mixed"
     assert isinstance(precision.autocast("cpu", "32"), contextlib.nullcontext)
     assert isinstance(precision.autocast("cpu", "bf16-mixed"), torch.autocast)
+
+
+def test_the_detection_can_be_overridden(monkeypatch):
+    monkeypatch.setenv("MEDSYNTH_NATIVE_BF16", "0")
+    assert precision.resolve_precision("auto", "cpu") == "32"
+    monkeypatch.setenv("MEDSYNTH_NATIVE_BF16", "1")
+    assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"

@@ -9,6 +9,7 @@ which asks `resolve_precision`: nothing turns bf16 on by itself.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -17,7 +18,11 @@ HALF = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": t
 
 
 def native_bf16() -> bool:
-    """Whether this CPU runs bf16 in hardware (avx512_bf16 or AMX tiles)."""
+    """Whether this CPU runs bf16 in hardware (avx512_bf16 or AMX tiles). MEDSYNTH_NATIVE_BF16=0
+    (or 1) overrides the detection, e.g. to run the test suite as an AVX2-only CPU would."""
+    forced = os.environ.get("MEDSYNTH_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     return bool(torch.cpu._is_avx512_bf16_supported() or amx())
 

@@ -68,6 +68,12 @@ class _EpochLine(L.Callback):
     """One line per epoch (off a terminal, in place of progress bars): the last step's loss and the
     validation loss, with the epoch's seconds."""
 
+    def __init__(self):
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()  # a run resumed mid-epoch ends an epoch it did not start
+
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
