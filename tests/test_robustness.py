@@ -79,9 +79,11 @@ def test_checkpoint_with_a_pickle_payload_is_refused(small_npz, tmp_path):
     marker = tmp_path / "payload-ran"
     state["callbacks"] = {"evil": _Payload(marker)}
     torch.save(state, ckpt)
+    kept = {name: (run / name).read_bytes() for name in ("config.yaml", "summary.json", "model.safetensors")}
     with pytest.raises(MedsynthError, match="refused to load"):
         train(None, ["trainer.max_epochs=2"], resume=run, log=lambda *_: None)
     assert not marker.exists()
+    assert {name: (run / name).read_bytes() for name in kept} == kept  # a refused resume writes nothing
     # and through the command line: one line, exit 2
     proc = cli("train", "--resume", run, "trainer.max_epochs=2")
     _, err = proc.communicate(timeout=300)

@@ -9,6 +9,7 @@ resolved config saved in a run directory rebuilds the model on its own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -21,6 +22,7 @@ from medsynth.errors import MedsynthError
 from medsynth.families import FAMILIES
 
 DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
@@ -235,7 +237,29 @@ def _explain(exc: OmegaConfBaseException, source: str) -> MedsynthError:
     return MedsynthError(f"{source}: {first}{where}")
 
 
+def _interpolations(node, prefix: str = "") -> list[str]:
+    """Keys whose raw value holds an OmegaConf interpolation (${...})."""
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _interpolations(v, f"{prefix}{key}.")]
+    if isinstance(node, list):
+        return [k for i, v in enumerate(node) for k in _interpolations(v, f"{prefix}{i}.")]
+    return [prefix[:-1]] if isinstance(node, str) and "${" in node else []
+
+
+def _check_plain(cfg: DictConfig, source: str) -> None:
+    """Plain values only: an interpolation such as ${oc.env:HOME} would be resolved into the saved
+    config (and, in `name`, made a run directory at the filesystem root); `name` is one path part."""
+    found = _interpolations(OmegaConf.to_container(cfg, resolve=False))
+    if found:
+        raise MedsynthError(f"{source}: {found[0]} holds an interpolation (${{...}}); give a plain value")
+    name = str(cfg.name)
+    if not NAME.fullmatch(name) or ".." in name:
+        raise MedsynthError(f"{source}: name={name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
+                            "separators or '..'): it names the run directory inside runs_dir")
+
+
 def _check(cfg: DictConfig, source: str) -> None:
+    _check_plain(cfg, source)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

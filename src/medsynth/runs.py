@@ -43,6 +43,7 @@ AUTOENCODER_SCORES = "autoencoder.json"  # latent diffusion: stage 1's reconstru
 FEATURES = "features.json"  # a feature network's test scores and weights hash
 EVALUATION = "evaluation.json"
 REPORT = "report.html"
+LOCK = ".lock"  # held by the one training that writes into the run directory
 # what `train` lists at its end when present
 HEADLINE = (SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, SEGMENTATIONS, FEATURES)
 
@@ -76,12 +77,45 @@ def launched_rank() -> tuple[int, int]:
 
 
 def claim_run_dir(path: str | Path, rank: int) -> Path:
-    """An explicit run directory: rank 0 refuses one that already holds a run; other ranks join it."""
+    """An explicit run directory: rank 0 locks it and refuses one that already holds a run; other
+    ranks (started by the same launcher) join it."""
     path = Path(path)
-    if rank == 0 and (path / CONFIG).exists():
-        raise MedsynthError(f"{path}: already holds a run (use --resume, or another run_dir)")
     path.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        lock_run_dir(path)
+        if (path / CONFIG).exists():
+            unlock_run_dir(path)
+            raise MedsynthError(f"{path}: already holds a run (use --resume, or another run_dir)")
     return path
+
+
+_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(path: str | Path) -> None:
+    """Take the run directory's lock (an flock on <run_dir>/.lock, released by unlock_run_dir or
+    when the process ends, even by SIGKILL) before anything is written into it: two trainings
+    into one directory would leave the config of one and the weights of the other."""
+    import fcntl
+
+    path = Path(path).resolve()
+    fd = os.open(path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MedsynthError(f"{path}: another training is writing into this run directory (wait for it, or "
+                            "use another run_dir)") from None
+    _LOCKS[path] = fd
+
+
+def unlock_run_dir(path: str | Path) -> None:
+    """Release this process's lock on the run directory and remove the lock file."""
+    path = Path(path).resolve()
+    fd = _LOCKS.pop(path, None)
+    if fd is not None:
+        (path / LOCK).unlink(missing_ok=True)
+        os.close(fd)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:

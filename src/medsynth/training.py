@@ -155,17 +155,25 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     recipe = build_recipe(cfg)
     recipe.prepare_training(perceptual_loss(cfg), load_run)
     rank, _ = launched_rank()
-    run_dir, made = (Path(resume), []) if resume is not None else _open_run_dir(cfg, rank)
-    try:  # Lightning checks the trainer settings here; nothing has been written yet
-        validates = type(recipe).validation_step is not L.LightningModule.validation_step  # GANs have no val loss
-        trainer = build_trainer(cfg, run_dir, has_val=len(splits.val) > 0 and validates,
-                                manual=not recipe.automatic_optimization)
-    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
-        # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
-        for folder in made:  # the empty run directory this call made, and its runs folder if it made it
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise MedsynthError(f"trainer settings refused: {reason(exc)}") from None
+    if resume is not None:
+        run_dir, made = Path(resume), []
+        if rank == 0:
+            runs.lock_run_dir(run_dir)
+    else:
+        run_dir, made = _open_run_dir(cfg, rank)  # locked by rank 0
+    try:
+        if ckpt is not None:  # nothing is written before the checkpoint has loaded and fits
+            _check_resume(recipe, cfg, ckpt, run_dir, overrides)
+        trainer = _build_trainer_or_refuse(cfg, run_dir, splits, recipe, made)
+        return _train_into(run_dir, cfg, trainer, recipe, splits, data, ckpt, rank, log)
+    finally:
+        if rank == 0:
+            runs.unlock_run_dir(run_dir)
+
+
+def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, splits, data, ckpt, rank: int,
+                log) -> Path:
+    """Write the config, fit, then (rank 0) the weights, artefacts and summary."""
     if rank == 0:
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)
@@ -185,6 +193,47 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
         if (run_dir / name).is_file():
             log(f"{name}: {run_dir / name}")
     return run_dir
+
+
+def _build_trainer_or_refuse(cfg: DictConfig, run_dir: Path, splits, recipe, made: list[Path]) -> L.Trainer:
+    """The Lightning trainer; refused settings leave nothing behind (the folders this call made go)."""
+    try:
+        validates = type(recipe).validation_step is not L.LightningModule.validation_step  # GANs have no val loss
+        return build_trainer(cfg, run_dir, has_val=len(splits.val) > 0 and validates,
+                             manual=not recipe.automatic_optimization)
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
+        # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
+        if made:
+            runs.unlock_run_dir(run_dir)
+        for folder in made:  # the empty run directory this call made, and its runs folder if it made it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise MedsynthError(f"trainer settings refused: {reason(exc)}") from None
+
+
+def _check_resume(recipe, cfg: DictConfig, ckpt: Path, run_dir: Path, overrides) -> None:
+    """Refuse, before anything is written: a checkpoint that does not load safely, overrides that no
+    longer fit the run's weights, and a finished run with nothing left to train."""
+    state = SafeCheckpointIO().load_checkpoint(ckpt)  # refuses pickled code
+    try:
+        recipe.load_state_dict(state["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        given = " ".join(overrides or []) or "none"
+        raise MedsynthError(f"{run_dir}: the run's weights do not fit its config with the overrides ({given}): "
+                            f"{reason(exc)}; on resume change only settings such as trainer.max_epochs") from None
+    summary_path = run_dir / runs.SUMMARY
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        summary = {}
+    if summary.get("status") != "finished":
+        return
+    t, epochs, steps = cfg.trainer, summary.get("epochs", 0), summary.get("global_step", 0)
+    more_epochs = t.max_epochs is None or t.max_epochs < 0 or t.max_epochs > epochs
+    more_steps = t.max_steps is None or t.max_steps < 0 or t.max_steps > steps
+    if not (more_epochs and more_steps):
+        raise MedsynthError(f"{run_dir}: this run finished ({epochs} epochs, {steps} steps) and these settings leave "
+                            f"nothing to train: give trainer.max_epochs={epochs + 10} (or a larger trainer.max_steps)")
 
 
 def _training_config(config, overrides, resume) -> tuple[DictConfig, Path | None]:
@@ -208,6 +257,7 @@ def _open_run_dir(cfg: DictConfig, rank: int) -> tuple[Path, list[Path]]:
                             "give every process the same run_dir=PATH")
     root_existed = Path(cfg.runs_dir).exists()
     run_dir = new_run_dir(cfg.runs_dir, cfg.name)
+    runs.lock_run_dir(run_dir)
     return run_dir, [run_dir] + ([] if root_existed else [run_dir.parent])
 
 
