@@ -59,10 +59,10 @@ def test_train_then_sample(small_npz, tmp_path):
         assert f["labels"].ravel().tolist() == [0, 1] * 5  # a conditional model cycles the classes
         first = f["images"].copy()
     assert Image.open(grid).format == "PNG"
-    medsynth("sample", run, "-n", 10, "--out", out, "--seed", 3, "--label", 1)
+    medsynth("sample", run, "-n", 10, "--out", out, "--seed", 3, "--label", 1, "--overwrite")
     with np.load(out) as f:
         assert set(f["labels"].ravel().tolist()) == {1}
-    medsynth("sample", run, "-n", 10, "--out", out, "--seed", 3)
+    medsynth("sample", run, "-n", 10, "--out", out, "--seed", 3, "--overwrite")
     with np.load(out) as f:
         assert np.array_equal(f["images"], first)  # same seed, same samples
     # the output is itself a dataset medsynth can read

@@ -47,6 +47,15 @@ def test_every_command_shown_has_a_help_that_parses(command, capsys):
     assert "usage: medsynth" in capsys.readouterr().out
 
 
+def test_every_sub_command_runs_a_function():
+    """Each sub-command (and `features train`) is wired to the function that runs it."""
+    subs = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in subs.items():
+        if name == "features":
+            parser = parser._subparsers._group_actions[0].choices["train"]
+        assert callable(parser.get_default("func")), name
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])

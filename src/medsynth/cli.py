@@ -38,13 +38,14 @@ def _sample(args) -> None:
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
-                 guidance=args.guidance, spacing=args.spacing)
+                 guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
 def _segment(args) -> None:
     records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
-                      sw_batch_size=args.sw_batch_size, log=_log())
+                      sw_batch_size=args.sw_batch_size, overwrite=args.overwrite,
+                      log=_log())
     scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
               for r in records if "scores" in r}
     if scored:
@@ -54,7 +55,7 @@ def _segment(args) -> None:
 
 def _translate(args) -> None:
     translate(args.run_dir, args.input, args.out, mask=args.mask, device=args.device, batch_size=args.batch_size,
-              reverse=args.reverse, log=_log())
+              reverse=args.reverse, overwrite=args.overwrite, log=_log())
 
 
 def _features_train(args) -> None:
@@ -65,7 +66,8 @@ def _features_train(args) -> None:
 def _evaluate(args) -> None:
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
-                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size, log=_log())
+                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
+                      overwrite=args.overwrite, log=_log())
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
@@ -74,7 +76,7 @@ def _evaluate(args) -> None:
 
 
 def _report(args) -> None:
-    print(report(args.run_dir, out=args.out, evaluation=args.evaluation))
+    print(report(args.run_dir, out=args.out, evaluation=args.evaluation, overwrite=args.overwrite))
 
 
 def _log():
@@ -93,6 +95,11 @@ def _verbosity_options() -> argparse.ArgumentParser:
 
 
 COMMON = _verbosity_options()
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (a run's own files and this command's inputs never are)")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -139,6 +146,7 @@ def _add_sample(sub) -> None:
                                                              "steps visit (default: the run's, trailing)")
     p.add_argument("--guidance", type=float, help="latent diffusion, conditional: classifier-free guidance scale "
                                                   "(e.g. 3.0; default: the run's, none)")
+    _add_overwrite(p)
     p.set_defaults(func=_sample)
 
 
@@ -154,6 +162,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--overlap", type=float, help="overlap of neighbouring windows (default: the run's, 0.25)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the run's, 2)")
     _add_device(p)
+    _add_overwrite(p)
     p.set_defaults(func=_segment)
 
 
@@ -169,6 +178,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--reverse", action="store_true", help="CycleGAN: translate target -> source (e.g. FLAIR -> T1c)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass (default 64)")
     _add_device(p)
+    _add_overwrite(p)
     p.set_defaults(func=_translate)
 
 
@@ -207,6 +217,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
     p.add_argument("--image-size", type=int, help="resize the image files' sets to this size, e.g. 64 for a model "
                                                   "trained with data.image_size=64 on 28 px MedMNIST")
+    _add_overwrite(p)
     p.set_defaults(func=_evaluate)
 
 
@@ -217,6 +228,8 @@ def _add_report(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--evaluation", help="evaluation JSON (default RUN_DIR/evaluation.json)")
     p.add_argument("--out", help="output HTML (default RUN_DIR/report.html)")
+    _add_overwrite(p)
+    p.set_defaults(func=_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from medsynth.metrics.privacy import privacy_report
 from medsynth.metrics.similarity import diversity, reconstruction_scores
 from medsynth.metrics.utility import tstr
 from medsynth.models import load_run
-from medsynth.runs import EVALUATION, is_run
+from medsynth.runs import EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
 from medsynth.writers import save_grid, write_text
 
@@ -122,17 +122,22 @@ def _clean(obj):
 def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
              utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
-             log=print) -> dict:
+             overwrite: bool = False, log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
-    image_size: resize the image files' sets to this size (a run's samples keep the model's)."""
+    image_size: resize the image files' sets to this size (a run's samples keep the model's).
+    An explicit `out` that exists is refused unless `overwrite`; no output may be an input."""
     if k < 1:
         raise MedsynthError(f"k must be >= 1, got {k}")
+    inputs = [real, fake, train, features]
+    if out is not None:
+        check_output(out, overwrite, inputs, (".json",))
     clock = _Clock()
     sets, floor_set = load_sets(real, fake, train, n, seed, image_size)
     _check_sets(sets, max(MIN_IMAGES, k + 1))
-    if out is None:
+    if out is None:  # the default is a derived file of the run (or of this folder): replaced on a new evaluation
         out = Path(fake) / EVALUATION if sets["fake"].recipe is not None else Path("metrics.json")
+        check_output(out, True, inputs, (".json",))
     out = Path(out)
     clock.lap("load")
     result: dict = {"sets": {name: {"source": s.source, "split": s.split, "images": len(s.images),

@@ -128,12 +128,15 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-
 .missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}"""
 
 
-def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None) -> Path:
-    """Write <run_dir>/report.html (or `out`) and return its path."""
+def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None,
+           overwrite: bool = False) -> Path:
+    """Write <run_dir>/report.html (replaced when it exists) or `out` (refused when it exists,
+    unless `overwrite`) and return its path."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise MedsynthError(f"{run_dir}: not a run directory (no {CONFIG})")
-    out = Path(out) if out else run_dir / runs.REPORT
+    out = (runs.check_output(out, overwrite, [evaluation], (".html", ".htm")) if out
+           else run_dir / runs.REPORT)
     eval_path = Path(evaluation) if evaluation else run_dir / runs.EVALUATION
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medsynth: {html.escape(run_dir.name)}"
              f"</title><style>{STYLE}</style></head><body><h1>{html.escape(run_dir.name)}</h1>"]

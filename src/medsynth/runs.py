@@ -48,6 +48,41 @@ LOCK = ".lock"  # held by the one training that writes into the run directory
 HEADLINE = (SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, SEGMENTATIONS, FEATURES)
 
 
+# a run's own files: no output flag may write over them, --overwrite or not (evaluation.json,
+# its strip and report.html are outputs of later commands and may be replaced)
+OWN = (CONFIG, WEIGHTS, SUMMARY, METRICS, ENVIRONMENT, SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, TRANSLATION_SCORES,
+       SEGMENTATIONS, SEGMENTATION_SCORES, AUTOENCODER_SCORES, FEATURES, LOCK)
+
+
+def check_output(path: str | Path, overwrite: bool = False, inputs=(), suffixes: tuple[str, ...] = (),
+                 flag: str = "--out") -> Path:
+    """Refuse an output path before anything is computed: a wrong suffix, an existing file or
+    folder (unless overwrite), an input of this command, or a run directory's own files."""
+    path = Path(path)
+    if suffixes and not path.name.lower().endswith(suffixes):
+        raise MedsynthError(f"{flag} {path}: must end with {' or '.join(suffixes)}")
+    target = path.resolve()
+    for given in inputs:
+        if given is not None and Path(given).exists() and _same_or_inside(target, Path(given).resolve()):
+            raise MedsynthError(f"{flag} {path}: is an input of this command ({given}); choose another output")
+    folder = target.parent
+    if (folder / CONFIG).is_file() and (target.name in OWN or target == folder / CHECKPOINTS):
+        raise MedsynthError(f"{flag} {path}: is a file of the run directory {folder}; choose another output")
+    if any(part in (CHECKPOINTS, LOGS) and (parent / CONFIG).is_file()
+           for part, parent in zip(target.parts[::-1], target.parents)):
+        raise MedsynthError(f"{flag} {path}: is inside a run directory's {CHECKPOINTS}/ or {LOGS}/")
+    if path.exists() and not overwrite:
+        raise MedsynthError(f"{flag} {path}: already exists; give --overwrite to replace it")
+    return path
+
+
+def _same_or_inside(target: Path, given: Path) -> bool:
+    """The target is the input, or an existing file inside an input folder (new files may go into
+    an input folder; a run directory's own files are guarded by name)."""
+    return target == given or (given.is_dir() and not (given / CONFIG).is_file() and given in target.parents
+                               and target.exists())
+
+
 def is_run(path: str | Path) -> bool:
     """A finished run directory: its config and portable weights are there."""
     path = Path(path)

@@ -23,14 +23,23 @@ import torch
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import file_sha256, synthetic_provenance
-from medsynth.runs import WEIGHTS
+from medsynth.runs import WEIGHTS, check_output
 from medsynth.writers import save_grid, save_npz, write_nifti, write_text
+
+
+def _check_counts(n: int, batch_size: int, shard_size: int = 1, workers: int = 1) -> None:
+    for name, value in (("number of samples", n), ("batch size", batch_size), ("shard size", shard_size),
+                        ("workers", workers)):
+        if value <= 0:
+            raise MedsynthError(f"{name} must be positive, got {value}")
 
 
 def _labels(recipe, n: int, label: int | None, start: int = 0) -> torch.Tensor | None:
     conditional = recipe.conditional
     if label is not None and not conditional:
         raise MedsynthError("--label given, but this model is not conditional")
+    if label is not None and not recipe.cfg.model.multilabel and not 0 <= label < recipe.cfg.model.num_classes:
+        raise MedsynthError(f"label {label} is outside the model's classes 0..{recipe.cfg.model.num_classes - 1}")
     if conditional and label is None:
         if recipe.cfg.model.multilabel:
             raise MedsynthError("this model is multi-label conditional: sampling it needs label vectors "
@@ -76,20 +85,22 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
            label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
            out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
            sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-           spacing: str | None = None) -> Path:
+           spacing: str | None = None, overwrite: bool = False) -> Path:
     """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`.
+    Existing outputs are refused unless `overwrite`; a run's own files always.
 
     sampler (a name in medsynth.diffusion.SAMPLERS), steps, guidance, spacing: latent diffusion's
     (defaults: the run's config)."""
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
+    _check_counts(n, batch_size)
+    if grid is not None:
+        check_output(grid, overwrite, [run_dir], (".png",), "--grid")
     if out_dir is not None:
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
-                             sampler=sampler, steps=steps, guidance=guidance, spacing=spacing)
-    out = Path(out)
+                             sampler=sampler, steps=steps, guidance=guidance, spacing=spacing, overwrite=overwrite)
+    out = check_output(out, overwrite, [run_dir], (".npz", ".nii", ".nii.gz"))
     nifti = out.name.endswith((".nii", ".nii.gz"))
-    if out.suffix != ".npz" and not nifti:
-        raise MedsynthError(f"{out}: output must be a .npz, .nii or .nii.gz file")
     recipe = load_run(run_dir, device)
     if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
         raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
@@ -138,11 +149,12 @@ def _worker(rank: int, workers: int, run_dir: str, out_dir: str, todo: list, lab
 def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None = None, seed: int = 0,
                   batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
                   grid: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
-                  guidance: float | None = None, spacing: str | None = None) -> Path:
-    if n <= 0:
-        raise MedsynthError(f"number of samples must be positive, got {n}")
-    if workers < 1:
-        raise MedsynthError(f"workers must be >= 1, got {workers}")
+                  guidance: float | None = None, spacing: str | None = None, overwrite: bool = False) -> Path:
+    """Shards into out_dir; every check runs before the folder or its request.json is written."""
+    _check_counts(n, batch_size, shard_size, workers)
+    resuming = (out_dir / "request.json").is_file()
+    if not resuming and out_dir.exists() and any(out_dir.iterdir()):
+        check_output(out_dir, overwrite, [run_dir], (), "--out-dir")  # a folder of other files: only if asked
     run_dir = Path(run_dir)
     recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
     _labels(recipe, 1, label)

@@ -21,6 +21,7 @@ from medsynth.errors import MedsynthError
 from medsynth.metrics.segmentation import score_label_maps
 from medsynth.models import load_run
 from medsynth.provenance import synthetic_provenance
+from medsynth.runs import check_output
 from medsynth.writers import write_nifti
 
 
@@ -61,7 +62,8 @@ def _is_case_folder(path: Path, data_cfg) -> bool:
 
 
 def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str = "cpu",
-            overlap: float | None = None, sw_batch_size: int | None = None, log=print) -> list[dict]:
+            overlap: float | None = None, sw_batch_size: int | None = None, overwrite: bool = False,
+            log=print) -> list[dict]:
     """Segment a volume, a case folder, or a folder of case folders (then `out` is a folder of
     <case>_seg.nii.gz). Cases with a reference label map are scored. Returns one record per case."""
     if overlap is not None and not 0 <= overlap < 1:
@@ -73,6 +75,7 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not segment")
     data_cfg = recipe.cfg.data
     input, out = Path(input), Path(out)
+    check_output(out, overwrite, [run_dir, input])
     if not input.exists():
         raise MedsynthError(f"{input}: input not found")
     if _is_case_folder(input, data_cfg):

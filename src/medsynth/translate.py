@@ -22,6 +22,7 @@ from medsynth.data.npz import read_npz
 from medsynth.data.volumes import read_nifti
 from medsynth.errors import MedsynthError, reason
 from medsynth.models import load_run
+from medsynth.runs import check_output
 from medsynth.provenance import synthetic_provenance
 from medsynth.writers import save_grid, save_npz, write_nifti
 
@@ -43,8 +44,13 @@ def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bo
 
 
 def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str | Path | None = None,
-              device: str = "cpu", batch_size: int = 64, reverse: bool = False, log=print) -> Path:
-    """reverse: target -> source (CycleGAN learns both directions)."""
+              device: str = "cpu", batch_size: int = 64, reverse: bool = False, overwrite: bool = False,
+              log=print) -> Path:
+    """reverse: target -> source (CycleGAN learns both directions). An existing `out` is refused
+    unless `overwrite`; a folder output is written beside it and renamed into place at the end."""
+    if batch_size <= 0:
+        raise MedsynthError(f"batch size must be positive, got {batch_size}")
+    check_output(out, overwrite, [run_dir, input, mask])
     recipe = load_run(run_dir, device)
     if not recipe.can_translate:
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not translate images")
@@ -67,7 +73,7 @@ def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str
     elif input.is_dir():
         if out.suffix:
             raise MedsynthError(f"{out}: an image folder is translated into a folder; give a folder name")
-        _translate_folder(recipe, input, out, batch_size, provenance)
+        _translate_folder(recipe, input, out, batch_size, provenance, overwrite)
     else:
         raise MedsynthError(f"{input}: translate takes an .npz, an image folder or a NIfTI volume")
     log(f"translated {input} -> {out}")
@@ -113,14 +119,33 @@ def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: d
     save_npz(out, _translate_slices(recipe, x, batch_size, recipe.reverse), provenance=provenance)
 
 
-def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict) -> None:
-    from PIL import Image
-
+def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict,
+                      overwrite: bool = False) -> None:
+    """Every image into a hidden folder beside `out`, renamed onto `out` only when all are done:
+    a bad image half-way leaves no partial output (and an old `out` as it was)."""
+    import shutil
+    import tempfile
 
     files = list_images(folder)
     if not files:
         raise MedsynthError(f"{folder}: no images found")
     _check_channels(recipe, 1, folder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _translate_files(recipe, folder, files, staging, batch_size, provenance)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists() and overwrite:
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    staging.rename(out)
+
+
+def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, batch_size: int,
+                     provenance: dict) -> None:
+    from PIL import Image
+
     for f in files:
         try:
             with Image.open(f) as im:
@@ -128,7 +153,7 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
         except Exception as exc:
             raise MedsynthError(f"{f}: not a readable image ({reason(exc)})") from None
         y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, recipe.reverse)
-        target = out / f.relative_to(folder).with_suffix(".png")
+        target = staging / f.relative_to(folder).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         _save_png(target, y[0], provenance)
 

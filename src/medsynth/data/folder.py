@@ -21,7 +21,10 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    """Image files under `folder`, sorted; hidden ones (a name part starting with '.', e.g. the
+    temporary file of an interrupted write) are skipped."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_folder(path: str | Path, channels: int | None = None, labels_csv: str | None = None,

@@ -1,0 +1,91 @@
+"""Nothing overwritten without asking: every output flag refuses an existing file unless
+--overwrite, never writes over an input or a run's own files, checks its suffix, and a refused
+request leaves nothing behind; interrupted writes leave no hidden file for readers to trip on."""
+
+import numpy as np
+import pytest
+
+from medsynth.cli import main
+from medsynth.data.folder import list_images
+from medsynth.writers import atomic_path, write_text
+
+OLD = __import__("pathlib").Path(__file__).parent / "data" / "old_runs"
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A copy of a small finished run (the old cvae run directory)."""
+    import shutil
+
+    return shutil.copytree(OLD / "cvae", tmp_path / "cvae")
+
+
+def test_sample_refuses_an_existing_out_unless_overwrite(run, tmp_path, capsys):
+    out = tmp_path / "synth.npz"
+    out.write_bytes(b"precious")
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", out)
+    assert code == 2 and "already exists; give --overwrite" in err and out.read_bytes() == b"precious"
+    assert run_cli(capsys, "sample", run, "-n", "4", "--out", out, "--overwrite")[0] == 0
+    assert np.load(out)["images"].shape == (4, 28, 28)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "{run}/model.safetensors"], "must end with .png"),
+    (["--grid", "{run}/samples.png", "--overwrite"], "is a file of the run directory"),
+    (["--out", "{run}/config.yaml", "--overwrite"], "must end with .npz"),
+    (["--out", "{run}/checkpoints/x.npz", "--overwrite"], "inside a run directory's checkpoints"),
+    (["--grid", "{tmp}/grid.txt"], "must end with .png"),
+])
+def test_a_runs_own_files_and_wrong_suffixes_are_refused(run, tmp_path, capsys, args, message):
+    (run / "checkpoints").mkdir(exist_ok=True)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    args = [a.format(run=run, tmp=tmp_path) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "s.npz")]
+    code, err = run_cli(capsys, "sample", run, "-n", "4", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_report_never_replaces_a_runs_config(run, capsys):
+    before = (run / "config.yaml").read_bytes()
+    code, err = run_cli(capsys, "report", run, "--out", run / "config.yaml", "--overwrite")
+    assert code == 2 and (run / "config.yaml").read_bytes() == before
+    assert run_cli(capsys, "report", run)[0] == 0 and (run / "report.html").is_file()
+
+
+def test_evaluate_never_writes_over_its_input(run, small_npz, capsys):
+    before = small_npz.read_bytes()
+    code, err = run_cli(capsys, "evaluate", "--real", small_npz, "--fake", run, "--out", small_npz, "--overwrite")
+    assert code == 2 and ("is an input of this command" in err or "must end with .json" in err)
+    assert small_npz.read_bytes() == before
+
+
+@pytest.mark.parametrize("bad", [["--shard-size", "0"], ["--label", "99"], ["--batch-size", "0"]])
+def test_a_refused_sharded_request_leaves_nothing_behind(run, tmp_path, capsys, bad):
+    out_dir = tmp_path / "shards"
+    code, err = run_cli(capsys, "sample", run, "-n", "8", "--out-dir", out_dir, *bad)
+    assert code == 2 and "Traceback" not in err
+    assert not out_dir.exists()
+    assert run_cli(capsys, "sample", run, "-n", "8", "--out-dir", out_dir, "--shard-size", "4")[0] == 0
+
+
+def test_a_killed_write_leaves_no_hidden_file_behind(tmp_path):
+    target = tmp_path / "images" / "a.png"
+    target.parent.mkdir()
+    stale = target.parent / ".a.png.abc123.tmp.png"  # what a SIGKILL inside atomic_path leaves
+    stale.write_bytes(b"half")
+    (target.parent / "b.png").write_bytes(b"x")
+    assert list_images(target.parent) == [target.parent / "b.png"]  # readers skip hidden files
+    write_text(target, "done")  # the next write of the same target clears it
+    assert not stale.exists() and target.read_text() == "done"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert target.read_text() == "done" and sorted(p.name for p in target.parent.iterdir()) == ["a.png", "b.png"]
