@@ -89,3 +89,17 @@ def test_a_killed_write_leaves_no_hidden_file_behind(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("killed")
     assert target.read_text() == "done" and sorted(p.name for p in target.parent.iterdir()) == ["a.png", "b.png"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600

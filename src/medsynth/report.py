@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from medsynth.errors import MedsynthError  # noqa: E402
+from medsynth.errors import MedsynthError, reason  # noqa: E402
 import medsynth.runs as runs  # noqa: E402
 from medsynth.runs import CONFIG  # noqa: E402
 from medsynth.writers import write_text  # noqa: E402
@@ -39,6 +39,24 @@ ROWS = [
     ("utility", "synthetic.auc", "TSTR ROC AUC", "higher"),
     ("utility", "auc_ratio", "utility ratio (AUC synthetic / real)", "~1"),
 ]
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or one clear error (truncated, not JSON, not an object)."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise MedsynthError(f"{path}: not a readable {what} file ({reason(exc)})") from None
+    if not isinstance(data, dict):
+        raise MedsynthError(f"{path}: a {what} file holds a JSON object, this holds a {type(data).__name__}")
+    return data
+
+
+def _beside(path: Path, run_dir: Path, eval_path: Path) -> bool:
+    """Whether a file the evaluation names lies in the run directory or beside the evaluation (the
+    report embeds files' bytes, so it must not read just any path a JSON file points to)."""
+    where = path.resolve().parent
+    return where in (run_dir.resolve(), eval_path.resolve().parent)
 
 
 def _get(section: dict, dotted: str):
@@ -68,12 +86,16 @@ def loss_curves(metrics_csv: Path) -> str | None:
     with open(metrics_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
         for key, value in row.items():
-            if value in (None, "") or key in ("epoch", "step") or key.endswith("_step"):
+            if value in (None, "") or key in (None, "epoch", "step") or key.endswith("_step"):
                 continue
             if key.startswith(("train/", "val/")):
-                series.setdefault(key, []).append((float(row["step"]), float(value)))
+                try:
+                    series.setdefault(key, []).append((float(row["step"]), float(value)))
+                except (TypeError, ValueError, KeyError):
+                    raise MedsynthError(f"{metrics_csv}: line {line}, column {key}: {value!r} is not a number "
+                                        "(or the step is missing)") from None
     if not series:
         return None
     terms = sorted({k.split("/", 1)[1] for k in series})
@@ -142,7 +164,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
              f"</title><style>{STYLE}</style></head><body><h1>{html.escape(run_dir.name)}</h1>"]
     summary_path = run_dir / runs.SUMMARY
     if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
+        s = _read_json(summary_path, "summary")
         parts.append(f"<p>status <b>{html.escape(str(s.get('status')))}</b>, {s.get('global_step')} steps, "
                      f"{s.get('train_seconds')} s, precision {html.escape(str(s.get('precision')))}</p>")
     parts.append("<h2>Samples</h2>" + _img(run_dir / runs.SAMPLES, "sample grid"))
@@ -154,22 +176,13 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
                  + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
                                              if curves else "<p class='missing'>No metrics.csv with loss terms.</p>"))
     parts.append("<h2>Metrics</h2>")
+    if evaluation is not None and not eval_path.is_file():
+        raise MedsynthError(f"--evaluation {eval_path}: file not found")
     if eval_path.is_file():
-        ev = json.loads(eval_path.read_text())
-        feats = ev.get("features", {})
-        if "not_computed" in feats:
-            parts.append(f"<p class='missing'>Feature network: not given — {html.escape(feats['not_computed'])}</p>")
-        else:
-            parts.append(f"<p>Feature network {html.escape(str(feats.get('source')))} ({feats.get('dim')}-d, "
-                         f"sha256 {html.escape(str(feats.get('sha256', ''))[:16])}…).</p>")
-        sets = ev.get("sets", {})
-        parts.append("<p>" + "; ".join(f"{html.escape(k)}: {html.escape(v['source'])} [{v['split']}], "
-                                       f"{v['images']} images" for k, v in sets.items()) + "</p>")
-        parts.append(metric_table(ev))
-        strip = Path(ev.get("privacy", {}).get("strip", ""))
-        if strip.name:
-            parts.append("<h2>Closest synthetic / training pairs</h2><p>Top: synthetic; bottom: its nearest "
-                         "training image (pixel space), closest first.</p>" + _img(strip, "nearest neighbours"))
+        try:
+            parts += _evaluation_parts(_read_json(eval_path, "evaluation"), run_dir, eval_path)
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise MedsynthError(f"{eval_path}: not the structure `medsynth evaluate` writes ({reason(exc)})") from None
     else:
         parts.append(f"<p class='missing'>Not evaluated yet: no {html.escape(eval_path.name)}. Run "
                      f"<code>medsynth evaluate --real DATA --fake {html.escape(str(run_dir))} --features NET</code>."
@@ -177,3 +190,26 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
     parts.append("<h2>Config</h2><pre>" + html.escape((run_dir / CONFIG).read_text()) + "</pre></body></html>")
     write_text(out, "\n".join(parts))
     return out
+
+
+def _evaluation_parts(ev: dict, run_dir: Path, eval_path: Path) -> list[str]:
+    """The report's metrics section from an evaluation: feature network, sets, table, strip."""
+    parts = []
+    feats = ev.get("features", {})
+    if "not_computed" in feats:
+        parts.append(f"<p class='missing'>Feature network: not given — {html.escape(feats['not_computed'])}</p>")
+    else:
+        parts.append(f"<p>Feature network {html.escape(str(feats.get('source')))} ({feats.get('dim')}-d, "
+                     f"sha256 {html.escape(str(feats.get('sha256', ''))[:16])}…).</p>")
+    sets = ev.get("sets", {})
+    parts.append("<p>" + "; ".join(f"{html.escape(k)}: {html.escape(str(v['source']))} [{v['split']}], "
+                                   f"{v['images']} images" for k, v in sets.items()) + "</p>")
+    parts.append(metric_table(ev))
+    strip = Path(str(_get(ev, "privacy.strip") or ""))
+    if strip.name and not _beside(strip, run_dir, eval_path):
+        parts.append(f"<p class='missing'>Nearest-pairs strip not shown: {html.escape(str(strip))} is outside "
+                     "the run directory and the evaluation's folder.</p>")
+    elif strip.name:
+        parts.append("<h2>Closest synthetic / training pairs</h2><p>Top: synthetic; bottom: its nearest "
+                     "training image (pixel space), closest first.</p>" + _img(strip, "nearest neighbours"))
+    return parts

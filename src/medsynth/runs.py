@@ -164,7 +164,10 @@ def export_weights(run_dir: str | Path, module: torch.nn.Module) -> Path:
     path = Path(run_dir) / WEIGHTS
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "medsynth"})
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt", "producer": "medsynth"})
+        except Exception as exc:  # safetensors reports a failed write in its own error type
+            raise MedsynthError(f"{path}: could not be written ({reason(exc)}; is the disk full?)") from None
     return path
 
 
@@ -198,7 +201,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
+                try:
+                    torch.save(checkpoint, fh)
+                except RuntimeError as exc:  # torch's zip writer on a full disk: "unexpected pos ..."
+                    raise MedsynthError(f"{path}: could not be written ({reason(exc)}; is the disk full?); "
+                                        "the previous checkpoint is unchanged") from None
                 fh.flush()
                 os.fsync(fh.fileno())
 

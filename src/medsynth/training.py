@@ -274,9 +274,12 @@ def _fit(trainer: L.Trainer, recipe, data, ckpt: Path | None, run_dir: Path, cfg
         merge_metrics(run_dir)
         raise MedsynthError(f"{run_dir}: {exc}; {where}") from None
     except BaseException as exc:
-        _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="failed",
-                       error=f"{type(exc).__name__}: {exc}")
-        merge_metrics(run_dir)
+        try:  # on a full disk these may fail too; the first error is the one to report
+            _write_summary(run_dir, cfg, trainer, time.perf_counter() - start, status="failed",
+                           error=f"{type(exc).__name__}: {exc}")
+            merge_metrics(run_dir)
+        except MedsynthError:
+            pass
         raise
     return time.perf_counter() - start
 

@@ -2,7 +2,8 @@
 
 Every file is written to a temporary name in its folder and renamed into place, so an
 interrupted write never leaves a half-file under the real name. Nothing here knows about
-runs, models or data sets.
+runs, models or data sets. A write that fails (read-only folder, full disk) is one
+MedsynthError naming the file, and leaves any previous version of it as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from medsynth.errors import MedsynthError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -27,14 +36,21 @@ def atomic_path(path: str | Path):
     A temporary file that a killed process left for the same target is removed first (one writer
     per target: a run directory is locked, shards have their own names)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp{glob_escape(path.suffix)}"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise MedsynthError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shared outputs follow the umask like any file
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a folder made read-only meanwhile: the old file stays
+        raise MedsynthError(f"{path}: could not be written ({exc.strerror or exc}); any previous version "
+                            "is unchanged") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

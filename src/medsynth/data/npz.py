@@ -108,6 +108,9 @@ def _channels_first(images: np.ndarray, source: str, spatial_dims: int | None) -
         f"{source}: images of shape {images.shape} are not N x H x W, N x H x W x 3 or N x D x H x W")
 
 
+MAX_CLASSES = 10_000  # a label of 10^9 would otherwise ask for a 10^9-way one-hot
+
+
 def _check_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
     if len(labels) != n:
         raise MedsynthError(f"{source}: {len(labels)} labels for {n} images")
@@ -121,4 +124,10 @@ def _check_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
         raise MedsynthError(f"{source}: labels hold NaN or inf")
     if labels.shape[1] == 1 and labels.min(initial=0) < 0:
         raise MedsynthError(f"{source}: class labels must be >= 0, found {labels.min()}")
+    if labels.shape[1] == 1 and np.issubdtype(labels.dtype, np.floating) and (labels != np.round(labels)).any():
+        bad = labels[labels != np.round(labels)][0]
+        raise MedsynthError(f"{source}: class labels must be whole numbers, found {bad:g}")
+    if labels.shape[1] == 1 and labels.max(initial=0) >= MAX_CLASSES:
+        raise MedsynthError(f"{source}: class label {labels.max():g} implies more than {MAX_CLASSES} classes "
+                            "(labels are class indices 0..K-1)")
     return labels

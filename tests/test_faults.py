@@ -1,0 +1,103 @@
+"""Faults a tester tried: each is one line naming the file or value (exit 2), no traceback, and
+nothing already written is lost. A full disk is made real with RLIMIT_FSIZE in a subprocess."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from medsynth.cli import main
+
+OLD = Path(__file__).parent / "data" / "old_runs"
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def run(tmp_path):
+    return shutil.copytree(OLD / "cvae", tmp_path / "cvae")
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda run: None, "file not found"),
+    (lambda run: (run / "e.json").write_text('{"fidelity": {"fid": 1.2'), "not a readable evaluation file"),
+    (lambda run: (run / "e.json").write_text("[1, 2]"), "holds a JSON object, this holds a list"),
+    (lambda run: (run / "e.json").write_text('{"features": 5, "sets": []}'), "not the structure"),
+])
+def test_report_with_a_bad_evaluation_file(run, capsys, write, message):
+    write(run)
+    code, err = run_cli(capsys, "report", run, "--evaluation", run / "e.json")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (run / "report.html").exists()
+
+
+def test_report_with_a_truncated_summary_or_a_non_numeric_metric(run, capsys):
+    (run / "summary.json").write_text('{"status": "finis')
+    code, err = run_cli(capsys, "report", run)
+    assert code == 2 and "summary.json: not a readable summary file" in err
+    (run / "summary.json").unlink()
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,10,1.5\n0,20,oops\n")
+    code, err = run_cli(capsys, "report", run)
+    assert code == 2 and "line 3, column train/loss: 'oops' is not a number" in err
+
+
+def test_report_does_not_embed_a_file_outside_the_run(run, tmp_path, capsys):
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(b"\\x89PNG not for the report")
+    (run / "evaluation.json").write_text(json.dumps({"privacy": {"strip": str(secret)}}))
+    assert run_cli(capsys, "report", run)[0] == 0
+    page = (run / "report.html").read_text()
+    assert "Nearest-pairs strip not shown" in page
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([[0.5], [1.0], [0.0], [1.0]] * 4), "class labels must be whole numbers, found 0.5"),
+    (np.array([[10 ** 9], [1], [0], [1]] * 4), "more than 10000 classes"),
+])
+def test_labels_that_are_not_class_indices(tmp_path, capsys, labels, message):
+    data = tmp_path / "bad.npz"
+    np.savez(data, train_images=np.zeros((16, 28, 28), np.uint8), train_labels=labels)
+    code, err = run_cli(capsys, "train", ROOT / "configs" / "cvae_pneumonia.yaml", f"data.path={data}",
+                        f"runs_dir={tmp_path / 'runs'}")
+    assert code == 2 and message in err and str(data) in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_where_no_folder_can_be(run, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", blocker / "s.npz")
+    assert code == 2 and "cannot write here" in err and "Traceback" not in err
+
+
+def _with_file_size_limit(limit: int, *args) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess that may write no file larger than `limit` bytes (a full disk)."""
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d)); "
+            "from medsynth.cli import main; sys.exit(main(sys.argv[1:]))" % (limit, limit))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_full_disk_while_sampling_is_one_error_and_leaves_nothing(run, tmp_path):
+    out = tmp_path / "big.npz"
+    res = _with_file_size_limit(20_000, "sample", run, "-n", "400", "--out", out)
+    assert res.returncode == 2 and "could not be written" in res.stderr and "Traceback" not in res.stderr
+    assert list(tmp_path.glob("*big*")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_a_full_disk_while_training_is_one_error_and_keeps_the_run_readable(small_npz, tmp_path):
+    res = _with_file_size_limit(60_000, "train", ROOT / "configs" / "vae_pneumonia.yaml", f"data.path={small_npz}",
+                                f"runs_dir={tmp_path / 'runs'}", "trainer.max_epochs=1")
+    assert res.returncode == 2 and "could not be written" in res.stderr and "Traceback" not in res.stderr
+    run = next((tmp_path / "runs").iterdir())
+    assert (run / "config.yaml").is_file() and not (run / "model.safetensors").exists()
+    assert not [p for p in run.rglob(".*") if p.name != ".lock"]  # no temporary file left behind
