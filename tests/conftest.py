@@ -92,3 +92,22 @@ def mini_brats(tmp_path_factory):
                 affine[:3, 3] = img.affine[:3, :3] @ np.array(lo) + img.affine[:3, 3]
                 nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[box], affine, img.header), str(out / name))
     return root
+
+
+OLD_RUNS = Path(__file__).parent / "data" / "old_runs"
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    """The command line in this process: (exit code, what it printed on stderr)."""
+    from medsynth.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A copy of a small finished run directory (tests/data/old_runs/cvae), free to damage."""
+    import shutil
+
+    return shutil.copytree(OLD_RUNS / "cvae", tmp_path / "cvae")

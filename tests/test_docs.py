@@ -2,7 +2,6 @@
 parses, every recipe they name loads, every doc they link exists, and README stays a guide."""
 
 import re
-from pathlib import Path
 
 import pytest
 

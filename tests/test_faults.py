@@ -2,28 +2,13 @@
 nothing already written is lost. A full disk is made real with RLIMIT_FSIZE in a subprocess."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from medsynth.cli import main
-
-OLD = Path(__file__).parent / "data" / "old_runs"
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def run(tmp_path):
-    return shutil.copytree(OLD / "cvae", tmp_path / "cvae")
+from conftest import ROOT, run_cli
 
 
 @pytest.mark.parametrize("write, message", [

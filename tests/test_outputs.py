@@ -5,24 +5,9 @@ request leaves nothing behind; interrupted writes leave no hidden file for reade
 import numpy as np
 import pytest
 
-from medsynth.cli import main
+from conftest import run_cli  # noqa: F401 (the `run` fixture comes from conftest too)
 from medsynth.data.folder import list_images
 from medsynth.writers import atomic_path, write_text
-
-OLD = __import__("pathlib").Path(__file__).parent / "data" / "old_runs"
-
-
-def run_cli(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def run(tmp_path):
-    """A copy of a small finished run (the old cvae run directory)."""
-    import shutil
-
-    return shutil.copytree(OLD / "cvae", tmp_path / "cvae")
 
 
 def test_sample_refuses_an_existing_out_unless_overwrite(run, tmp_path, capsys):

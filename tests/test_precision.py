@@ -9,7 +9,6 @@ import torch
 import medsynth.precision as precision
 from conftest import ROOT
 from medsynth.config import load_config
-from medsynth.data.datasets import ImageSet
 from medsynth.features import FeatureNet
 from medsynth.metrics.utility import train_classifier
 from medsynth.models import build_recipe
