@@ -100,7 +100,7 @@ def test_the_closed_form_tells_the_old_monai_ddpm_fault_apart():
     wrapped sampler agrees (test above), so the fault cannot return unnoticed."""
     assert closed_form_std("ddpm", 50) < 0.46
     assert closed_form_std("ddpm", 1000) == pytest.approx(S, rel=0.02)
-    monai = build_scheduler(schedule(), "ddpm")  # the training scheduler, once also the sampler
+    monai = build_scheduler(schedule())  # the training scheduler, once also the sampler
     g = torch.Generator().manual_seed(0)
     x = sample_loop(gaussian_denoiser(monai.alphas_cumprod, "epsilon"), torch.randn(8192, 4, generator=g), monai, 50,
                     generator=g)

@@ -50,7 +50,7 @@ def ldm_run(pneumonia, tmp_path_factory):
 def test_noise_schedule_adds_noise_and_steps_as_the_formulas_say(schedule):
     cfg = load_config(RECIPE, [f"diffusion.schedule={schedule}"])
     d = cfg.diffusion
-    ddpm = build_scheduler(d, "ddpm")
+    ddpm = build_scheduler(d)
     T = d.num_train_timesteps
     if schedule == "linear_beta":
         betas = torch.linspace(d.beta_start, d.beta_end, T)

@@ -88,3 +88,17 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_output_may_not_hold_the_inputs_or_run_directories(tmp_path):
+    from medsynth.errors import MedsynthError
+    from medsynth.runs import check_output
+
+    pngs = tmp_path / "data" / "pngs"
+    pngs.mkdir(parents=True)
+    with pytest.raises(MedsynthError, match="holds an input"):  # translate --out data --overwrite would delete it
+        check_output(tmp_path / "data", True, [pngs])
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "runs" / "r1" / "config.yaml").write_text("x")
+    with pytest.raises(MedsynthError, match="holds run directories"):
+        check_output(tmp_path / "runs", True, [])

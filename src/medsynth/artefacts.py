@@ -86,7 +86,8 @@ def write_reconstruction_scores(recipe, splits, run_dir: Path) -> dict:
     summary figures under the file's stem (e.g. autoencoder_ms_ssim)."""
     name, held = splits.held_out()
     x = held.images[:1000]
-    recon = torch.cat([recipe.reconstruct(x[i:i + 128]).cpu() for i in range(0, len(x), 128)])
+    labels = held.labels[:1000] if recipe.conditional and held.labels is not None else None
+    recon = recipe.reconstruct_all(x, labels)
     try:
         scores = {**reconstruction_scores(x, recon), "split": name}
     except MedsynthError as exc:  # MS-SSIM needs images large enough for its scales

@@ -9,7 +9,6 @@ resolved config saved in a run directory rebuilds the model on its own.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -22,7 +21,6 @@ from medsynth.errors import MedsynthError
 from medsynth.families import FAMILIES
 
 DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
@@ -248,14 +246,11 @@ def _interpolations(node, prefix: str = "") -> list[str]:
 
 def _check_plain(cfg: DictConfig, source: str) -> None:
     """Plain values only: an interpolation such as ${oc.env:HOME} would be resolved into the saved
-    config (and, in `name`, made a run directory at the filesystem root); `name` is one path part."""
+    config (and, in `name`, made a run directory at the filesystem root). `name` itself is checked
+    where it becomes a path (runs.new_run_dir), so old runs with other names still load."""
     found = _interpolations(OmegaConf.to_container(cfg, resolve=False))
     if found:
         raise MedsynthError(f"{source}: {found[0]} holds an interpolation (${{...}}); give a plain value")
-    name = str(cfg.name)
-    if not NAME.fullmatch(name) or ".." in name:
-        raise MedsynthError(f"{source}: name={name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
-                            "separators or '..'): it names the run directory inside runs_dir")
 
 
 def _check(cfg: DictConfig, source: str) -> None:

@@ -36,17 +36,17 @@ SAMPLERS = {
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-def build_scheduler(d, sampler: str = "ddpm"):
-    """A MONAI DDPM or DDIM scheduler with the noise schedule of `d` (a run's cfg.diffusion:
-    num_train_timesteps, schedule, beta_start, beta_end, prediction_type). Predicted x0 is not
-    clipped to [-1, 1]: scaled latents have unit variance and often lie outside it."""
-    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+def build_scheduler(d):
+    """The training scheduler: MONAI's DDPMScheduler with the noise schedule of `d` (a run's
+    cfg.diffusion: num_train_timesteps, schedule, beta_start, beta_end, prediction_type), for
+    add_noise and get_velocity. Sampling uses `build_sampler`, on these same betas."""
+    from monai.networks.schedulers import DDPMScheduler
 
     kwargs = {"num_train_timesteps": d.num_train_timesteps, "schedule": d.schedule,
               "prediction_type": d.prediction_type, "clip_sample": False}
     if d.schedule != "cosine":
         kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
-    return (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**kwargs)
+    return DDPMScheduler(**kwargs)
 
 
 def check_sampler(sampler: str, steps: int, num_train_timesteps: int, spacing: str | None = None) -> None:

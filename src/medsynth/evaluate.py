@@ -232,8 +232,7 @@ def _reconstruction(recipe, real_set: EvalSet) -> dict:
     cond = real_set.labels if recipe.conditional else None
     if recipe.conditional and cond is None:
         return {"not_computed": "conditional model and the real set has no labels"}
-    recon = torch.cat([recipe.reconstruct(x[i:i + 256], None if cond is None else cond[i:i + 256]).cpu()
-                       for i in range(0, len(x), 256)])
+    recon = recipe.reconstruct_all(x, cond, batch_size=256)
     return {**reconstruction_scores(x, recon), "split": real_set.split}
 
 

@@ -15,7 +15,7 @@ import torch
 from medsynth.errors import MedsynthError
 from medsynth.features import FeatureNet, PerceptualLoss, load_densenet121
 from medsynth.models import load_run
-from medsynth.precision import resolve_precision
+from medsynth.precision import precision_for
 from medsynth.provenance import file_sha256
 from medsynth.runs import FEATURES, WEIGHTS
 
@@ -31,7 +31,7 @@ def load_feature_net(source: str | Path, device: str = "cpu", precision: str = "
     else:
         net = None
     if net is not None:
-        net.precision = "bf16-mixed" if resolve_precision(precision, device) == "bf16-mixed" else "32"
+        net.precision = "bf16-mixed" if precision_for(device, precision) == "bf16-mixed" else "32"
         net.info["precision"] = net.precision
         return net
     raise MedsynthError(f"{source}: feature network not found (a `medsynth features train` run directory "

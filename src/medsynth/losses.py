@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from medsynth.errors import MedsynthError
 from medsynth.msssim import ms_ssim
 
+
 def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over latent units: B."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)

@@ -17,11 +17,7 @@ from medsynth.errors import MedsynthError
 # Wang et al. 2003 scale weights, coarsest last.
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 DATA_RANGE = 2.0  # images live in [-1, 1]
-
-
 K1, K2 = 0.01, 0.03
-
-
 
 
 def msssim_settings(size: tuple[int, ...] | list[int], scales: int | None = None,

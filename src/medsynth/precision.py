@@ -39,10 +39,15 @@ def resolve_precision(precision: str = "auto", accelerator: str = "auto") -> str
     return "bf16-mixed" if native_bf16() else "32"
 
 
+def precision_for(device: torch.device | str, precision: str = "auto") -> str:
+    """resolve_precision for a torch device ("cpu", "cuda:0", ...)."""
+    return resolve_precision(precision, "cpu" if torch.device(device).type == "cpu" else "gpu")
+
+
 def autocast(device: torch.device | str, precision: str = "auto"):
     """The autocast context for `precision` (resolved for `device`); a no-op context for fp32."""
     device = torch.device(device)
-    half = HALF.get(resolve_precision(precision, "cpu" if device.type == "cpu" else "gpu"))
+    half = HALF.get(precision_for(device, precision))
     if half is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=half)

@@ -9,15 +9,13 @@ import io
 import json
 from pathlib import Path
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-
-from medsynth.errors import MedsynthError, reason  # noqa: E402
-import medsynth.runs as runs  # noqa: E402
-from medsynth.runs import CONFIG  # noqa: E402
-from medsynth.writers import write_text  # noqa: E402
+from medsynth.errors import MedsynthError, reason
+import medsynth.runs as runs
+from medsynth.runs import CONFIG
+from medsynth.writers import write_text
 
 # (section, key, label, better): the metric table, in reading order
 ROWS = [
@@ -99,7 +97,10 @@ def loss_curves(metrics_csv: Path) -> str | None:
     if not series:
         return None
     terms = sorted({k.split("/", 1)[1] for k in series})
-    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    # a Figure on its own Agg canvas: no pyplot, so importing medsynth never changes a user's backend
+    fig = Figure(figsize=(3.2 * len(terms), 2.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(terms), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for split in ("train", "val"):
             points = series.get(f"{split}/{term}")
@@ -112,7 +113,6 @@ def loss_curves(metrics_csv: Path) -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def check_output(path: str | Path, overwrite: bool = False, inputs=(), suffixes:
     for given in inputs:
         if given is not None and Path(given).exists() and _same_or_inside(target, Path(given).resolve()):
             raise MedsynthError(f"{flag} {path}: is an input of this command ({given}); choose another output")
+        if given is not None and Path(given).exists() and target in Path(given).resolve().parents:
+            raise MedsynthError(f"{flag} {path}: holds an input of this command ({given}); choose another output")
+    if target.is_dir() and (any(target.rglob(CONFIG)) or target in Path.cwd().resolve().parents
+                            or target == Path.cwd().resolve()):
+        raise MedsynthError(f"{flag} {path}: holds run directories or the working folder; choose another output")
     folder = target.parent
     if (folder / CONFIG).is_file() and (target.name in OWN or target == folder / CHECKPOINTS):
         raise MedsynthError(f"{flag} {path}: is a file of the run directory {folder}; choose another output")
@@ -89,8 +95,15 @@ def is_run(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
-    """Create a fresh directory; an existing one is never reused (mkdir without exist_ok is atomic)."""
+    """Create a fresh directory <runs_dir>/<name>-<time>; an existing one is never reused (mkdir
+    without exist_ok is atomic). `name` must be a plain name: it may not lead out of runs_dir."""
+    if not NAME.fullmatch(str(name)) or ".." in str(name):
+        raise MedsynthError(f"name={name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
+                            "separators or '..'): it names the run directory inside runs_dir")
     root = Path(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -134,13 +147,20 @@ def lock_run_dir(path: str | Path) -> None:
     import fcntl
 
     path = Path(path).resolve()
-    fd = os.open(path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        fd = os.open(path / LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MedsynthError(f"{path}: another training is writing into this run directory (wait for it, or "
+                                "use another run_dir)") from None
+        try:  # the holder before us may have removed the file it locked; ours must be the one at the path
+            if os.fstat(fd).st_ino == os.stat(path / LOCK).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise MedsynthError(f"{path}: another training is writing into this run directory (wait for it, or "
-                            "use another run_dir)") from None
     _LOCKS[path] = fd
 
 

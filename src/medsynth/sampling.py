@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import medsynth.console as console
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import file_sha256, synthetic_provenance
@@ -67,7 +68,8 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
 
     A conditional model with no label given cycles through its classes by
     global index (start + i), so the output is a balanced labelled set.
-    options: the diffusion sampler's (sampler, steps, guidance, progress), see Recipe.sampler_settings.
+    options: the diffusion sampler's (sampler, steps, guidance, spacing, progress, precision), see
+    Recipe.sampler_settings and LatentDiffusionRecipe.sample.
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
@@ -100,13 +102,14 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
                              sampler=sampler, steps=steps, guidance=guidance, spacing=spacing, overwrite=overwrite)
     out = check_output(out, overwrite, [run_dir], (".npz", ".nii", ".nii.gz"))
-    nifti = out.name.endswith((".nii", ".nii.gz"))
+    nifti = out.name.lower().endswith((".nii", ".nii.gz"))
     recipe = load_run(run_dir, device)
     if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
         raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
                             f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
     options = recipe.sampler_settings(sampler, steps, guidance, spacing)
-    images, labels = draw(recipe, n, label, seed, batch_size, **options, **({"progress": True} if options else {}))
+    progress = {"progress": console.progress_bars()} if options else {}
+    images, labels = draw(recipe, n, label, seed, batch_size, **options, **progress)
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
                                 labels=None if labels is None else labels.tolist())
     if nifti:  # one 4D image: the volumes along the 4th axis, intensities in [-1, 1]
@@ -124,8 +127,6 @@ SHARD = "shard_{:05d}.npz"
 
 def _shard_plan(n: int, shard_size: int, seed: int) -> list[tuple[int, int, int, int]]:
     """(shard number, first index, count, seed) for each shard."""
-    if shard_size <= 0:
-        raise MedsynthError(f"shard size must be positive, got {shard_size}")
     return [(k, k * shard_size, min(shard_size, n - k * shard_size), seed + k) for k in range(math.ceil(n / shard_size))]
 
 
@@ -194,7 +195,8 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     if grid is not None:
         with np.load(out_dir / SHARD.format(0)) as f:
             first = torch.from_numpy(f["images"][:64].astype(np.float32) / 127.5 - 1)
-        save_grid(grid, first[:, None] if first.ndim == 3 else first.movedim(-1, 1))
+            prov = json.loads(str(f["provenance"]))
+        save_grid(grid, first[:, None] if first.ndim == 3 else first.movedim(-1, 1), provenance=prov)
     return manifest
 
 

@@ -201,13 +201,16 @@ def _build_trainer_or_refuse(cfg: DictConfig, run_dir: Path, splits, recipe, mad
         validates = type(recipe).validation_step is not L.LightningModule.validation_step  # GANs have no val loss
         return build_trainer(cfg, run_dir, has_val=len(splits.val) > 0 and validates,
                              manual=not recipe.automatic_optimization)
-    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as exc:
-        # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla)
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError, MedsynthError) as exc:
+        # ImportError: Lightning's answer to an accelerator whose backend is missing (tpu -> torch_xla);
+        # MedsynthError: e.g. tracking.mlflow=true without mlflow
         if made:
             runs.unlock_run_dir(run_dir)
         for folder in made:  # the empty run directory this call made, and its runs folder if it made it
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        if isinstance(exc, MedsynthError):
+            raise
         raise MedsynthError(f"trainer settings refused: {reason(exc)}") from None
 
 

@@ -1,4 +1,4 @@
-"""`translate(run_dir, input, out)`: a trained translation model (pix2pix) applied to an .npz, a
+"""`translate(run_dir, input, out)`: a trained translation model (pix2pix or CycleGAN) applied to an .npz, a
 folder of PNG/JPEG images, or a NIfTI volume slice by slice.
 
 Every image is resized to the model's size, translated and resized back, so the output keeps
@@ -89,7 +89,6 @@ def _check_channels(recipe, channels: int, source: Path) -> None:
 def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict) -> None:
     import nibabel as nib
 
-
     _check_channels(recipe, 1, path)
     volume = read_nifti(path)
     if volume.array.ndim != 3:
@@ -111,7 +110,6 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
 
 
 def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict) -> None:
-
     splits = read_npz(path, spatial_dims=2)
     images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
     _check_channels(recipe, images.shape[1], path)
@@ -137,9 +135,13 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists() and overwrite:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    aside = None
+    if out.exists() and overwrite:  # the old output goes only once the new one is in place
+        aside = out.with_name(f".{out.name}.old-{staging.name}")
+        out.rename(aside)
     staging.rename(out)
+    if aside is not None:
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
 
 
 def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, batch_size: int,

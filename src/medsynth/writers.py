@@ -142,5 +142,8 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     with atomic_path(path) as tmp:
         target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression from the name
-        nib.save(image, str(target))
-        target.replace(tmp)
+        try:
+            nib.save(image, str(target))
+            target.replace(tmp)
+        finally:
+            target.unlink(missing_ok=True)

@@ -6,13 +6,13 @@ is `medsynth.msssim`, shared with the loss.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
 from medsynth.errors import MedsynthError
 from medsynth.msssim import DATA_RANGE, all_pairs_ms_ssim, ms_ssim, msssim_settings, pairwise_ms_ssim
+
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Single-scale SSIM per image (11 px window, sigma 1.5; smaller only for tiny images)."""

@@ -8,7 +8,8 @@ import math
 
 import torch
 
-from medsynth.metrics.similarity import DATA_RANGE, ssim
+from medsynth.metrics.similarity import ssim
+from medsynth.msssim import DATA_RANGE
 
 
 def translation_scores(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -83,6 +83,13 @@ class Recipe(L.LightningModule):
                                 f"model.family={self.cfg.model.family})")
         return {}
 
+    @torch.no_grad()
+    def reconstruct_all(self, x: torch.Tensor, condition=None, batch_size: int = 128) -> torch.Tensor:
+        """reconstruct() over a whole set in batches, on the CPU: N x C x *spatial."""
+        return torch.cat([self.reconstruct(x[i:i + batch_size],
+                                           None if condition is None else condition[i:i + batch_size]).cpu()
+                          for i in range(0, len(x), batch_size)])
+
     def model_figures(self) -> dict:
         """Figures about the trained model itself, written beside its reconstruction scores."""
         return {}

@@ -14,7 +14,8 @@ as one recipe, both stages in one run (model.family=ldm, 2D or 3D):
   as a cross-attention context for multi-label data; the condition is replaced by a null one
   for `diffusion.condition_dropout` of the training images, so classifier-free guidance works:
   eps = eps(null) + guidance_scale * (eps(c) - eps(null)).
-- Sampling: DDPM or DDIM (MONAI schedulers) with any number of steps.
+- Sampling: DDPM, DDIM, DPM-Solver++ or UniPC (diffusers' schedulers on the run's betas,
+  medsynth.diffusion) with any number of steps.
 
 Because one Lightning fit runs both stages, checkpoints, --resume and DDP work as for every
 other family: a run killed in stage 2 resumes in stage 2 with its scale factor, and a run
