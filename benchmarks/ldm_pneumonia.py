@@ -1,8 +1,9 @@
 """Latent diffusion on PneumoniaMNIST at 64 px: training speed of each stage (fp32 vs bf16), the
 shipped recipe's training time and stage-1 reconstruction, and the sampler trade-off table
-(DDIM 25 / 50 / 100 steps, DDPM 1000: images/s, FID / KID in the domain feature space, diversity).
+(every sampler x steps asked for: images/s, FID / KID in the domain feature space, diversity).
 
     python benchmarks/ldm_pneumonia.py [--run RUN_DIR] [--features FEATURE_RUN] [--n 256]
+        [--samplers ddpm:1000,ddim:50,dpmpp:20] [--train-overrides trainer.max_epochs=12 ...] [--quick]
 
 Without --run it trains configs/ldm_pneumonia.yaml; without --features it trains the domain
 feature network at 64 px. Every sampler draws the same n class-balanced images (same seed) with
@@ -46,8 +47,8 @@ def stage_throughput(batch_size: int = 32, steps: int = 6, repeats: int = 3) -> 
     def step(stage: str) -> None:
         if stage == "autoencoder":  # generator terms + adversarial, then the discriminator, as after warm-up
             recon, loss, _ = recipe._autoencoder_terms(x)
-            loss = loss + 0.01 * recipe.generator_adversarial_loss(recipe.discriminator(recon)[-1])
-            loss = loss + recipe.discriminator_loss(recipe.discriminator(x)[-1], recipe.discriminator(recon.detach())[-1])
+            loss = loss + 0.01 * recipe.adversary.generator_loss(recipe.discriminator(recon)[-1])
+            loss = loss + recipe.adversary.discriminator_loss(recipe.discriminator(x)[-1], recipe.discriminator(recon.detach())[-1])
         else:
             loss = recipe.diffusion_loss({"image": x, "label": y})
         opts[stage].zero_grad()
@@ -78,7 +79,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="samples per sampler (default 256)")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs/bench"))
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--samplers", default="ddim:25,ddim:50,ddim:50:32,ddim:100,ddpm:1000",
+                        help="comma-separated sampler:steps[:32 for an fp32 UNet] (default: the 2026-11-22 table)")
+    parser.add_argument("--train-overrides", nargs="*", default=[],
+                        help="overrides for the training, e.g. a smaller budget (stated in the output)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run end to end, to check the script")
     args = parser.parse_args()
+    if args.quick:
+        args.skip_throughput, args.n = True, 16
+        args.train_overrides += ["data.limit=64", "trainer.max_epochs=2", "diffusion.autoencoder_epochs=1",
+                                 "model.channels=[8,16,16]", "diffusion.unet_channels=[16,32,32]"]
+        args.samplers = "ddim:5,dpmpp:5"
     torch.manual_seed(0)
     from medsynth.evaluate import evaluate
     from medsynth.models import load_run
@@ -90,7 +101,10 @@ def main() -> None:
     if not args.skip_throughput:
         stage_throughput()
     quiet = dict(log=lambda *_: None)
-    run = Path(args.run) if args.run else train(RECIPE, [f"data.path={DATA}", f"runs_dir={args.runs_dir}"], **quiet)
+    run = Path(args.run) if args.run else train(RECIPE, [f"data.path={DATA}", f"runs_dir={args.runs_dir}",
+                                                        *args.train_overrides], **quiet)
+    if args.train_overrides and not args.run:
+        print("training overrides:", " ".join(args.train_overrides))
     summary = json.loads((run / "summary.json").read_text())
     stage1 = json.loads((run / "autoencoder.json").read_text())
     print(f"\nrun {run}: {summary['global_step']} optimizer steps, {summary['epochs']} epochs in "
@@ -99,12 +113,14 @@ def main() -> None:
           f"{stage1['ms_ssim']:.4f}  SSIM {stage1['ssim']:.4f}  PSNR {stage1['psnr']:.2f} dB; "
           f"scale factor {stage1['scale_factor']:.4f}")
     features = args.features or str(train(None, [*FEATURE_DEFAULTS, "name=features64", "data.image_size=64",
-                                                 f"data.path={DATA}", f"runs_dir={args.runs_dir}"], **quiet))
+                                                 f"data.path={DATA}", f"runs_dir={args.runs_dir}",
+                                                 *(["trainer.max_epochs=1", "data.limit=256"] if args.quick else [])],
+                                          **quiet))
 
     recipe = load_run(run)
     rows = []
-    settings = [("ddim", 25, "auto"), ("ddim", 50, "auto"), ("ddim", 50, "32"), ("ddim", 100, "auto"),
-                ("ddpm", 1000, "auto")]
+    settings = [(part.split(":")[0], int(part.split(":")[1]), "32" if part.count(":") == 2 else "auto")
+                for part in args.samplers.split(",")]
     for sampler, steps, precision in settings:
         t0 = time.perf_counter()
         images, labels = draw(recipe, args.n, seed=0, batch_size=args.n, sampler=sampler, steps=steps,
@@ -113,11 +129,12 @@ def main() -> None:
         out = Path(args.runs_dir) / f"ldm_{sampler}{steps}_{precision}.npz"
         save_npz(out, images, labels)
         ev = evaluate(DATA, out, features=features, out=out.with_suffix(".json"), n=args.n, utility=False,
-                      image_size=64, log=lambda *_: None)
+                      image_size=64, overwrite=True, log=lambda *_: None)
         rows.append((sampler, steps, "bf16" if precision == "auto" else "fp32", args.n / seconds, seconds,
                      ev["fidelity"]["fid"], ev["fidelity"]["kid"], ev["fidelity"]["precision"], ev["fidelity"]["recall"],
                      ev["diversity"]["fake"]["ms_ssim_mean"], ev))
-        print(f"  {sampler} {steps} ({rows[-1][2]}): {rows[-1][3]:.2f} img/s", flush=True)
+        print(f"  {sampler} {steps} ({rows[-1][2]}): {rows[-1][3]:.2f} img/s, FID {rows[-1][5]:.2f}, "
+              f"KID {rows[-1][6]:.4f}", flush=True)
     floor = rows[0][-1]["floor"]["fidelity"]
     print(f"\nsampling {args.n} class-balanced images, 64 px (UNet in bf16 autocast unless fp32):")
     print(f"{'sampler':8s} {'steps':>5s} {'UNet':>4s} {'img/s':>7s} {'s':>7s} {'FID':>7s} {'KID':>7s} {'prec':>5s} "
