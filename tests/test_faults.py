@@ -86,3 +86,11 @@ def test_a_full_disk_while_training_is_one_error_and_keeps_the_run_readable(smal
     run = next((tmp_path / "runs").iterdir())
     assert (run / "config.yaml").is_file() and not (run / "model.safetensors").exists()
     assert not [p for p in run.rglob(".*") if p.name != ".lock"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("args, message", [(["-n", "-3"], "-n must be >= 1"),
+                                           (["--utility-steps", "0"], "--utility-steps must be >= 1"),
+                                           (["--diversity-images", "1"], "--diversity-images must be >= 2")])
+def test_evaluate_refuses_counts_that_would_quietly_mislead(run, small_npz, capsys, args, message):
+    code, err = run_cli(capsys, "evaluate", "--real", small_npz, "--fake", run, *args)
+    assert code == 2 and message in err and not (run / "evaluation.json").exists()

@@ -77,7 +77,7 @@ def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0,
         name, part = "train", splits.train
     images, labels = part.images, part.labels
     if n is not None and len(images) > n:
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        pick = _pick(len(images), n, seed)
         images, labels = images[pick], None if labels is None else labels[pick]
     return EvalSet(str(path), name, images, labels, splits.num_classes, splits.multilabel), splits
 
@@ -95,10 +95,13 @@ def _check_sets(sets: dict[str, EvalSet], least: int) -> None:
             raise MedsynthError(f"{name} set {s.source}: images hold NaN or inf")
 
 
+def _pick(total: int, n: int, seed: int) -> torch.Tensor:
+    """n seeded random indices out of `total` (the same subset for the same seed)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if len(x) <= n:
-        return x
-    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+    return x if len(x) <= n else x[_pick(len(x), n, seed)]
 
 
 def _fidelity(real_f: torch.Tensor, fake_f: torch.Tensor, k: int, seed: int) -> dict:
@@ -127,8 +130,10 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
     An explicit `out` that exists is refused unless `overwrite`; no output may be an input."""
-    if k < 1:
-        raise MedsynthError(f"k must be >= 1, got {k}")
+    for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
+                               ("--diversity-images", diversity_images, 2)):
+        if value is not None and value < least:  # a negative -n would silently drop images
+            raise MedsynthError(f"{name} must be >= {least}, got {value}")
     inputs = [real, fake, train, features]
     if out is not None:
         check_output(out, overwrite, inputs, (".json",))

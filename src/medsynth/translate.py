@@ -56,7 +56,6 @@ def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not translate images")
     if reverse and not recipe.translates_back:
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model translates one way only (no --reverse)")
-    recipe.reverse = reverse
     input, out = Path(input), Path(out)
     if not input.exists():
         raise MedsynthError(f"{input}: input not found")
@@ -65,31 +64,32 @@ def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str
     if name.endswith((".nii", ".nii.gz")):
         if not out.name.lower().endswith((".nii", ".nii.gz")):
             raise MedsynthError(f"{out}: a NIfTI input is translated into a NIfTI file (.nii.gz)")
-        _translate_nifti(recipe, input, out, mask, batch_size, provenance)
+        _translate_nifti(recipe, input, out, mask, batch_size, provenance, reverse)
     elif name.endswith(".npz"):
         if out.suffix != ".npz":
             raise MedsynthError(f"{out}: an .npz input is translated into an .npz file")
-        _translate_npz(recipe, input, out, batch_size, provenance)
+        _translate_npz(recipe, input, out, batch_size, provenance, reverse)
     elif input.is_dir():
         if out.suffix:
             raise MedsynthError(f"{out}: an image folder is translated into a folder; give a folder name")
-        _translate_folder(recipe, input, out, batch_size, provenance, overwrite)
+        _translate_folder(recipe, input, out, batch_size, provenance, overwrite, reverse)
     else:
         raise MedsynthError(f"{input}: translate takes an .npz, an image folder or a NIfTI volume")
     log(f"translated {input} -> {out}")
     return out
 
 
-def _check_channels(recipe, channels: int, source: Path) -> None:
-    expected = recipe.target_channels if recipe.reverse else recipe.source_channels
+def _check_channels(recipe, channels: int, source: Path, reverse: bool = False) -> None:
+    expected = recipe.target_channels if reverse else recipe.source_channels
     if channels != expected:
         raise MedsynthError(f"{source}: {channels} channel(s), but the model translates {expected}-channel images")
 
 
-def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict) -> None:
+def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict,
+                     reverse: bool = False) -> None:
     import nibabel as nib
 
-    _check_channels(recipe, 1, path)
+    _check_channels(recipe, 1, path, reverse)
     volume = read_nifti(path)
     if volume.array.ndim != 3:
         raise MedsynthError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
@@ -101,7 +101,7 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
     axis = int(recipe.cfg.data.slice_axis)
     normalised = mr_normalise(volume.array, mask, recipe.cfg.data.mr_normalise)
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalised, axis, 0)))[:, None]
-    translated = _translate_slices(recipe, slices, batch_size, recipe.reverse)[:, 0].numpy()
+    translated = _translate_slices(recipe, slices, batch_size, reverse)[:, 0].numpy()
     result = np.moveaxis(translated, 0, axis)
     if mask is not None:
         result = np.where(mask, result, -1.0)
@@ -109,16 +109,17 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
     write_nifti(out, result.astype(np.float32), volume.affine, provenance, header=header)
 
 
-def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict) -> None:
+def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict,
+                   reverse: bool = False) -> None:
     splits = read_npz(path, spatial_dims=2)
     images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
-    _check_channels(recipe, images.shape[1], path)
+    _check_channels(recipe, images.shape[1], path, reverse)
     x = torch.from_numpy(to_unit_range([images], str(path))[0])
-    save_npz(out, _translate_slices(recipe, x, batch_size, recipe.reverse), provenance=provenance)
+    save_npz(out, _translate_slices(recipe, x, batch_size, reverse), provenance=provenance)
 
 
 def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict,
-                      overwrite: bool = False) -> None:
+                      overwrite: bool = False, reverse: bool = False) -> None:
     """Every image into a hidden folder beside `out`, renamed onto `out` only when all are done:
     a bad image half-way leaves no partial output (and an old `out` as it was)."""
     import shutil
@@ -127,11 +128,11 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
     files = list_images(folder)
     if not files:
         raise MedsynthError(f"{folder}: no images found")
-    _check_channels(recipe, 1, folder)
+    _check_channels(recipe, 1, folder, reverse)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _translate_files(recipe, folder, files, staging, batch_size, provenance)
+        _translate_files(recipe, folder, files, staging, batch_size, provenance, reverse)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -145,7 +146,7 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
 
 
 def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, batch_size: int,
-                     provenance: dict) -> None:
+                     provenance: dict, reverse: bool = False) -> None:
     from PIL import Image
 
     for f in files:
@@ -154,7 +155,7 @@ def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, bat
                 array = np.asarray(im.convert("L"), dtype=np.float32) / 127.5 - 1.0
         except Exception as exc:
             raise MedsynthError(f"{f}: not a readable image ({reason(exc)})") from None
-        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, recipe.reverse)
+        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, reverse)
         target = staging / f.relative_to(folder).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         _save_png(target, y[0], provenance)
