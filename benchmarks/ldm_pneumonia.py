@@ -1,14 +1,19 @@
 """Latent diffusion on PneumoniaMNIST at 64 px: training speed of each stage (fp32 vs bf16), the
 shipped recipe's training time and stage-1 reconstruction, and the sampler trade-off table
-(every sampler x steps asked for: images/s, FID / KID in the domain feature space, diversity).
+(every sampler x steps asked for: network evaluations, images/s, FID / KID in the domain feature
+space, precision / recall, diversity), with a figure of each row's first samples.
 
-    python benchmarks/ldm_pneumonia.py [--run RUN_DIR] [--features FEATURE_RUN] [--n 256]
-        [--samplers ddpm:1000,ddim:50,dpmpp:20] [--train-overrides trainer.max_epochs=12 ...] [--quick]
+    python benchmarks/ldm_pneumonia.py [--run RUN_DIR] [--flow-run RUN_DIR] [--features FEATURE_RUN]
+        [--n 256] [--samplers ddpm:1000,ddim:50,dpmpp:20,euler:20] [--train-overrides K=V ...]
+        [--figure PNG] [--quick]
 
-Without --run it trains configs/ldm_pneumonia.yaml; without --features it trains the domain
-feature network at 64 px. Every sampler draws the same n class-balanced images (same seed) with
-the UNet in bf16 autocast (and, for DDIM 50, also in fp32: the ratio); each sample set is scored
-against the real test split resized to 64 px, beside the real-vs-real floor.
+Without --run it trains configs/ldm_pneumonia.yaml (with --train-overrides). Flow samplers
+(euler, heun) draw from a rectified-flow model: --flow-run, or one trained here on the same stage
+1 as --run (its autoencoder reused) for as many stage-2 epochs, so the two objectives get the
+same budget. Without --features it trains the domain feature network at 64 px. Every sampler
+draws the same n class-balanced images (same seed) with the UNet in bf16 autocast where the CPU
+has it (a row spec ending in :32 runs it in fp32); each set is scored against the real test split
+resized to 64 px, beside the real-vs-real floor.
 """
 
 from __future__ import annotations
@@ -83,14 +88,19 @@ def main() -> None:
                         help="comma-separated sampler:steps[:32 for an fp32 UNet] (default: the 2026-11-22 table)")
     parser.add_argument("--train-overrides", nargs="*", default=[],
                         help="overrides for the training, e.g. a smaller budget (stated in the output)")
+    parser.add_argument("--flow-run", help="a trained rectified-flow run for the euler / heun rows (default: train "
+                                           "one on --run's stage 1 for as many stage-2 epochs)")
+    parser.add_argument("--figure", help="write the first 12 samples of every row here (PNG)")
     parser.add_argument("--quick", action="store_true", help="a tiny run end to end, to check the script")
     args = parser.parse_args()
     if args.quick:
         args.skip_throughput, args.n = True, 16
         args.train_overrides += ["data.limit=64", "trainer.max_epochs=2", "diffusion.autoencoder_epochs=1",
                                  "model.channels=[8,16,16]", "diffusion.unet_channels=[16,32,32]"]
-        args.samplers = "ddim:5,dpmpp:5"
+        args.samplers = "ddim:5,dpmpp:5,euler:5,heun:3"
     torch.manual_seed(0)
+    from medsynth.config import load_config
+    from medsynth.diffusion import FLOW_SAMPLERS
     from medsynth.evaluate import evaluate
     from medsynth.models import load_run
     from medsynth.writers import save_npz
@@ -117,33 +127,74 @@ def main() -> None:
                                                  *(["trainer.max_epochs=1", "data.limit=256"] if args.quick else [])],
                                           **quiet))
 
-    recipe = load_run(run)
-    rows = []
     settings = [(part.split(":")[0], int(part.split(":")[1]), "32" if part.count(":") == 2 else "auto")
                 for part in args.samplers.split(",")]
+    flow_run = args.flow_run
+    if flow_run is None and any(sampler in FLOW_SAMPLERS for sampler, _, _ in settings):
+        cfg = load_config(run / "config.yaml")
+        stage2_epochs = summary["epochs"] - cfg.diffusion.autoencoder_epochs
+        flow_run = str(train(RECIPE, [f"data.path={DATA}", f"runs_dir={args.runs_dir}", *args.train_overrides,
+                                      "name=ldm_pneumonia_rflow", "diffusion.objective=rectified_flow",
+                                      f"diffusion.autoencoder={run}", "diffusion.autoencoder_epochs=0",
+                                      f"trainer.max_epochs={stage2_epochs}"], **quiet))
+    if flow_run:
+        flow_summary = json.loads((Path(flow_run) / "summary.json").read_text())
+        print(f"rectified-flow run {flow_run} (stage 1 of {run}): {flow_summary['global_step']} optimizer steps, "
+              f"{flow_summary['epochs']} epochs in {flow_summary['train_seconds']:.0f} s")
+
+    recipes = {"diffusion": load_run(run), "flow": load_run(flow_run) if flow_run else None}
+    rows, figure_rows = [], []
     for sampler, steps, precision in settings:
+        recipe = recipes["flow" if sampler in FLOW_SAMPLERS else "diffusion"]
         t0 = time.perf_counter()
         images, labels = draw(recipe, args.n, seed=0, batch_size=args.n, sampler=sampler, steps=steps,
                               precision=precision)
         seconds = time.perf_counter() - t0
         out = Path(args.runs_dir) / f"ldm_{sampler}{steps}_{precision}.npz"
         save_npz(out, images, labels)
+        figure_rows.append((f"{sampler} {steps}", images[:12]))
         ev = evaluate(DATA, out, features=features, out=out.with_suffix(".json"), n=args.n, utility=False,
                       image_size=64, overwrite=True, log=lambda *_: None)
-        rows.append((sampler, steps, "bf16" if precision == "auto" else "fp32", args.n / seconds, seconds,
+        nfe = 2 * steps - 1 if sampler == "heun" else steps
+        rows.append((sampler, steps, nfe, "bf16" if precision == "auto" else "fp32", args.n / seconds, seconds,
                      ev["fidelity"]["fid"], ev["fidelity"]["kid"], ev["fidelity"]["precision"], ev["fidelity"]["recall"],
                      ev["diversity"]["fake"]["ms_ssim_mean"], ev))
-        print(f"  {sampler} {steps} ({rows[-1][2]}): {rows[-1][3]:.2f} img/s, FID {rows[-1][5]:.2f}, "
-              f"KID {rows[-1][6]:.4f}", flush=True)
+        print(f"  {sampler} {steps} ({rows[-1][3]}): {rows[-1][4]:.2f} img/s, FID {rows[-1][6]:.2f}, "
+              f"KID {rows[-1][7]:.4f}", flush=True)
     floor = rows[0][-1]["floor"]["fidelity"]
-    print(f"\nsampling {args.n} class-balanced images, 64 px (UNet in bf16 autocast unless fp32):")
-    print(f"{'sampler':8s} {'steps':>5s} {'UNet':>4s} {'img/s':>7s} {'s':>7s} {'FID':>7s} {'KID':>7s} {'prec':>5s} "
-          f"{'recall':>6s} {'MS-SSIM':>7s}")
+    print(f"\nsampling {args.n} class-balanced images, 64 px, against {rows[0][-1]['fidelity']['real_images']} real "
+          "test images (UNet in bf16 autocast where native, unless fp32):")
+    print(f"{'sampler':8s} {'steps':>5s} {'NFE':>5s} {'UNet':>4s} {'img/s':>7s} {'s':>7s} {'FID':>7s} {'KID':>7s} "
+          f"{'prec':>5s} {'recall':>6s} {'MS-SSIM':>7s}")
     for r in rows:
-        print(f"{r[0]:8s} {r[1]:5d} {r[2]:>4s} {r[3]:7.2f} {r[4]:7.1f} {r[5]:7.2f} {r[6]:7.4f} {r[7]:5.2f} {r[8]:6.2f} "
-              f"{r[9]:7.4f}")
+        print(f"{r[0]:8s} {r[1]:5d} {r[2]:5d} {r[3]:>4s} {r[4]:7.2f} {r[5]:7.1f} {r[6]:7.2f} {r[7]:7.4f} {r[8]:5.2f} "
+              f"{r[9]:6.2f} {r[10]:7.4f}")
     print(f"{'real train vs real test (floor)':30s} {floor['fid']:7.2f} {floor['kid']:7.4f} {floor['precision']:5.2f} "
           f"{floor['recall']:6.2f} {rows[0][-1]['diversity']['real']['ms_ssim_mean']:7.4f}")
+    if args.figure:
+        save_rows(figure_rows, Path(args.figure))
+        print(f"figure: {args.figure}")
+
+
+def save_rows(rows: list, path: Path) -> None:
+    """One row of images (N x 1 x H x W in [-1, 1]) per (label, images), labelled on the left."""
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    cols = max(len(images) for _, images in rows)
+    fig = Figure(figsize=(cols * 0.9 + 1.2, len(rows) * 0.9))
+    FigureCanvasAgg(fig)
+    for i, (label, images) in enumerate(rows):
+        for j, image in enumerate(images):
+            ax = fig.add_subplot(len(rows), cols, i * cols + j + 1)
+            ax.imshow(image[0].numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=1.1 / (cols * 0.9 + 1.2), right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Latents x0 ~ N(0, S^2 I) have an exact denoiser, and DDIM and DDPM then act on x_t linearly, so
 the variance of their output has a closed-form recursion: an independent reference for the
-library samplers we wrap. A two-component Gaussian mixture (posterior mean also closed form)
-checks that the mixture weights and modes are kept. Every correct sampler returns std S as steps
-grow; at few steps they shrink the spread a little (a sharp data scale is a hard case)."""
+library samplers we wrap. Rectified flow's Euler and Heun steps are linear on that data too,
+with their own recursion, and MONAI's RFlowScheduler (an Euler step written apart from
+diffusers') is a second reference. A two-component Gaussian mixture (posterior mean also closed
+form) checks that the mixture weights and modes are kept. Every correct sampler returns std S as
+steps grow; at few steps they shrink the spread a little (a sharp data scale is a hard case)."""
 
 import math
 
@@ -13,11 +15,14 @@ import torch
 
 from conftest import ROOT
 from medsynth.config import load_config
-from medsynth.diffusion import SAMPLERS, build_sampler, build_scheduler, check_sampler, classifier_free_guidance, sample_loop
+from medsynth.diffusion import (FLOW_SAMPLERS, SAMPLERS, build_sampler, build_scheduler, check_sampler,
+                                classifier_free_guidance, sample_loop)
 from medsynth.errors import MedsynthError
 
 S = 0.5  # data std
 PREDICTIONS = ["epsilon", "v_prediction"]
+DIFFUSION_SAMPLERS = [name for name in SAMPLERS if name not in FLOW_SAMPLERS]
+T = 1000
 
 
 def schedule(*overrides):
@@ -52,12 +57,54 @@ def mixture_denoiser(abar, prediction_type, means=(-1.0, 1.0), std=0.2, weights=
     return denoise
 
 
+def flow_gaussian_velocity(x, t, condition):
+    """Exact E[noise - x0 | x_s] for x0 ~ N(0, S^2), x_s = (1 - s) x0 + s noise, s = t / T."""
+    s = (t.double() / T).reshape(-1, *[1] * (x.ndim - 1))
+    var = (1 - s) ** 2 * S ** 2 + s ** 2
+    return ((s - (1 - s) * S ** 2) * x.double() / var).float()
+
+
+def flow_mixture_velocity(x, t, condition, means=(-1.0, 1.0), std=0.2, weights=(0.5, 0.5)):
+    """Exact E[noise - x0 | x_s] for the mixture of mixture_denoiser on the flow path."""
+    s = (t.double() / T).reshape(-1, *[1] * (x.ndim - 1))
+    xd = x.double()
+    var = (1 - s) ** 2 * std ** 2 + s ** 2
+    logp = torch.stack([math.log(w) - (xd - (1 - s) * m) ** 2 / (2 * var) for m, w in zip(means, weights)])
+    r = torch.softmax(logp, 0)
+    x0 = sum(r[k] * (m + (1 - s) * std ** 2 * (xd - (1 - s) * m) / var) for k, m in enumerate(means))
+    return ((xd - (1 - s) * x0) / s - x0).float()
+
+
 def draw(sampler, steps, denoiser_of, prediction_type="epsilon", seed=0, n=8192, spacing=None):
-    d = schedule(f"diffusion.prediction_type={prediction_type}")
-    scheduler = build_sampler(d, sampler, spacing)
+    """n x 4 samples of `sampler`; flow samplers use the rectified flow form of the same data
+    (flow_gaussian_velocity for gaussian_denoiser, flow_mixture_velocity for mixture_denoiser)."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, 4, generator=g)
+    if sampler in FLOW_SAMPLERS:
+        scheduler = build_sampler(schedule("diffusion.objective=rectified_flow"), sampler)
+        flow = {gaussian_denoiser: flow_gaussian_velocity, mixture_denoiser: flow_mixture_velocity}[denoiser_of]
+        return sample_loop(flow, noise, scheduler, steps, generator=g)
+    scheduler = build_sampler(schedule(f"diffusion.objective={prediction_type}"), sampler, spacing)
     return sample_loop(denoiser_of(scheduler.alphas_cumprod, prediction_type), noise, scheduler, steps, generator=g)
+
+
+def flow_closed_form_std(sampler: str, steps: int, levels: list[float] | None = None) -> float:
+    """The output std of Euler or Heun on the flow path of N(0, S^2) with the exact velocity,
+    from the noise levels alone: the velocity is g(s) x, so an Euler step multiplies x by
+    1 + h g(s) and a Heun step by 1 + h (g(s) + g(s') (1 + h g(s))) / 2, h = s' - s < 0.
+    The last step, to s' = 0, is an Euler step in both (the velocity is not evaluated at 0).
+    levels: the noise levels visited before 0 (default diffusers': 1 .. 1/T evenly)."""
+    def g(s):
+        return (s - (1 - s) * S ** 2) / ((1 - s) ** 2 * S ** 2 + s ** 2)
+    if levels is None:
+        levels = [1 - i * (1 - 1 / T) / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
+    levels = [*levels, 0.0]
+    k = 1.0
+    for s, s_next in zip(levels, levels[1:]):
+        h = s_next - s
+        euler = 1 + h * g(s)
+        k *= euler if sampler == "euler" or s_next == 0 else 1 + h * (g(s) + g(s_next) * euler) / 2
+    return abs(k)
 
 
 def closed_form_std(sampler: str, steps: int, spacing: str = "trailing") -> float:
@@ -107,9 +154,38 @@ def test_the_closed_form_tells_the_old_monai_ddpm_fault_apart():
     assert float(x.std()) > 0.9
 
 
+@pytest.mark.parametrize("sampler", FLOW_SAMPLERS)
+@pytest.mark.parametrize("steps", [5, 20, 100])
+def test_flow_samplers_match_the_closed_form_recursion(sampler, steps):
+    expected = flow_closed_form_std(sampler, steps)
+    assert float(draw(sampler, steps, gaussian_denoiser).std()) == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize("steps", [5, 20, 200])
+def test_euler_agrees_with_monai_rectified_flow_step(steps):
+    """MONAI's RFlowScheduler takes Euler steps over its own grid (1000, 1000 - T/steps, ..., then
+    to 0) with the velocity x0 - noise, written apart from diffusers' (ours, on 1 .. 1/T): each
+    lands on the closed form for its own grid, and with many steps the grids agree."""
+    from monai.networks.schedulers import RFlowScheduler
+
+    monai = RFlowScheduler(num_train_timesteps=T, use_discrete_timesteps=False)
+    monai.set_timesteps(steps)
+    x = torch.randn(8192, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    ts = [*monai.timesteps.float(), None]
+    for t, t_next in zip(ts, ts[1:]):
+        v = -flow_gaussian_velocity(x, torch.full((len(x),), float(t)), None)  # MONAI's sign: x0 - noise
+        x, _ = monai.step(v, float(t), x, None if t_next is None else float(t_next))
+    levels = [float(t) / T for t in monai.timesteps]
+    assert float(x.std()) == pytest.approx(flow_closed_form_std("euler", steps, levels), abs=0.01)
+    assert float(draw("euler", steps, gaussian_denoiser).std()) == pytest.approx(
+        flow_closed_form_std("euler", steps), abs=0.01)
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)
 def test_every_sampler_converges_to_the_data_spread(sampler, prediction_type):
+    if sampler in FLOW_SAMPLERS and prediction_type != "epsilon":
+        pytest.skip("flow samplers have one objective, rectified flow (run once)")
     steps = 1000 if sampler == "ddpm" else 200
     assert float(draw(sampler, steps, gaussian_denoiser, prediction_type).std()) == pytest.approx(S, rel=0.02)
 
@@ -151,7 +227,11 @@ def test_guidance_combines_the_two_halves_and_scale_one_is_the_conditional_model
 
 def test_bad_names_and_step_counts_are_one_clear_error_listing_the_valid_ones():
     with pytest.raises(MedsynthError, match="not one of .*'dpmpp'"):
-        check_sampler("euler", 10, 1000)
+        check_sampler("euler_a", 10, 1000)
+    with pytest.raises(MedsynthError, match="does not fit .*rectified_flow; use one of \\['euler', 'heun'\\]"):
+        check_sampler("ddim", 10, 1000, objective="rectified_flow")
+    with pytest.raises(MedsynthError, match="does not fit .*objective=epsilon; use one of \\['ddpm'"):
+        check_sampler("heun", 10, 1000)
     with pytest.raises(MedsynthError, match="must be in 1..1000"):
         check_sampler("ddim", 0, 1000)
     with pytest.raises(MedsynthError, match="spacing 'even' is not one of"):

@@ -95,7 +95,7 @@ def test_noise_schedule_adds_noise_and_steps_as_the_formulas_say(schedule):
 
 
 def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
-    recipe = tiny_recipe(small_npz, "diffusion.prediction_type=v_prediction", "model.conditional=false").eval()
+    recipe = tiny_recipe(small_npz, "diffusion.objective=v_prediction", "model.conditional=false").eval()
     recipe.scale_factor.fill_(0.7)
     x = torch.from_numpy(np.load(small_npz)["train_images"][:8]).float()[:, None] / 127.5 - 1
     torch.manual_seed(0)
@@ -112,6 +112,38 @@ def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
         expected = F.mse_loss(recipe.unet(alpha * z + sigma * eps, t), v)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(recipe.scheduler.get_velocity(z, eps, t), v, atol=1e-6)
+
+
+def test_rectified_flow_trains_on_noise_minus_x0_on_the_straight_path(small_npz):
+    recipe = tiny_recipe(small_npz, "diffusion.objective=rectified_flow", "model.conditional=false").eval()
+    recipe.scale_factor.fill_(0.7)
+    x = torch.from_numpy(np.load(small_npz)["train_images"][:8]).float()[:, None] / 127.5 - 1
+    torch.manual_seed(0)
+    loss = recipe.diffusion_loss({"image": x}, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)  # the same latent draw, noise and noise levels by hand
+    with torch.no_grad():  # x_s = (1 - s) z + s eps, target eps - z
+        z = recipe.autoencoder.encode_stage_2_inputs(x) * 0.7
+        g = torch.Generator().manual_seed(1)
+        eps = torch.randn(z.shape, generator=g)
+        t = torch.rand(8, generator=g) * 1000
+        s = (t / 1000).view(-1, 1, 1, 1)
+        expected = F.mse_loss(recipe.unet((1 - s) * z + s * eps, t), eps - z)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert 0 < float(t.min()) and float(t.max()) < 1000 and t.dtype == torch.float32  # continuous timesteps
+
+    # its samplers are the flow ODE solvers: euler by default, ddim refused with the list that fits
+    assert recipe.sampler_settings()["sampler"] == "euler"
+    images = recipe.sample(3, sampler="heun", steps=3, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
+    with pytest.raises(MedsynthError, match="does not fit .*rectified_flow; use one of \\['euler', 'heun'\\]"):
+        recipe.sampler_settings("ddim")
+    with pytest.raises(MedsynthError, match="diffusion.sampler=ddim does not fit diffusion.objective=rectified_flow"):
+        load_config(RECIPE, ["diffusion.objective=rectified_flow", "diffusion.sampler=ddim"])
+
+
+def test_the_old_objective_key_still_loads():
+    """Runs saved before 2026-11-30 name the objective diffusion.prediction_type."""
+    assert load_config(RECIPE, ["diffusion.prediction_type=v_prediction"]).diffusion.objective == "v_prediction"
 
 
 def test_a_few_real_steps_lower_each_stage_loss(small_npz):

@@ -138,12 +138,14 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     _add_device(p)
     p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler, ddim): "
+                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler; ddim, or "
+                        "euler for rectified flow): "
                         + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()))
     p.add_argument("--steps", type=int, help="latent diffusion: denoising steps, i.e. network evaluations "
-                                             "(default: the run's, 50)")
+                                             "(heun: 2 a step; default: the run's, 50)")
     p.add_argument("--spacing", choices=list(SPACINGS), help="latent diffusion: which trained timesteps the "
-                                                             "steps visit (default: the run's, trailing)")
+                                                             "steps visit (default: the run's, trailing; "
+                                                             "flow samplers space noise levels evenly)")
     p.add_argument("--guidance", type=float, help="latent diffusion, conditional: classifier-free guidance scale "
                                                   "(e.g. 3.0; default: the run's, none)")
     _add_overwrite(p)

@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from medsynth.diffusion import SAMPLERS, SPACINGS
+from medsynth.diffusion import OBJECTIVES, SAMPLERS, SPACINGS, samplers_for
 from medsynth.errors import MedsynthError
 from medsynth.families import FAMILIES
 
@@ -144,9 +144,13 @@ class DiffusionConfig:
     schedule: str = "scaled_linear_beta"  # linear_beta | scaled_linear_beta | cosine
     beta_start: float = 0.0015
     beta_end: float = 0.0195
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    # what the UNet learns: epsilon | v_prediction (on the noise schedule above) | rectified_flow
+    # (straight paths from data to noise, velocity target; the schedule is unused); was prediction_type
+    objective: str = "epsilon"
     condition_dropout: float = 0.1  # share of training batches' conditions replaced by the null condition
-    sampler: str = "ddim"  # ddpm | ddim | dpmpp | unipc (medsynth.diffusion.SAMPLERS): `medsynth sample`'s default
+    # `medsynth sample`'s default (medsynth.diffusion.SAMPLERS): ddpm | ddim | dpmpp | unipc for epsilon and v,
+    # euler | heun for rectified flow; None: ddim, or euler for rectified flow
+    sampler: Optional[str] = None
     sampling_steps: int = 50
     timestep_spacing: str = "trailing"  # leading | trailing | linspace: which trained timesteps a short chain visits
     ddim_eta: float = 0.0  # DDIM's stochasticity: 0 deterministic, 1 as noisy as DDPM
@@ -208,8 +212,8 @@ CHOICES = {
     "data.regions": (None, "brats"),
     "model.family": tuple(FAMILIES),
     "diffusion.schedule": ("linear_beta", "scaled_linear_beta", "cosine"),
-    "diffusion.prediction_type": ("epsilon", "v_prediction"),
-    "diffusion.sampler": tuple(SAMPLERS),
+    "diffusion.objective": OBJECTIVES,
+    "diffusion.sampler": (None, *SAMPLERS),
     "diffusion.timestep_spacing": SPACINGS,
     "model.generator": ("unet", "monai_unet"),
     "loss.adversarial": ("least_squares", "bce", "hinge"),
@@ -290,6 +294,9 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: diffusion.scale_factor must be positive or null, got {d.scale_factor}")
     if not 0 <= d.ddim_eta <= 1:
         raise MedsynthError(f"{source}: diffusion.ddim_eta must be in [0, 1], got {d.ddim_eta}")
+    if d.sampler is not None and d.sampler not in samplers_for(d.objective):
+        raise MedsynthError(f"{source}: diffusion.sampler={d.sampler} does not fit diffusion.objective={d.objective}; "
+                            f"use one of {list(samplers_for(d.objective))}")
     if d.sampling_steps > d.num_train_timesteps:
         raise MedsynthError(f"{source}: diffusion.sampling_steps={d.sampling_steps} exceeds "
                             f"diffusion.num_train_timesteps={d.num_train_timesteps}")
@@ -301,6 +308,26 @@ def _check(cfg: DictConfig, source: str) -> None:
                             "diffusion.autoencoder_epochs=0 with it")
     if not 0 <= cfg.data.val_fraction < 1:
         raise MedsynthError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+
+
+# old key -> new key: configs saved in older runs (and users' files) keep loading
+RENAMED = {"diffusion.prediction_type": "diffusion.objective"}
+
+
+def _rename_keys(loaded: DictConfig) -> DictConfig:
+    for old, new in RENAMED.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(loaded, parent) if parent else loaded
+        if isinstance(node, DictConfig) and leaf in node:
+            value = node.pop(leaf)
+            if OmegaConf.select(loaded, new) is None:
+                OmegaConf.update(loaded, new, value, force_add=True)
+    return loaded
+
+
+def _rename_override(item: str) -> str:
+    key, _, value = item.partition("=")
+    return f"{RENAMED.get(key, key)}={value}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -322,7 +349,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, DictConfig):
             raise MedsynthError(f"{source}: expected a mapping of keys at the top level")
         try:
-            cfg = OmegaConf.merge(cfg, loaded)
+            cfg = OmegaConf.merge(cfg, _rename_keys(loaded))
         except OmegaConfBaseException as exc:
             raise _explain(exc, source) from None
     if overrides:
@@ -330,7 +357,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if "=" not in item:
                 raise MedsynthError(f"override '{item}' is not of the form key=value")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([_rename_override(o) for o in overrides]))
         except OmegaConfBaseException as exc:
             raise _explain(exc, "override " + " ".join(overrides)) from None
     _check(cfg, source)

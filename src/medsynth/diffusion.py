@@ -7,13 +7,20 @@ x0, whichever the scheduler was built for); `condition` is whatever that denoise
 autoencoders, EMA weights or precision, so a sampler can be tested with an analytic denoiser
 (tests/test_diffusion.py) and swapped without building a model.
 
-Two kinds of scheduler, both on the run's noise schedule (the same betas):
-- training: MONAI's DDPMScheduler (`add_noise`, `get_velocity`), `build_scheduler`;
+Two kinds of scheduler, both on the run's noise schedule:
+- training: MONAI's DDPMScheduler (`add_noise`, `get_velocity`) for the epsilon and v objectives,
+  RectifiedFlow (`add_noise`) for rectified flow; `build_scheduler`;
 - sampling: diffusers' schedulers (`set_timesteps`, `step`), `build_sampler`, one per name in
   SAMPLERS. MONAI's DDPM step assumes the previous timestep is t - 1, so below 1000 steps its
   posterior used the wrong alphas and left noise in the samples; MONAI's DDIM stepped to
   t - T/steps from a timestep list spaced otherwise. diffusers' samplers take any subset of the
-  trained timesteps, and offer DPM-Solver++ and UniPC for 10-20 steps.
+  trained timesteps, and offer DPM-Solver++ and UniPC for 10-20 steps, and Euler and Heun for
+  flow models.
+
+Rectified flow (Liu et al. 2023; the objective of SD3 and MONAI's MAISI): x_s = (1 - s) x0 + s
+noise for s = t / T in [0, 1], and the network predicts the velocity dx_s/ds = noise - x0
+(diffusers' convention, so its flow samplers take the prediction as it is). The timestep the
+network sees is continuous, t = s * T.
 """
 
 from __future__ import annotations
@@ -32,27 +39,65 @@ SAMPLERS = {
     "ddim": "DDIM (deterministic with diffusion.ddim_eta=0): 50-100 steps",
     "dpmpp": "DPM-Solver++ 2M (Lu et al. 2022): 10-20 steps",
     "unipc": "UniPC (Zhao et al. 2023): 10-20 steps",
+    "euler": "Euler ODE steps, for rectified flow models: 10-50 steps",
+    "heun": "Heun (2nd order, 2 network evaluations a step), for rectified flow models: 5-25 steps",
 }
+OBJECTIVES = ("epsilon", "v_prediction", "rectified_flow")
+FLOW_SAMPLERS = ("euler", "heun")
 SPACINGS = ("leading", "trailing", "linspace")
 
 
+def samplers_for(objective: str) -> tuple[str, ...]:
+    """The samplers that fit a training objective: the flow ODE solvers for rectified flow, the
+    diffusion samplers for epsilon and v prediction."""
+    flow = objective == "rectified_flow"
+    return tuple(name for name in SAMPLERS if (name in FLOW_SAMPLERS) == flow)
+
+
+def default_sampler(objective: str) -> str:
+    """`medsynth sample`'s sampler when the run names none."""
+    return "euler" if objective == "rectified_flow" else "ddim"
+
+
+class RectifiedFlow:
+    """The forward process of rectified flow: x_s = (1 - s) x0 + s noise, s = t / T.
+
+    MONAI 1.6's RFlowScheduler computes the same, but its __init__ skips nn.Module's, so a recipe
+    holding one fails on .eval() or .to(); tests/test_diffusion.py uses it as a reference instead."""
+
+    def __init__(self, num_train_timesteps: int):
+        self.num_train_timesteps = num_train_timesteps
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0, noise: B x *shape; t: B (float, in [0, T]) -> x_t, B x *shape."""
+        s = (t.float() / self.num_train_timesteps).reshape(-1, *[1] * (x0.ndim - 1))
+        return (1 - s) * x0 + s * noise
+
+
 def build_scheduler(d):
-    """The training scheduler: MONAI's DDPMScheduler with the noise schedule of `d` (a run's
-    cfg.diffusion: num_train_timesteps, schedule, beta_start, beta_end, prediction_type), for
-    add_noise and get_velocity. Sampling uses `build_sampler`, on these same betas."""
+    """The training scheduler for `d` (a run's cfg.diffusion: num_train_timesteps, objective,
+    schedule, beta_start, beta_end): MONAI's DDPMScheduler with that noise schedule (add_noise,
+    get_velocity), or RectifiedFlow (add_noise). Sampling uses `build_sampler`, on the same schedule."""
     from monai.networks.schedulers import DDPMScheduler
 
+    if d.objective == "rectified_flow":
+        return RectifiedFlow(d.num_train_timesteps)
     kwargs = {"num_train_timesteps": d.num_train_timesteps, "schedule": d.schedule,
-              "prediction_type": d.prediction_type, "clip_sample": False}
+              "prediction_type": d.objective, "clip_sample": False}
     if d.schedule != "cosine":
         kwargs.update(beta_start=d.beta_start, beta_end=d.beta_end)
     return DDPMScheduler(**kwargs)
 
 
-def check_sampler(sampler: str, steps: int, num_train_timesteps: int, spacing: str | None = None) -> None:
-    """One clear error for a sampler name, step count or spacing that cannot be used."""
+def check_sampler(sampler: str, steps: int, num_train_timesteps: int, spacing: str | None = None,
+                  objective: str = "epsilon") -> None:
+    """One clear error for a sampler name, step count or spacing that cannot be used, or a sampler
+    that does not fit the objective the model was trained with."""
     if sampler not in SAMPLERS:
         raise MedsynthError(f"sampler {sampler!r} is not one of {list(SAMPLERS)}")
+    if sampler not in samplers_for(objective):
+        raise MedsynthError(f"sampler {sampler!r} does not fit a model trained with diffusion.objective={objective}; "
+                            f"use one of {list(samplers_for(objective))}")
     if not 0 < steps <= num_train_timesteps:
         raise MedsynthError(f"sampling steps must be in 1..{num_train_timesteps}, got {steps}")
     if spacing is not None and spacing not in SPACINGS:
@@ -62,13 +107,19 @@ def check_sampler(sampler: str, steps: int, num_train_timesteps: int, spacing: s
 def build_sampler(d, sampler: str, spacing: str | None = None):
     """A diffusers scheduler for `sampler` on the run's noise schedule (the training scheduler's
     betas, so the two cannot drift apart). spacing: which trained timesteps a short chain visits
-    (default d.timestep_spacing; "trailing" is the recommendation for few steps, Lin et al. 2024)."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    (default d.timestep_spacing; "trailing" is the recommendation for few steps, Lin et al. 2024).
+    Flow samplers step over noise levels 1 .. 1/T evenly (no spacing; shift 1, as trained)."""
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                           FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler)
 
     spacing = spacing or d.timestep_spacing
-    check_sampler(sampler, 1, d.num_train_timesteps, spacing)
+    check_sampler(sampler, 1, d.num_train_timesteps, spacing, d.objective)
+    if sampler == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=d.num_train_timesteps, shift=1.0)
+    if sampler == "heun":
+        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=d.num_train_timesteps, shift=1.0)
     common = {"num_train_timesteps": d.num_train_timesteps, "trained_betas": build_scheduler(d).betas.numpy(),
-              "prediction_type": d.prediction_type, "timestep_spacing": spacing}
+              "prediction_type": d.objective, "timestep_spacing": spacing}
     if sampler == "ddpm":  # predicted x0 is not clipped: scaled latents often lie outside [-1, 1]
         return DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
     if sampler == "ddim":  # the last step lands on the first trained timestep, not on alpha 1
@@ -112,8 +163,10 @@ def sample_loop(denoiser: Denoiser, noise: torch.Tensor, scheduler, steps: int, 
                 eta: float = 0.0, evaluations_per_step: int = 1) -> torch.Tensor:
     """Denoise `noise` (x_T, B x *shape) over `steps` of the scheduler's timesteps; returns x_0
     (same shape). The scheduler's arithmetic runs in fp32 whatever the denoiser's precision.
-    eta: DDIM's stochasticity (0: deterministic). The progress bar counts network evaluations
-    (`evaluations_per_step`: 2 under classifier-free guidance)."""
+    The denoiser gets the timesteps as the scheduler holds them: long for the diffusion samplers,
+    float (s * T) for the flow samplers. eta: DDIM's stochasticity (0: deterministic). The progress
+    bar counts network evaluations (`evaluations_per_step`: 2 under classifier-free guidance; Heun
+    evaluates twice a step, so its timestep list holds 2 steps - 1 entries)."""
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(steps)
@@ -122,7 +175,7 @@ def sample_loop(denoiser: Denoiser, noise: torch.Tensor, scheduler, steps: int, 
     bar = tqdm(total=len(scheduler.timesteps) * evaluations_per_step, desc=desc, unit="NFE",
                disable=None if progress else True, leave=False)
     for t in scheduler.timesteps:
-        t_batch = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+        t_batch = torch.full((len(x),), t.item(), device=x.device, dtype=t.dtype)
         pred = denoiser(x, t_batch, condition).float()
         x = step(pred, t, x)
         bar.update(evaluations_per_step)

@@ -8,14 +8,15 @@ as one recipe, both stages in one run (model.family=ldm, 2D or 3D):
 - Scale factor: 1 / std of one training batch's latents, computed when stage 2 starts (or
   `diffusion.scale_factor`), kept as a buffer so it travels with the weights.
 - Stage 2, the remaining epochs of trainer.max_epochs: MONAI's DiffusionModelUNet on the scaled
-  latents of the frozen autoencoder, DDPM noise schedule (1000 steps; linear, scaled-linear or
-  cosine betas), epsilon or v prediction, an EMA of its weights for sampling (model.ema_decay).
+  latents of the frozen autoencoder, an EMA of its weights for sampling (model.ema_decay), trained
+  for diffusion.objective: epsilon or v prediction on a DDPM noise schedule (1000 steps; linear,
+  scaled-linear or cosine betas), or rectified flow (velocity on straight data-to-noise paths).
 - Conditioning (model.conditional): a class embedding for single-label data, the label vector
   as a cross-attention context for multi-label data; the condition is replaced by a null one
   for `diffusion.condition_dropout` of the training images, so classifier-free guidance works:
   eps = eps(null) + guidance_scale * (eps(c) - eps(null)).
 - Sampling: DDPM, DDIM, DPM-Solver++ or UniPC (diffusers' schedulers on the run's betas,
-  medsynth.diffusion) with any number of steps.
+  medsynth.diffusion) with any number of steps; Euler or Heun for rectified flow.
 
 Because one Lightning fit runs both stages, checkpoints, --resume and DDP work as for every
 other family: a run killed in stage 2 resumes in stage 2 with its scale factor, and a run
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from medsynth.diffusion import build_sampler, build_scheduler, check_sampler, classifier_free_guidance, sample_loop
+from medsynth.diffusion import (build_sampler, build_scheduler, check_sampler, classifier_free_guidance, default_sampler,
+                                sample_loop)
 from medsynth.errors import MedsynthError
 from medsynth.losses import kl_normal
 from medsynth.models.adversarial import Adversary
@@ -181,14 +183,14 @@ class LatentDiffusionRecipe(ManualRecipe):
         """The sampler, steps, guidance and timestep spacing to use (the run's defaults where None),
         checked: raises MedsynthError before anything is drawn or written."""
         d = self.cfg.diffusion
-        sampler = d.sampler if sampler is None else sampler
+        sampler = (d.sampler or default_sampler(d.objective)) if sampler is None else sampler
         steps = d.sampling_steps if steps is None else steps
         guidance = d.guidance_scale if guidance is None else guidance
         spacing = d.timestep_spacing if spacing is None else spacing
         if not self.ready_to_sample():
             raise MedsynthError("this run's diffusion stage has not been trained (stage 1 only): continue it with "
                                 "`medsynth train --resume RUN_DIR trainer.max_epochs=N` (N > diffusion.autoencoder_epochs)")
-        check_sampler(sampler, steps, d.num_train_timesteps, spacing)
+        check_sampler(sampler, steps, d.num_train_timesteps, spacing, d.objective)
         if guidance is not None and not self.conditional:
             raise MedsynthError("guidance needs a conditional model (model.conditional=true)")
         return {"sampler": sampler, "steps": steps, "guidance": guidance, "spacing": spacing}
@@ -268,21 +270,31 @@ class LatentDiffusionRecipe(ManualRecipe):
         self.scale_factor.fill_(float(scale))
 
     def diffusion_loss(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """MSE between the UNet's output on noised scaled latents and its target (eps, or v =
-        sqrt(abar_t) eps - sqrt(1 - abar_t) z0 for v-prediction)."""
+        """MSE between the UNet's output on noised scaled latents z_t and its target: eps; v =
+        sqrt(abar_t) eps - sqrt(1 - abar_t) z0 for v-prediction; for rectified flow the velocity
+        eps - z0 at z_s = (1 - s) z0 + s eps, s uniform in [0, 1) (timestep s * T, continuous)."""
         x = batch["image"]
         n = len(x)
+        d = self.cfg.diffusion
         with torch.no_grad():
             z = self.autoencoder.encode_stage_2_inputs(x).float() * self.scale_factor
         noise = torch.randn(z.shape, generator=generator, device=z.device)
-        t = torch.randint(0, self.cfg.diffusion.num_train_timesteps, (n,), generator=generator, device=z.device)
+        if d.objective == "rectified_flow":  # continuous noise levels, uniform (as MONAI's RFlowScheduler draws them)
+            t = torch.rand(n, generator=generator, device=z.device) * d.num_train_timesteps
+        else:
+            t = torch.randint(0, d.num_train_timesteps, (n,), generator=generator, device=z.device)
         noisy = self.scheduler.add_noise(z, noise, t)
         drop = None
         if self.training and self.conditional:
             drop = torch.rand(n, device=z.device) < self.cfg.diffusion.condition_dropout
         cond = self.condition_kwargs(batch.get("label"), n, drop) if self.conditional else {}
         pred = self.unet(noisy, t, **cond)
-        target = noise if self.cfg.diffusion.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
+        if d.objective == "epsilon":
+            target = noise
+        elif d.objective == "v_prediction":
+            target = self.scheduler.get_velocity(z, noise, t)
+        else:
+            target = noise - z
         return F.mse_loss(pred.float(), target)
 
     def _diffusion_step(self, batch, opt_unet) -> None:
