@@ -86,6 +86,8 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
     nan[2, 5, 5] = np.nan
     cases.append((_write(tmp_path, "nan.npz", train_images=nan), "image 2 holds NaN"))
     cases.append((_write(tmp_path, "shape.npz", train_images=np.zeros((4, 28), np.uint8)), "not N x H x W"))
+    cases.append((_write(tmp_path, "mixed.npz", train_images=img, test_images=img.astype(np.float32)),
+                  "integer and float images mixed (train images uint8, test images float32)"))
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"PK\x03\x04 this is not a zip")
     cases.append((broken, "not a readable .npz"))
@@ -93,6 +95,14 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
         with pytest.raises(MedsynthError) as err:
             splits_of(path)
         assert str(path) in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_the_nan_message_gives_the_index_in_the_file_under_data_limit(tmp_path):
+    images = np.zeros((50, 8, 8), np.float32)
+    images[37, 1, 1] = np.nan
+    path = _write(tmp_path, "nan.npz", train_images=images)
+    with pytest.raises(MedsynthError, match=r"\(train images\): image 37 holds NaN"):
+        splits_of(path, "data.limit=10")
 
 
 def test_bad_image_folders(tmp_path):

@@ -94,3 +94,38 @@ def test_a_full_disk_while_training_is_one_error_and_keeps_the_run_readable(smal
 def test_evaluate_refuses_counts_that_would_quietly_mislead(run, small_npz, capsys, args, message):
     code, err = run_cli(capsys, "evaluate", "--real", small_npz, "--fake", run, *args)
     assert code == 2 and message in err and not (run / "evaluation.json").exists()
+
+
+def _nifti(path, array):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.diag([0.8, 0.8, 3.0, 1.0])), str(path))
+    return path
+
+
+def test_a_2d_nifti_given_to_3d_recipes_is_one_clear_error(tmp_path, capsys):
+    case = tmp_path / "cases" / "case1"
+    case.mkdir(parents=True)
+    _nifti(case / "flair.nii.gz", np.random.default_rng(0).random((32, 32)))
+    code, err = run_cli(capsys, "train", ROOT / "configs/ldm_brats3d.yaml", f"data.path={tmp_path / 'cases'}",
+                        "data.contrasts=[flair*]", "data.mask=null", f"runs_dir={tmp_path / 'runs'}")
+    assert code == 2 and "flair.nii.gz: a 2D image of shape (32, 32); this recipe needs 3D volumes" in err
+    assert "Traceback" not in err
+    ct, seg = _nifti(tmp_path / "ct.nii.gz", np.zeros((64, 64))), _nifti(tmp_path / "seg.nii.gz", np.ones((64, 64)))
+    code, err = run_cli(capsys, "train", ROOT / "configs/ct_vae.yaml", f"data.path={ct}", f"data.label_path={seg}",
+                        f"runs_dir={tmp_path / 'runs'}")
+    assert code == 2 and "ct.nii.gz: a 2D image of shape (64, 64); data.format=ct_slices needs 3D volumes" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("config, message", [
+    ("vae_pneumonia.yaml", "images of 1 x 1 px are smaller than this model can use: model.channels (3 levels) halves "
+                           "them 3 times, so every side must be at least 8 px"),
+    ("features_pneumonia.yaml", "every side must be at least 4 px"),
+])
+def test_images_too_small_for_the_model_are_refused_with_the_minimum(tmp_path, capsys, config, message):
+    data = tmp_path / "tiny.npz"
+    np.savez(data, train_images=np.random.default_rng(0).integers(0, 255, (40, 1, 1), dtype=np.uint8),
+             train_labels=np.arange(40) % 2)
+    code, err = run_cli(capsys, "train", ROOT / "configs" / config, f"data.path={data}", f"runs_dir={tmp_path / 'runs'}")
+    assert code == 2 and message in err and "Traceback" not in err

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from medsynth.data.folder import list_images
 from medsynth.data.intensity import mr_normalise, to_unit_range
 from medsynth.data.npz import read_npz
-from medsynth.data.volumes import read_nifti
+from medsynth.data.volumes import read_nifti, require_3d
 from medsynth.errors import MedsynthError, reason
 from medsynth.models import load_run
 from medsynth.runs import check_output
@@ -90,9 +90,7 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
     import nibabel as nib
 
     _check_channels(recipe, 1, path, reverse)
-    volume = read_nifti(path)
-    if volume.array.ndim != 3:
-        raise MedsynthError(f"{path}: expected a 3D volume, got shape {volume.array.shape}")
+    volume = require_3d(read_nifti(path), "translating a NIfTI file")
     mask = None
     if mask_path is not None:
         mask = read_nifti(mask_path).array > 0

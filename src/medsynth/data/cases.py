@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsynth.data.volumes import read_dicom_series, read_hdf5, read_nifti, read_nrrd
+from medsynth.data.volumes import read_dicom_series, read_hdf5, read_nifti, read_nrrd, require_3d
 from medsynth.errors import MedsynthError
 
 
@@ -36,15 +36,16 @@ class Case:
 
 
 def read_volume(path: Path):
+    """A 3D Volume from a NIfTI, NRRD or HDF5 file or a DICOM folder."""
     name = path.name.lower()
     if path.is_dir():
-        return read_dicom_series(path)
+        return require_3d(read_dicom_series(path))
     if name.endswith((".nii", ".nii.gz")):
-        return read_nifti(path)
+        return require_3d(read_nifti(path))
     if name.endswith((".nrrd", ".nhdr")):
-        return read_nrrd(path)
+        return require_3d(read_nrrd(path))
     if name.endswith((".h5", ".hdf5")):
-        return read_hdf5(path)
+        return require_3d(read_hdf5(path))
     raise MedsynthError(f"{path}: unknown volume format (NIfTI, NRRD, HDF5 or a DICOM folder)")
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from medsynth.data.folder import read_folder
-from medsynth.data.intensity import to_unit_range
+from medsynth.data.intensity import check_finite, to_unit_range
 from medsynth.data.npz import read_npz
 from medsynth.errors import MedsynthError
 
@@ -128,6 +128,8 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     """Read, check and rescale a data source into train / val / test ImageSets."""
     raw = read_source(data_cfg, spatial_dims)
     source = str(data_cfg.path)
+    for split, (images, _) in raw.items():  # before data.limit, so the index is the file's
+        check_finite(images, f"{source} ({split} images)")
     if data_cfg.limit is not None:
         raw = {s: _limit(im, lb, data_cfg.limit, seed) for s, (im, lb) in raw.items()}
     shapes = {s: im.shape[1:] for s, (im, _) in raw.items()}
@@ -140,7 +142,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     if data_cfg.format in ("ct_slices", "volumes", "paired_slices"):  # already mapped into [-1, 1]
         scaled = [raw[s][0] for s in names]
     else:
-        scaled = to_unit_range([raw[s][0] for s in names], source)
+        scaled = to_unit_range([raw[s][0] for s in names], source, [f"{s} images" for s in names])
     images = {s: torch.from_numpy(np.ascontiguousarray(a)) for s, a in zip(names, scaled)}
     labels_np = {s: raw[s][1] for s in names}
 

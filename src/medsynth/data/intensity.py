@@ -13,18 +13,28 @@ def check_finite(array: np.ndarray, source: str) -> None:
         raise MedsynthError(f"{source}: image {bad} holds NaN or inf values")
 
 
-def to_unit_range(arrays: list[np.ndarray], source: str) -> list[np.ndarray]:
+def to_unit_range(arrays: list[np.ndarray], source: str, names: list[str] | None = None) -> list[np.ndarray]:
     """Map arrays sharing one intensity scale to float32 in [-1, 1].
 
     Integer images are divided by their dtype's maximum (uint8 / 255), as
     MedMNIST intends. Float images already in [0, 1] are taken as they are;
     other float images are rescaled by the joint min / max of all the arrays, so
-    the splits of one file keep one scale.
+    the splits of one file keep one scale. names: the arrays' names (e.g. the
+    splits), for the message when their dtypes cannot share one scale.
     """
     arrays = [a for a in arrays]
     if not arrays:
         return []
     kinds = {a.dtype.kind for a in arrays}
+    for a in arrays:
+        if a.dtype.kind not in "uibf":
+            raise MedsynthError(f"{source}: image dtype {a.dtype} is not a number type")
+    if not (kinds <= {"u", "i", "b"} or kinds <= {"f"}):
+        names = names or [f"array {i}" for i in range(len(arrays))]
+        listing = ", ".join(f"{n} {a.dtype}" for n, a in zip(names, arrays))
+        raise MedsynthError(f"{source}: integer and float images mixed ({listing}); integers are read as 0..max of "
+                            "their type and floats by their range, so one file needs one kind: store every split "
+                            "with the same dtype")
     if kinds <= {"u", "i", "b"}:
         if "b" in kinds:
             return [a.astype(np.float32) * 2.0 - 1.0 for a in arrays]

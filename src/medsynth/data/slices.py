@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsynth.data.intensity import ct_window
-from medsynth.data.volumes import read_nifti
+from medsynth.data.volumes import read_nifti, require_3d
 from medsynth.errors import MedsynthError
 
 
@@ -34,7 +34,8 @@ def read_ct_slices(ct_path, label_path, organ: int, window, axis: int = 2) -> np
     """Windowed 2.5D stacks (float32 in [-1, 1], N x 3 x H x W) of the slices where `organ` is labelled."""
     if label_path is None or organ is None:
         raise MedsynthError("data.format=ct_slices needs data.label_path (the label map) and data.organ")
-    ct, labels = read_nifti(ct_path), read_nifti(label_path)
+    use = "data.format=ct_slices"
+    ct, labels = require_3d(read_nifti(ct_path), use), require_3d(read_nifti(label_path), use)
     if ct.array.shape != labels.array.shape:
         raise MedsynthError(f"{label_path}: label map of shape {labels.array.shape} does not match the CT "
                             f"{ct_path} of shape {ct.array.shape}")

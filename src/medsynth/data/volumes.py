@@ -29,6 +29,19 @@ class Volume:
     source: str
 
 
+def require_3d(volume: Volume, use: str = "this recipe") -> Volume:
+    """The volume if it is 3D (a trailing axis of 1, as 4D NIfTI often has, is dropped); one error
+    naming the file otherwise: a 2D slice in a 3D or ct_slices recipe used to end in a traceback."""
+    array = volume.array
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        kind = "a 2D image" if array.ndim == 2 else f"a {array.ndim}D array"
+        raise MedsynthError(f"{volume.source}: {kind} of shape {tuple(array.shape)}; {use} needs 3D volumes "
+                            "(2D images go in an .npz file or an image folder)")
+    return Volume(array, volume.affine, volume.spacing[:3], volume.source)
+
+
 def read_nifti(path: str | Path) -> Volume:
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from medsynth.errors import MedsynthError
 from medsynth.metrics.utility import accuracy_auc
 from medsynth.models.base import Recipe
+from medsynth.nets.blocks import check_min_size
 from medsynth.nets.classifier import VGGClassifier
 
 ROTATIONS = 4
@@ -40,6 +41,7 @@ class ClassifierRecipe(Recipe):
         cfg, m = self.cfg, self.cfg.model
         self.self_supervised = not m.num_classes
         self.multilabel = bool(m.multilabel)
+        check_min_size(m.image_size, len(m.channels) - 1, f"model.channels ({len(m.channels)} levels, a pooling between each)")
         if self.self_supervised and len(set(m.image_size[-2:])) != 1:
             raise MedsynthError(f"rotation pretext needs square images, got {list(m.image_size)}")
         outputs = ROTATIONS if self.self_supervised else m.num_classes

@@ -5,7 +5,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from medsynth.errors import MedsynthError
+
 UPSAMPLE_MODES = ("transposed", "bilinear", "nearest")
+
+
+def check_min_size(image_size, halvings: int, what: str) -> None:
+    """Refuse images smaller than 2^halvings per side: below that the strided layers pad a 1-pixel
+    map and the model trains on nothing (1 x 1 images used to train without a word)."""
+    least = 2 ** halvings
+    if min(image_size) < least:
+        raise MedsynthError(f"images of {' x '.join(str(int(s)) for s in image_size)} px are smaller than this model "
+                            f"can use: {what} halves them {halvings} times, so every side must be at least {least} px "
+                            "(resize with data.image_size, or use fewer levels)")
 
 
 def conv_cls(spatial_dims: int):

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from medsynth.nets.blocks import center_crop, conv_block, conv_cls, upsample_block
+from medsynth.errors import MedsynthError
+from medsynth.nets.blocks import center_crop, check_min_size, conv_block, conv_cls, upsample_block
 
 CT_CHANNELS = (16, 16, 32, 32, 48, 48, 64, 64, 64)  # nine blocks, stride 2 at blocks 1, 3, 5, 7, 9
 CT_FEATURES = 1024
@@ -108,7 +109,7 @@ class CTDecoder(nn.Module):
 
 def _check_ct_size(image_size: list[int]) -> None:
     if len(image_size) != 2 or image_size[0] != image_size[1] or image_size[0] % 32:
-        raise ValueError(f"the ct architecture needs square 2D images with a side divisible by 32 "
+        raise MedsynthError(f"the ct architecture needs square 2D images with a side divisible by 32 "
                          f"(256 in the tutorial), got {image_size}")
 
 
@@ -198,6 +199,8 @@ class VAENet(nn.Module):
 
 
 def build_vae_net(model_cfg) -> VAENet:
+    if model_cfg.arch == "conv":
+        check_min_size(model_cfg.image_size, len(model_cfg.channels), f"model.channels ({len(model_cfg.channels)} levels)")
     cond_dim = model_cfg.num_classes if model_cfg.conditional else 0
     return VAENet(model_cfg.arch, model_cfg.spatial_dims, model_cfg.in_channels, list(model_cfg.image_size),
                   list(model_cfg.channels), model_cfg.latent_dim, model_cfg.upsample, cond_dim or 0,
