@@ -51,6 +51,27 @@ def test_evaluate_never_writes_over_its_input(run, small_npz, capsys):
     assert small_npz.read_bytes() == before
 
 
+def test_an_earlier_evaluation_is_kept_unless_overwrite_and_the_strip_says_what_it_holds(run, small_npz, tmp_path,
+                                                                                      capsys, monkeypatch):
+    from medsynth.provenance import read_provenance
+
+    args = ["evaluate", "--real", small_npz, "--fake", run, "-n", "32", "--no-utility"]
+    assert run_cli(capsys, *args)[0] == 0
+    first = (run / "evaluation.json").read_bytes()
+    code, err = run_cli(capsys, *args, "--seed", "1")
+    assert code == 2 and f"evaluation output {run / 'evaluation.json'}: already exists; give --overwrite" in err
+    assert (run / "evaluation.json").read_bytes() == first
+    assert run_cli(capsys, *args, "--seed", "1", "--overwrite")[0] == 0
+    assert (run / "evaluation.json").read_bytes() != first
+    strip = read_provenance(run / "evaluation_nearest.png")
+    assert strip["synthetic"] and strip["contains_real_images"] and str(small_npz) in strip["train"]
+
+    monkeypatch.chdir(tmp_path)  # a data file as the fake set: ./metrics.json, kept the same way
+    (tmp_path / "metrics.json").write_text("mine")
+    code, err = run_cli(capsys, "evaluate", "--real", small_npz, "--fake", small_npz, "--no-utility")
+    assert code == 2 and "metrics.json: already exists" in err and (tmp_path / "metrics.json").read_text() == "mine"
+
+
 @pytest.mark.parametrize("bad", [["--shard-size", "0"], ["--label", "99"], ["--batch-size", "0"]])
 def test_a_refused_sharded_request_leaves_nothing_behind(run, tmp_path, capsys, bad):
     out_dir = tmp_path / "shards"

@@ -209,7 +209,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--train", help="training images for the privacy check (default: REAL's train split)")
     p.add_argument("--features", help="feature network: a `medsynth features train` run or a local "
                                       "DenseNet121 weights file; without it FID/KID/PRDC are not computed")
-    p.add_argument("--out", help="JSON output (default: RUN_DIR/evaluation.json for a run, else metrics.json)")
+    p.add_argument("--out", help="JSON output (default: RUN_DIR/evaluation.json for a run, else metrics.json; "
+                                 "an existing one, default or not, needs --overwrite)")
     p.add_argument("-n", "--n", type=int, help="images per set (default: all real; as many fake as real)")
     p.add_argument("--k", type=int, default=5, help="nearest neighbours for PRDC (default 5)")
     p.add_argument("--diversity-images", type=int, default=1000,
@@ -229,7 +230,8 @@ def _add_report(sub) -> None:
                                    "real-vs-real floor, nearest-neighbour strip and the config, in one HTML file.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--evaluation", help="evaluation JSON (default RUN_DIR/evaluation.json)")
-    p.add_argument("--out", help="output HTML (default RUN_DIR/report.html)")
+    p.add_argument("--out", help="output HTML (default RUN_DIR/report.html, rewritten each time: a view of the "
+                                 "run's files; an existing --out needs --overwrite)")
     _add_overwrite(p)
     p.set_defaults(func=_report)
 

@@ -59,13 +59,13 @@ def synthetic_provenance(recipe, run_dir: Path | None, seed: int | None, **extra
     weights hash, its recipe and the seed."""
     weights = Path(run_dir) / WEIGHTS if run_dir is not None else None
     cfg = recipe.cfg
-    return {"synthetic": True, "generator": f"medsynth {_version()}",
+    return {"synthetic": True, "generator": f"medsynth {medsynth_version()}",
             "model_sha256": file_sha256(weights) if weights is not None and weights.is_file() else None,
             "recipe": cfg.name, "family": cfg.model.family, "run": Path(run_dir).name if run_dir else None,
             "seed": seed, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
-def _version() -> str:
+def medsynth_version() -> str:
     try:
         return metadata.version("medsynth")
     except metadata.PackageNotFoundError:
