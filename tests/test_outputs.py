@@ -2,10 +2,12 @@
 --overwrite, never writes over an input or a run's own files, checks its suffix, and a refused
 request leaves nothing behind; interrupted writes leave no hidden file for readers to trip on."""
 
+import json
+
 import numpy as np
 import pytest
 
-from conftest import run_cli  # noqa: F401 (the `run` fixture comes from conftest too)
+from conftest import ROOT, run_cli  # noqa: F401 (the `run` fixture comes from conftest too)
 from medsynth.data.folder import list_images
 from medsynth.writers import atomic_path, write_text
 
@@ -123,3 +125,33 @@ def test_an_output_may_not_hold_the_inputs_or_run_directories(tmp_path):
     (tmp_path / "runs" / "r1" / "config.yaml").write_text("x")
     with pytest.raises(MedsynthError, match="holds run directories"):
         check_output(tmp_path / "runs", True, [])
+
+
+def test_synthetic_lineage_is_noticed_by_evaluate_and_carried_by_training(run, small_npz, tmp_path, capsys):
+    """A synthetic set given as --real is refused unless --allow-synthetic-real (then the output
+    and the report say so); a model trained on synthetic data records the lineage, and its own
+    samples carry it on."""
+    from medsynth.provenance import read_provenance
+
+    fake = tmp_path / "fake.npz"
+    assert run_cli(capsys, "sample", run, "-n", "48", "--out", fake)[0] == 0
+    code, err = run_cli(capsys, "evaluate", "--real", fake, "--fake", small_npz, "--out", tmp_path / "e.json",
+                        "--no-utility")
+    assert code == 2 and f"--real {fake}: marked synthetic" in err and "--allow-synthetic-real" in err
+    assert not (tmp_path / "e.json").exists()
+    assert run_cli(capsys, "evaluate", "--real", fake, "--fake", small_npz, "--out", tmp_path / "e.json",
+                   "--no-utility", "--allow-synthetic-real")[0] == 0
+    assert json.loads((tmp_path / "e.json").read_text())["sets"]["real"]["synthetic"]["run"] == run.name
+
+    # train a second generation on the synthetic set: its run and its samples name the parent
+    data = tmp_path / "gen1.npz"
+    with np.load(fake) as f:
+        np.savez(data, train_images=f["images"], train_labels=f["labels"], provenance=f["provenance"])
+    child = tmp_path / "runs"
+    code, _ = run_cli(capsys, "train", ROOT / "configs/cvae_pneumonia.yaml", f"data.path={data}",
+                      f"runs_dir={child}", "trainer.max_epochs=1", "trainer.precision=32")
+    assert code == 0
+    child_run = next(child.iterdir())
+    assert json.loads((child_run / "lineage.json").read_text())["run"] == run.name
+    assert run_cli(capsys, "sample", child_run, "-n", "4", "--out", tmp_path / "gen2.npz")[0] == 0
+    assert read_provenance(tmp_path / "gen2.npz")["trained_on_synthetic"]["run"] == run.name

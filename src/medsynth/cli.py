@@ -67,7 +67,7 @@ def _evaluate(args) -> None:
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
-                      overwrite=args.overwrite, log=_log())
+                      overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real, log=_log())
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
@@ -204,7 +204,10 @@ def _add_evaluate(sub) -> None:
                        description="Compare a synthetic set with real images and write JSON. Each set is a .npz, "
                                    "an image folder, or a run directory to sample from. From a data file REAL "
                                    "is its test split (else val) and the training images its train split.")
-    p.add_argument("--real", required=True, help="real images (held-out split of a data file)")
+    p.add_argument("--real", required=True, help="real images (held-out split of a data file); a set marked "
+                                                 "synthetic by medsynth is refused")
+    p.add_argument("--allow-synthetic-real", action="store_true",
+                   help="evaluate against a --real set marked synthetic anyway (recorded in the output)")
     p.add_argument("--fake", required=True, help="synthetic images: .npz / folder, or a run directory")
     p.add_argument("--train", help="training images for the privacy check (default: REAL's train split)")
     p.add_argument("--features", help="feature network: a `medsynth features train` run or a local "

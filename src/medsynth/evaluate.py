@@ -28,7 +28,7 @@ from medsynth.metrics.privacy import privacy_report
 from medsynth.metrics.similarity import diversity, reconstruction_scores
 from medsynth.metrics.utility import tstr
 from medsynth.models import load_run
-from medsynth.provenance import medsynth_version
+from medsynth.provenance import medsynth_version, synthetic_lineage
 from medsynth.runs import EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
 from medsynth.writers import save_grid, write_text
@@ -126,12 +126,14 @@ def _clean(obj):
 def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
              utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
-             overwrite: bool = False, log=print) -> dict:
+             overwrite: bool = False, allow_synthetic_real: bool = False, log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
     An existing output (the default one too: an earlier evaluation, made perhaps against another
-    real set) is refused before anything is computed unless `overwrite`; no output may be an input."""
+    real set) is refused before anything is computed unless `overwrite`; no output may be an input.
+    A `real` set marked synthetic by medsynth is refused unless `allow_synthetic_real` (then the
+    result says so under sets.real.synthetic)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--diversity-images", diversity_images, 2)):
         if value is not None and value < least:  # a negative -n would silently drop images
@@ -142,6 +144,11 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
         out = Path(fake) / EVALUATION if is_run(fake) else Path("metrics.json")
     out = check_output(out, overwrite, inputs, (".json",), flag)
     check_output(_strip_path(out), overwrite, inputs, (".png",), "nearest-pairs strip")
+    lineage = None if is_run(real) else synthetic_lineage(real)
+    if lineage is not None and not allow_synthetic_real:
+        raise MedsynthError(f"--real {real}: marked synthetic ({lineage['file']}: made by {lineage.get('generator')} "
+                            f"from run {lineage.get('run')}); scores against it say nothing about real images. Give "
+                            "--allow-synthetic-real to evaluate against it anyway")
     clock = _Clock()
     sets, floor_set = load_sets(real, fake, train, n, seed, image_size)
     _check_sets(sets, max(MIN_IMAGES, k + 1))
@@ -150,6 +157,8 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
                                     "shape": list(s.images.shape[1:]), "labelled": s.labels is not None}
                              for name, s in sets.items()},
                     "floor": {}}
+    if lineage is not None:
+        result["sets"]["real"]["synthetic"] = lineage
     feats = _features(result, sets, floor_set, features)
     clock.lap("features")
     _fidelity_section(result, feats, k, seed)

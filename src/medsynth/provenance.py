@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medsynth.runs import ENVIRONMENT, WEIGHTS
+from medsynth.runs import ENVIRONMENT, LINEAGE, WEIGHTS
 from medsynth.writers import write_text
 
 PACKAGES = ("medsynth", "torch", "lightning", "monai", "numpy", "scipy", "omegaconf", "safetensors", "pillow")
@@ -56,13 +56,18 @@ def record_environment(run_dir: Path) -> None:
 
 def synthetic_provenance(recipe, run_dir: Path | None, seed: int | None, **extra) -> dict:
     """The record written into every synthetic output: an explicit synthetic flag, the model's
-    weights hash, its recipe and the seed."""
+    weights hash, its recipe and the seed; for a model trained on synthetic data, that data's own
+    provenance under "trained_on_synthetic" (so lineage chains from model to model)."""
     weights = Path(run_dir) / WEIGHTS if run_dir is not None else None
     cfg = recipe.cfg
-    return {"synthetic": True, "generator": f"medsynth {medsynth_version()}",
-            "model_sha256": file_sha256(weights) if weights is not None and weights.is_file() else None,
-            "recipe": cfg.name, "family": cfg.model.family, "run": Path(run_dir).name if run_dir else None,
-            "seed": seed, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    record = {"synthetic": True, "generator": f"medsynth {medsynth_version()}",
+              "model_sha256": file_sha256(weights) if weights is not None and weights.is_file() else None,
+              "recipe": cfg.name, "family": cfg.model.family, "run": Path(run_dir).name if run_dir else None,
+              "seed": seed, "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    lineage = Path(run_dir) / LINEAGE if run_dir is not None else None
+    if lineage is not None and lineage.is_file():
+        record["trained_on_synthetic"] = json.loads(lineage.read_text())
+    return record
 
 
 def medsynth_version() -> str:
@@ -91,6 +96,31 @@ def read_provenance(path: str | Path) -> dict | None:
     with Image.open(path) as im:
         text = getattr(im, "text", {}).get("medsynth:provenance")
     return json.loads(text) if text else None
+
+
+DATA_SUFFIXES = (".npz", ".png", ".nii", ".nii.gz")
+
+
+def synthetic_lineage(source: str | Path) -> dict | None:
+    """The provenance of the first file marked synthetic in a data source (a file, or a folder
+    searched through, hidden files skipped), with its path under "file"; None when nothing there
+    carries the mark. Files that cannot be read are left to the data readers, which name them."""
+    source = Path(source)
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(DATA_SUFFIXES)
+                       and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    else:
+        return None
+    for path in files:
+        try:
+            record = read_provenance(path)
+        except Exception:  # unreadable: the reader that loads it says why
+            continue
+        if isinstance(record, dict) and record.get("synthetic"):
+            return {**record, "file": str(path)}
+    return None
 
 
 def _nifti_provenance(path: Path) -> dict | None:

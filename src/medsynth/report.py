@@ -204,6 +204,10 @@ def _evaluation_parts(ev: dict, run_dir: Path, eval_path: Path) -> list[str]:
     sets = ev.get("sets", {})
     parts.append("<p>" + "; ".join(f"{html.escape(k)}: {html.escape(str(v['source']))} [{v['split']}], "
                                    f"{v['images']} images" for k, v in sets.items()) + "</p>")
+    if isinstance(sets.get("real"), dict) and sets["real"].get("synthetic"):
+        parts.append("<p class='missing'><b>The real set is marked synthetic</b> (evaluated with "
+                     "--allow-synthetic-real): these scores compare synthetic images with synthetic ones and say "
+                     "nothing about real data.</p>")
     parts.append(metric_table(ev))
     strip = Path(str(_get(ev, "privacy.strip") or ""))
     if strip.name and not _beside(strip, run_dir, eval_path):

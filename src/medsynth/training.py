@@ -29,7 +29,7 @@ from medsynth.errors import MedsynthError, TrainingDiverged, reason
 from medsynth.feature_runs import perceptual_loss
 from medsynth.models import build_recipe, load_run
 from medsynth.precision import resolve_precision
-from medsynth.provenance import record_environment
+from medsynth.provenance import record_environment, synthetic_lineage
 from medsynth.runs import CONFIG, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank, new_run_dir
 from medsynth.writers import write_text
 
@@ -178,6 +178,7 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
         write_text(run_dir / CONFIG, to_yaml(cfg))
         record_environment(run_dir)
         log(f"run directory: {run_dir}")
+        _record_lineage(run_dir, cfg, log)
         log(f"precision: {trainer.precision}" + (" (trainer.precision=auto: bf16 only where the hardware runs it "
                                                   "natively)" if cfg.trainer.precision == "auto" else ""))
     seconds = _fit(trainer, recipe, data, ckpt, run_dir, cfg)
@@ -193,6 +194,17 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
         if (run_dir / name).is_file():
             log(f"{name}: {run_dir / name}")
     return run_dir
+
+
+def _record_lineage(run_dir: Path, cfg: DictConfig, log) -> None:
+    """When the training data carries medsynth's synthetic mark, keep its provenance in the run
+    (runs.LINEAGE), so everything this model makes says it was trained on synthetic data."""
+    lineage = synthetic_lineage(cfg.data.path)
+    if lineage is None:
+        return
+    write_text(run_dir / runs.LINEAGE, json.dumps(lineage, indent=2))
+    log(f"training data is synthetic ({lineage['file']}: made by {lineage.get('generator')} from run "
+        f"{lineage.get('run')}); recorded in {runs.LINEAGE} and in the provenance of this model's outputs")
 
 
 def _build_trainer_or_refuse(cfg: DictConfig, run_dir: Path, splits, recipe, made: list[Path]) -> L.Trainer:
