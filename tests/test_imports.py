@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
     ["errors", "families", "precision", "writers", "console", "diffusion"],
-    ["config", "runs"],
+    ["config", "runs", "dicom"],
     ["provenance", "msssim", "data", "nets"],
     ["losses", "features", "metrics"],
     ["models"],

@@ -155,3 +155,78 @@ def test_synthetic_lineage_is_noticed_by_evaluate_and_carried_by_training(run, s
     assert json.loads((child_run / "lineage.json").read_text())["run"] == run.name
     assert run_cli(capsys, "sample", child_run, "-n", "4", "--out", tmp_path / "gen2.npz")[0] == 0
     assert read_provenance(tmp_path / "gen2.npz")["trained_on_synthetic"]["run"] == run.name
+
+
+def test_samples_in_every_2d_format_read_back_the_same(run, tmp_path, capsys):
+    """npz as uint8 / uint16 / float32, a PNG folder (8 and 16 bit, with labels.csv) and a 2D
+    NIfTI stack hold the same draw; medsynth's readers map each back to the same [-1, 1] images."""
+    import nibabel as nib
+    from PIL import Image
+
+    from medsynth.config import load_config
+    from medsynth.data import load_splits
+
+    def read(path, *extra):
+        return load_splits(load_config(None, [f"data.path={path}", "data.val_fraction=0", *extra]).data).train
+
+    outs = {}
+    for dtype in ("uint8", "uint16", "float32"):
+        outs[dtype] = tmp_path / f"s_{dtype}.npz"
+        assert run_cli(capsys, "sample", run, "-n", "12", "--out", outs[dtype], "--dtype", dtype)[0] == 0
+    with np.load(outs["uint16"]) as f:
+        assert f["images"].dtype == np.uint16 and f["images"].max() > 255
+    with np.load(outs["float32"]) as f:
+        assert f["images"].dtype == np.float32 and 0 <= f["images"].min() and f["images"].max() <= 1
+    ref = read(outs["float32"])
+    for dtype, step in (("uint8", 1 / 255), ("uint16", 1 / 65535)):
+        assert (read(outs[dtype]).images - ref.images).abs().max() <= step + 1e-6
+        assert torch_equal(read(outs[dtype]).labels, ref.labels)
+
+    for dtype, step in (("uint8", 1 / 255), ("uint16", 1 / 65535)):
+        folder = tmp_path / f"png_{dtype}"
+        assert run_cli(capsys, "sample", run, "-n", "12", "--out", folder, "--dtype", dtype)[0] == 0
+        files = sorted(folder.glob("*.png"))
+        assert len(files) == 12 and (folder / "labels.csv").is_file()
+        with Image.open(files[0]) as im:
+            assert im.mode == ("I;16" if dtype == "uint16" else "L") and im.text["medsynth:synthetic"] == "true"
+        back = read(folder, f"data.labels_csv={folder / 'labels.csv'}")
+        assert (back.images - ref.images).abs().max() <= step + 1e-6 and torch_equal(back.labels, ref.labels)
+
+    assert run_cli(capsys, "sample", run, "-n", "12", "--out", tmp_path / "s.nii.gz")[0] == 0
+    stack = nib.load(str(tmp_path / "s.nii.gz"))
+    assert stack.shape == (28, 28, 12) and stack.get_data_dtype() == np.float32
+    with np.load(outs["float32"]) as f:
+        assert np.array_equal(np.moveaxis(np.asarray(stack.dataobj), -1, 0), f["images"])
+
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "f32", "--dtype", "float32")
+    assert code == 2 and "PNG images are 8 or 16 bit" in err and not (tmp_path / "f32").exists()
+
+
+def torch_equal(a, b):
+    return (a is None and b is None) or bool((a == b).all())
+
+
+def test_16_bit_png_inputs_keep_all_16_bits(tmp_path):
+    from PIL import Image
+
+    from medsynth.config import load_config
+    from medsynth.data import load_splits
+    from medsynth.errors import MedsynthError
+
+    folder = tmp_path / "png16"
+    folder.mkdir()
+    for i in range(6):  # values 1000 apart out of 65535: distinct in 16 bits, up to 4 apart in 8
+        Image.fromarray(np.full((8, 8), 30000 + i, np.uint16)).save(folder / f"{i}.png")
+    images = load_splits(load_config(None, [f"data.path={folder}", "data.val_fraction=0"]).data).train.images
+    values = images[:, 0, 0, 0].double().sort().values  # the training split comes shuffled
+    expected = torch_tensor([(30000 + i) / 65535 * 2 - 1 for i in range(6)])
+    assert (values - expected).abs().max() < 1e-6 and len(set(values.tolist())) == 6
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "9.png")
+    with pytest.raises(MedsynthError, match="9.png: 8-bit, but 0.png is 16-bit"):
+        load_splits(load_config(None, [f"data.path={folder}"]).data)
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.float64)

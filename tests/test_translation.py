@@ -90,12 +90,32 @@ def test_translate_nifti_keeps_geometry_and_equals_the_model_on_each_slice(pix2p
     assert result.header["descrip"].tobytes().startswith(b"SYNTHETIC")
     recipe = load_run(pix2pix_run)
     brain = np.asarray(nib.load(str(mask)).dataobj) > 0
-    t1c = mr_normalise(np.asarray(original.dataobj, np.float32), brain)
+    signal = np.asarray(original.dataobj, np.float32)
+    t1c = mr_normalise(signal, brain)
     k = 20
     expected = recipe.translate(torch.from_numpy(t1c[:, :, k])[None, None])[0, 0].numpy()  # 48 px: no resize
+    # back in the input's scale: z-score over the brain, clipped at 3 std (std * 3 * x + mean)
+    inside = signal[brain]
+    expected = expected * 3 * inside.std() + inside.mean()
     got = np.asarray(result.dataobj)[:, :, k]
-    assert np.allclose(got[brain[:, :, k]], expected[brain[:, :, k]], atol=1e-5)
-    assert (got[~brain[:, :, k]] == -1).all()
+    assert np.allclose(got[brain[:, :, k]], expected[brain[:, :, k]], atol=1e-4 * inside.std() * 3)
+    assert (got[~brain[:, :, k]] == 0).all()
+
+    # the same translation as a DICOM series in the input's scanner space, opened by SimpleITK
+    import SimpleITK as sitk
+
+    out = subprocess.run([*CLI, "translate", str(pix2pix_run), "--input", str(src), "--mask", str(mask),
+                          "--out", str(tmp_path / "flair_dicom")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "flair_dicom")))
+    series = reader.Execute()
+    volume = sitk.GetArrayFromImage(series).transpose(2, 1, 0)  # SimpleITK: k, j, i
+    assert volume.shape == BOX
+    assert np.allclose(volume, np.asarray(result.dataobj), atol=np.abs(expected).max() / 3000)
+    lps = np.diag([-1, -1, 1])
+    assert np.allclose(series.GetOrigin(), lps @ original.affine[:3, 3], atol=1e-3)
+    assert np.allclose(series.GetSpacing(), original.header.get_zooms()[:3], atol=1e-4)
 
 
 def test_translate_npz_and_image_folders_keep_shape(pix2pix_run, tmp_path):

@@ -9,6 +9,7 @@ import sys
 
 from medsynth import __version__, console
 from medsynth.diffusion import SAMPLERS, SPACINGS
+from medsynth.writers import OUTPUT_DTYPES
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
 from medsynth.models.classifier import FEATURE_DEFAULTS
@@ -38,7 +39,7 @@ def _sample(args) -> None:
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
-                 guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite)
+                 guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite, dtype=args.dtype)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -122,12 +123,18 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", parents=[COMMON], help="draw synthetic images from a trained run",
                        description="Write N synthetic images to an .npz (keys images, labels, provenance; "
-                                   "MedMNIST layout, uint8), or as shards with a manifest (--out-dir), and "
-                                   "optionally a PNG grid of the first 64. Every file is marked synthetic.")
+                                   "MedMNIST layout, uint8 unless --dtype), NIfTI, a folder of PNGs or DICOM "
+                                   "series, or as .npz shards with a manifest (--out-dir), and optionally a PNG "
+                                   "grid of the first 64. Every file is marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `medsynth train`")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
-    p.add_argument("--out", help="output .npz file (keys images, labels, provenance), or .nii.gz for 3D "
-                                 "models (a 4D image, provenance in a header extension)")
+    p.add_argument("--out", help="output: an .npz file (keys images, labels, provenance); a .nii.gz "
+                                 "(single-channel models: volumes in the training data's scanner space along "
+                                 "the 4th axis, or 2D images along the 3rd); or a folder (a name without a "
+                                 "suffix): one PNG per 2D image with labels.csv, one DICOM series per volume")
+    p.add_argument("--dtype", choices=list(OUTPUT_DTYPES), help="how .npz, PNG and 2D NIfTI outputs store "
+                   "intensities: " + ", ".join(f"{k} {v}" for k, v in OUTPUT_DTYPES.items())
+                   + " (default uint8; float32 for NIfTI)")
     p.add_argument("--out-dir", help="for large sets: write numbered shards and manifest.csv here; "
                                      "running the same command again resumes a killed job")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per shard with --out-dir (default 10000)")

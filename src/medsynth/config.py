@@ -91,6 +91,9 @@ class ModelConfig:
     image_size: Optional[List[int]] = None
     num_classes: Optional[int] = None
     multilabel: Optional[bool] = None
+    # where [-1, 1] maps back to in the training data (medsynth.data.datasets.SplitData.space): units,
+    # per-channel scale and offset, and for volumes the affine and spacing; None for 2D image files
+    output_space: Optional[Any] = None
 
 
 @dataclass

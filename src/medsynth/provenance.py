@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medsynth.dicom import dicom_provenance
 from medsynth.runs import ENVIRONMENT, LINEAGE, WEIGHTS
 from medsynth.writers import write_text
 
@@ -86,10 +87,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_provenance(path: str | Path) -> dict | None:
-    """The provenance stored in an npz, PNG or NIfTI file written by medsynth, or None."""
+    """The provenance stored in an npz, PNG, NIfTI or DICOM file written by medsynth, or None."""
     path = Path(path)
     if path.name.endswith((".nii", ".nii.gz")):
         return _nifti_provenance(path)
+    if path.suffix.lower() == ".dcm":
+        return dicom_provenance(path)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
             return json.loads(str(f["provenance"])) if "provenance" in f.files else None
@@ -98,7 +101,7 @@ def read_provenance(path: str | Path) -> dict | None:
     return json.loads(text) if text else None
 
 
-DATA_SUFFIXES = (".npz", ".png", ".nii", ".nii.gz")
+DATA_SUFFIXES = (".npz", ".png", ".nii", ".nii.gz", ".dcm")
 
 
 def synthetic_lineage(source: str | Path) -> dict | None:

@@ -19,13 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 import medsynth.console as console
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import file_sha256, synthetic_provenance
 from medsynth.runs import WEIGHTS, check_output
-from medsynth.writers import save_grid, save_npz, write_nifti, write_text
+from medsynth.data.intensity import from_unit_range
+from medsynth.dicom import write_dicom_series
+from medsynth.writers import (OUTPUT_DTYPES, save_grid, save_npz, save_png, staged_folder, to_stored, write_nifti,
+                              write_text)
 
 
 def _check_counts(n: int, batch_size: int, shard_size: int = 1, workers: int = 1) -> None:
@@ -87,38 +91,113 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
            label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
            out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
            sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-           spacing: str | None = None, overwrite: bool = False) -> Path:
-    """Write n samples to `out` (.npz: images, labels, provenance) or as shards into `out_dir`.
-    Existing outputs are refused unless `overwrite`; a run's own files always.
+           spacing: str | None = None, overwrite: bool = False, dtype: str | None = None) -> Path:
+    """Write n samples to `out` or as .npz shards into `out_dir`. Existing outputs are refused
+    unless `overwrite`; a run's own files always. What `out` is decides the format:
+
+    - FILE.npz: images (stored as `dtype`: uint8 by default, uint16 or float32; writers.OUTPUT_DTYPES),
+      labels and provenance, readable as a dataset;
+    - FILE.nii / .nii.gz (single-channel models): 3D models as one 4D image (the volumes along the
+      4th axis) in the training data's scanner space (its grid's affine, HU for CT, the input's
+      scale for MR) where the run knows it (model.output_space), else `dtype` (float32 0..1 by
+      default); 2D models as one 3D image (the images along the 3rd axis);
+    - a folder (a name without a suffix): 2D models as one PNG per image (8-bit, or 16-bit grey
+      with dtype uint16) with labels.csv; 3D models as one DICOM series per volume, in scanner space.
 
     sampler (a name in medsynth.diffusion.SAMPLERS), steps, guidance, spacing: latent diffusion's
     (defaults: the run's config)."""
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     _check_counts(n, batch_size)
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise MedsynthError(f"--dtype {dtype}: not one of {list(OUTPUT_DTYPES)}")
     if grid is not None:
         check_output(grid, overwrite, [run_dir], (".png",), "--grid")
     if out_dir is not None:
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
                              sampler=sampler, steps=steps, guidance=guidance, spacing=spacing, overwrite=overwrite)
-    out = check_output(out, overwrite, [run_dir], (".npz", ".nii", ".nii.gz"))
-    nifti = out.name.lower().endswith((".nii", ".nii.gz"))
+    out = Path(out)
+    kind = "folder" if not out.suffix else "nifti" if out.name.lower().endswith((".nii", ".nii.gz")) else "npz"
+    out = check_output(out, overwrite, [run_dir], () if kind == "folder" else (".npz", ".nii", ".nii.gz"))
     recipe = load_run(run_dir, device)
-    if nifti and (recipe.cfg.model.spatial_dims != 3 or recipe.cfg.model.in_channels != 1):
-        raise MedsynthError(f"{out}: NIfTI output is for single-channel 3D models; this one is "
-                            f"{recipe.cfg.model.spatial_dims}D with {recipe.cfg.model.in_channels} channels")
+    space = _check_format(recipe, out, kind, dtype)
     options = recipe.sampler_settings(sampler, steps, guidance, spacing)
     progress = {"progress": console.progress_bars()} if options else {}
     images, labels = draw(recipe, n, label, seed, batch_size, **options, **progress)
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
-                                labels=None if labels is None else labels.tolist())
-    if nifti:  # one 4D image: the volumes along the 4th axis, intensities in [-1, 1]
-        write_nifti(out, images[:, 0].permute(1, 2, 3, 0).numpy(), provenance=prov)
+                                labels=None if labels is None else labels.tolist(), output_space=space)
+    if kind == "npz":
+        save_npz(out, images, labels, provenance=prov, dtype=dtype or "uint8")
+    elif kind == "nifti":
+        _write_nifti(out, images, prov, space, dtype)
+    elif recipe.cfg.model.spatial_dims == 2:
+        _write_png_folder(out, images, labels, prov, dtype or "uint8", overwrite)
     else:
-        save_npz(out, images, labels, provenance=prov)
+        _write_dicom_folder(out, images, prov, space, overwrite)
     if grid is not None:
         save_grid(grid, images[:64], provenance=prov)
     return out
+
+
+def _check_format(recipe, out: Path, kind: str, dtype: str | None) -> dict | None:
+    """The run's scanner space (or None), after refusing a format the model's output cannot take."""
+    m = recipe.cfg.model
+    space = m.get("output_space")
+    space = OmegaConf.to_container(space) if space is not None and not isinstance(space, dict) else space
+    if kind == "nifti" and m.in_channels != 1:
+        raise MedsynthError(f"{out}: NIfTI output is for single-channel models; this one makes {m.in_channels} "
+                            "channels (use .npz)")
+    if kind == "nifti" and m.spatial_dims == 3 and space and dtype not in (None, "float32"):
+        raise MedsynthError(f"{out}: volumes go to NIfTI in scanner units (float32); --dtype {dtype} is for .npz, "
+                            "PNG and 2D NIfTI outputs")
+    if kind == "folder" and m.spatial_dims == 3:
+        if not space or "affine" not in space:
+            raise MedsynthError(f"{out}: a DICOM series needs the training data's scanner space, which this run "
+                                "does not record (trained on .npz volumes, or before 2026-11-30); write .nii.gz")
+        if dtype is not None:
+            raise MedsynthError(f"{out}: a DICOM series stores scanner units; --dtype is for .npz, PNG and 2D NIfTI")
+    if kind == "folder" and m.spatial_dims == 2 and dtype == "float32":
+        raise MedsynthError(f"{out}: PNG images are 8 or 16 bit; use --dtype uint8 or uint16, or an .npz for float32")
+    return space
+
+
+def _scanner(images: torch.Tensor, space: dict) -> np.ndarray:
+    """B x 1 x *spatial in [-1, 1] -> B x *spatial float32 in the source's units (channel 0's mapping)."""
+    return from_unit_range(images[:, 0].numpy(), space["scale"][0], space["offset"][0])
+
+
+def _write_nifti(out: Path, images: torch.Tensor, prov: dict, space: dict | None, dtype: str | None) -> None:
+    if images.ndim == 5 and space and "affine" in space:  # volumes in scanner space, along the 4th axis
+        write_nifti(out, np.moveaxis(_scanner(images, space), 0, -1), np.array(space["affine"]), provenance=prov)
+        return
+    dtype = dtype or "float32"
+    stored = to_stored(images, dtype, layout=False)[:, 0]  # B x *spatial
+    write_nifti(out, np.moveaxis(stored, 0, -1), provenance={**prov, "stored_as": f"{dtype} {OUTPUT_DTYPES[dtype]}"},
+                dtype=np.dtype(dtype))
+
+
+def _write_png_folder(out: Path, images: torch.Tensor, labels, prov: dict, dtype: str, overwrite: bool) -> None:
+    """sample_00000.png, ... and, for single-label models, labels.csv (filename,label: what
+    data.labels_csv reads), staged and renamed into place."""
+    with staged_folder(out, overwrite) as staging:
+        rows = ["filename,label"]
+        for i, image in enumerate(images):
+            name = f"sample_{i:05d}.png"
+            save_png(staging / name, image, {**prov, "index": i}, dtype)
+            if labels is not None and labels.ndim == 1:
+                rows.append(f"{name},{int(labels[i])}")
+        if len(rows) > 1:
+            write_text(staging / "labels.csv", "\n".join(rows) + "\n")
+
+
+def _write_dicom_folder(out: Path, images: torch.Tensor, prov: dict, space: dict, overwrite: bool) -> None:
+    """One DICOM series per volume (sample_00000/IM00001.dcm, ...), staged and renamed into place."""
+    volumes = _scanner(images, space)
+    modality = "CT" if space.get("units") == "HU" else "MR"
+    with staged_folder(out, overwrite) as staging:
+        for i, volume in enumerate(volumes):
+            write_dicom_series(staging / f"sample_{i:05d}", volume, np.array(space["affine"]), {**prov, "index": i},
+                               modality, f"{prov.get('recipe')} sample {i}")
 
 
 # --- shards ---------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ def fill_data_shape(cfg: DictConfig, splits) -> None:
         if given is not None and value is not None and given != value:
             raise MedsynthError(f"model.{key}={given} contradicts the data {splits.source} ({value})")
         m[key] = value
+    if getattr(splits, "space", None) is not None:  # derived from the data, like the shape
+        m.output_space = splits.space
 
 
 def build_data(cfg: DictConfig):

@@ -5,7 +5,9 @@ Every image is resized to the model's size, translated and resized back, so the 
 the input's shape: the same array shape in the .npz, the same file names and sizes in the image
 folder, and for NIfTI the same shape, affine and header. Volumes are normalised as in training
 (the run's MR normalisation, inside `mask` when given) and translated along the run's slice
-axis; the output holds the model's [-1, 1] intensities. Everything written is marked synthetic.
+axis; the output goes back to the input's own scale (the inverse of that normalisation; outside
+the mask 0), as a NIfTI file or, for an output name without a suffix, a DICOM series in the
+input's scanner space. Everything written is marked synthetic.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.data.folder import list_images
-from medsynth.data.intensity import mr_normalise, to_unit_range
+from medsynth.data.intensity import from_unit_range, mr_mapping, mr_normalise, to_unit_range
 from medsynth.data.npz import read_npz
 from medsynth.data.volumes import read_nifti, require_3d
+from medsynth.dicom import write_dicom_series
 from medsynth.errors import MedsynthError, reason
 from medsynth.models import load_run
 from medsynth.runs import check_output
 from medsynth.provenance import synthetic_provenance
-from medsynth.writers import save_grid, save_npz, write_nifti
+from medsynth.writers import save_npz, save_png, staged_folder, write_nifti
 
 
 def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bool = False) -> torch.Tensor:
@@ -62,9 +65,10 @@ def translate(run_dir: str | Path, input: str | Path, out: str | Path, mask: str
     provenance = synthetic_provenance(recipe, Path(run_dir), None, kind=f"translation of {input.name}")
     name = input.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        if not out.name.lower().endswith((".nii", ".nii.gz")):
-            raise MedsynthError(f"{out}: a NIfTI input is translated into a NIfTI file (.nii.gz)")
-        _translate_nifti(recipe, input, out, mask, batch_size, provenance, reverse)
+        if out.suffix and not out.name.lower().endswith((".nii", ".nii.gz")):
+            raise MedsynthError(f"{out}: a NIfTI input is translated into a NIfTI file (.nii.gz) or a DICOM series "
+                                "(a folder name without a suffix)")
+        _translate_nifti(recipe, input, out, mask, batch_size, provenance, reverse, overwrite)
     elif name.endswith(".npz"):
         if out.suffix != ".npz":
             raise MedsynthError(f"{out}: an .npz input is translated into an .npz file")
@@ -86,7 +90,7 @@ def _check_channels(recipe, channels: int, source: Path, reverse: bool = False) 
 
 
 def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, provenance: dict,
-                     reverse: bool = False) -> None:
+                     reverse: bool = False, overwrite: bool = False) -> None:
     import nibabel as nib
 
     _check_channels(recipe, 1, path, reverse)
@@ -97,14 +101,23 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
         if mask.shape != volume.array.shape:
             raise MedsynthError(f"{mask_path}: mask of shape {mask.shape} does not match {path} {volume.array.shape}")
     axis = int(recipe.cfg.data.slice_axis)
-    normalised = mr_normalise(volume.array, mask, recipe.cfg.data.mr_normalise)
+    mode = recipe.cfg.data.mr_normalise
+    normalised = mr_normalise(volume.array, mask, mode)
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalised, axis, 0)))[:, None]
     translated = _translate_slices(recipe, slices, batch_size, reverse)[:, 0].numpy()
-    result = np.moveaxis(translated, 0, axis)
+    scale, offset = mr_mapping(volume.array, mask, mode)
+    result = from_unit_range(np.moveaxis(translated, 0, axis), scale, offset)
     if mask is not None:
-        result = np.where(mask, result, -1.0)
+        result = np.where(mask, result, 0.0).astype(np.float32)
+    provenance = {**provenance, "output_space": {"units": "MR signal (the input's scale)", "scale": [scale],
+                                                 "offset": [offset], "note": f"inverse of the input's {mode} "
+                                                 "normalisation; outside the mask 0"}}
+    if not out.suffix:
+        with staged_folder(out, overwrite) as staging:
+            write_dicom_series(staging, result, volume.affine, provenance, "MR", f"translation of {path.name}")
+        return
     header = nib.load(str(path)).header
-    write_nifti(out, result.astype(np.float32), volume.affine, provenance, header=header)
+    write_nifti(out, result, volume.affine, provenance, header=header)
 
 
 def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: dict,
@@ -120,27 +133,12 @@ def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenan
                       overwrite: bool = False, reverse: bool = False) -> None:
     """Every image into a hidden folder beside `out`, renamed onto `out` only when all are done:
     a bad image half-way leaves no partial output (and an old `out` as it was)."""
-    import shutil
-    import tempfile
-
     files = list_images(folder)
     if not files:
         raise MedsynthError(f"{folder}: no images found")
     _check_channels(recipe, 1, folder, reverse)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite) as staging:
         _translate_files(recipe, folder, files, staging, batch_size, provenance, reverse)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    aside = None
-    if out.exists() and overwrite:  # the old output goes only once the new one is in place
-        aside = out.with_name(f".{out.name}.old-{staging.name}")
-        out.rename(aside)
-    staging.rename(out)
-    if aside is not None:
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
 
 
 def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, batch_size: int,
@@ -156,10 +154,4 @@ def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, bat
         y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, reverse)
         target = staging / f.relative_to(folder).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        _save_png(target, y[0], provenance)
-
-
-def _save_png(path: Path, image: torch.Tensor, provenance: dict) -> None:
-    """One image at its own size (no grid padding), marked synthetic like every grid."""
-
-    save_grid(path, image[None], nrow=1, provenance=provenance, pad=0)
+        save_png(target, y[0], provenance)

@@ -61,19 +61,38 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] B x C x *spatial -> uint8 in MedMNIST layout (N x H x W, N x H x W x 3, N x D x H x W)."""
-    arr = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
+# stored sample types: what [-1, 1] becomes (medsynth's readers map each back to [-1, 1])
+OUTPUT_DTYPES = {"uint8": "0..255", "uint16": "0..65535", "float32": "0..1"}
+
+
+def to_stored(images: torch.Tensor, dtype: str = "uint8", layout: bool = True) -> np.ndarray:
+    """[-1, 1] B x C x *spatial -> `dtype` (OUTPUT_DTYPES: uint8 0..255, uint16 0..65535, float32
+    0..1), in MedMNIST layout (N x H x W, N x H x W x 3, N x D x H x W) unless layout=False."""
+    unit = (images.detach().float().clamp(-1, 1) + 1.0) / 2.0
+    if dtype == "float32":
+        arr = unit.cpu().numpy()
+    elif dtype in ("uint8", "uint16"):
+        top = float(np.iinfo(dtype).max)
+        arr = (unit.double() * top).round().cpu().numpy().astype(dtype)
+    else:
+        raise MedsynthError(f"output dtype {dtype!r} is not one of {list(OUTPUT_DTYPES)}")
+    if not layout:
+        return arr
     if arr.shape[1] == 1:
         return arr[:, 0]
     return np.moveaxis(arr, 1, -1)
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return to_stored(images, "uint8")
+
+
 def save_npz(path: str | Path, images: torch.Tensor, labels: torch.Tensor | np.ndarray | None = None,
-             provenance: dict | None = None, extra: dict | None = None) -> None:
+             provenance: dict | None = None, extra: dict | None = None, dtype: str = "uint8") -> None:
     """Images (and labels N x 1 or N x k) under the keys `images` / `labels`, readable as a dataset;
-    `provenance` as a JSON string under the key `provenance` (no pickle needed to read it)."""
-    payload = {"images": to_uint8(images), **(extra or {})}
+    `provenance` as a JSON string under the key `provenance` (no pickle needed to read it).
+    dtype: how the images are stored (OUTPUT_DTYPES)."""
+    payload = {"images": to_stored(images, dtype), **(extra or {})}
     if provenance is not None:
         payload["provenance"] = np.array(json.dumps(provenance))
     if labels is not None:
@@ -113,16 +132,61 @@ def save_grid(path: str | Path, images: torch.Tensor, nrow: int | None = None, p
     """A PNG grid; with `provenance`, marked synthetic in its text chunks (`description`: what a
     viewer shows, for a grid that is not synthetic throughout)."""
     canvas = grid_image(images, nrow, pad)
-    path = Path(path)
-    info = None
-    if provenance is not None:
-        info = PngInfo()
-        info.add_text("Software", provenance.get("generator", "medsynth"))
-        info.add_text("medsynth:synthetic", "true" if provenance.get("synthetic") else "false")
-        info.add_text("medsynth:provenance", json.dumps(provenance))
-        info.add_text("Description", description)
     with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=info)
+        Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=_png_info(provenance, description))
+
+
+def _png_info(provenance: dict | None, description: str) -> PngInfo | None:
+    if provenance is None:
+        return None
+    info = PngInfo()
+    info.add_text("Software", provenance.get("generator", "medsynth"))
+    info.add_text("medsynth:synthetic", "true" if provenance.get("synthetic") else "false")
+    info.add_text("medsynth:provenance", json.dumps(provenance))
+    info.add_text("Description", description)
+    return info
+
+
+def save_png(path: str | Path, image: torch.Tensor, provenance: dict | None = None, dtype: str = "uint8",
+             description: str = SYNTHETIC_NOTE) -> None:
+    """One C x H x W image in [-1, 1] at its own size: 8-bit (grey or RGB) or 16-bit (grey only,
+    dtype uint16), marked like every grid."""
+    if dtype not in ("uint8", "uint16"):
+        raise MedsynthError(f"{path}: PNG images are 8 or 16 bit (uint8 or uint16), not {dtype}")
+    array = to_stored(image[None], dtype)[0]
+    if dtype == "uint16" and array.ndim == 3:
+        raise MedsynthError(f"{path}: 16-bit PNG is for single-channel images; use uint8 or an .npz output")
+    picture = Image.fromarray(array)  # uint16 -> mode I;16
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG", pnginfo=_png_info(provenance, description))
+
+
+@contextmanager
+def staged_folder(out: str | Path, overwrite: bool = False):
+    """Yield a hidden folder beside `out` to write into; renamed onto `out` only when the block
+    succeeds (a failure half-way leaves no partial output and an old `out` as it was). With
+    `overwrite`, the old `out` goes only once the new one is in place."""
+    import shutil
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise MedsynthError(f"{out}: cannot write here ({exc.strerror or exc})") from None
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    aside = None
+    if out.exists() and overwrite:
+        aside = out.with_name(f".{out.name}.old-{staging.name}")
+        out.rename(aside)
+    staging.rename(out)
+    if aside is not None:
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None,

@@ -42,6 +42,9 @@ class SplitData:
     multilabel: bool
     source: str
     crop_size: int | None = None  # training images are cropped to this per batch
+    # where [-1, 1] maps back to in the source (None for 2D image files): {"units", "scale", "offset"}
+    # per channel, and for volumes "affine" (4 x 4, RAS mm) and "spacing" of the grid the model makes
+    space: dict | None = None
 
     @property
     def in_channels(self) -> int:
@@ -62,7 +65,9 @@ class SplitData:
         return [int(s) for s in self.train.images.shape[2:]]
 
 
-def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def read_source(data_cfg, spatial_dims: int | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]],
+                                                                    dict | None]:
+    """(split name -> (images, labels or None), the source's space (SplitData.space) or None)."""
     path = Path(data_cfg.path)
     fmt = data_cfg.format
     if fmt == "volumes":
@@ -70,13 +75,17 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
     if fmt == "paired_slices":
         from medsynth.data.slices import read_paired_slices
 
-        return read_paired_slices(data_cfg)
+        return read_paired_slices(data_cfg), None
     if fmt == "ct_slices":
+        from medsynth.data.intensity import ct_mapping
         from medsynth.data.slices import read_ct_slices
 
         window = data_cfg.window if isinstance(data_cfg.window, str) else list(data_cfg.window)
+        scale, offset = ct_mapping(window)
+        space = {"units": "HU", "scale": [scale] * 3, "offset": [offset] * 3,
+                 "note": f"CT window {window}: HU outside it were clipped to its edges"}
         return {"train": (read_ct_slices(path, data_cfg.label_path, data_cfg.organ, window,
-                                         data_cfg.slice_axis), None)}
+                                         data_cfg.slice_axis), None)}, space
     if fmt == "auto":
         if path.is_dir():
             fmt = "folder"
@@ -87,16 +96,18 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> dict[str, tuple[np
         else:
             raise MedsynthError(f"{path}: unknown data format (expected a .npz file or an image folder)")
     if fmt == "npz":
-        return read_npz(path, spatial_dims)
-    return read_folder(path, data_cfg.channels, data_cfg.labels_csv, data_cfg.image_size)
+        return read_npz(path, spatial_dims), None
+    return read_folder(path, data_cfg.channels, data_cfg.labels_csv, data_cfg.image_size), None
 
 
 def _read_volumes(data_cfg, path: Path):
     """Cases (train / validation / test sub-folders, or one folder) -> N x C x S^3 volumes in [-1, 1],
-    each contrast normalised per case (MR statistics; the whole volume is the mask)."""
+    each contrast normalised per case (MR statistics inside data.mask, else the whole volume),
+    and their space: the first training case's grid resized to S^3, and per contrast the median
+    over training cases of the normalisation's scale and offset (the input's MR scale)."""
     from medsynth.data.cases import (SPLIT_FOLDERS, cases_from_folder, cases_from_manifest, resample_to_spacing,
                                      resize_volumes)
-    from medsynth.data.intensity import mr_normalise
+    from medsynth.data.intensity import mr_mapping, mr_normalise
 
     if not data_cfg.contrasts:
         raise MedsynthError("data.format=volumes needs data.contrasts (file patterns or manifest columns)")
@@ -109,24 +120,44 @@ def _read_volumes(data_cfg, path: Path):
         present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
         groups = ({s: cases_from_folder(p, contrasts, mask=data_cfg.mask) for s, p in present.items()} if present
                   else {"train": cases_from_folder(path, contrasts, mask=data_cfg.mask)})
-    out = {}
+    out, mappings, grid = {}, [], None
     for split, cases in groups.items():
         vols = []
         for c in cases:
-            image, mask = c.image, c.mask
+            image, mask, affine = c.image, c.mask, c.affine
             if data_cfg.spacing is not None:
                 image = resample_to_spacing(image, c.spacing, list(data_cfg.spacing), order=1)
                 mask = None if mask is None else resample_to_spacing(mask.astype(np.float32), c.spacing,
                                                                      list(data_cfg.spacing), order=0) > 0.5
+                affine = rescaled_affine(affine, c.image.shape[1:], image.shape[1:])
             vol = np.stack([mr_normalise(ch, mask, data_cfg.mr_normalise) for ch in image])
+            if split == "train":
+                mappings.append([mr_mapping(ch, mask, data_cfg.mr_normalise) for ch in image])
+                grid = grid or (affine, image.shape[1:], c.name)
             vols.append(resize_volumes(vol[None], data_cfg.image_size)[0])  # cases may differ in size
         out[split] = (np.stack(vols).clip(-1, 1).astype(np.float32), None)
-    return out
+    affine = rescaled_affine(grid[0], grid[1], (data_cfg.image_size,) * 3)
+    space = {"units": "MR signal (the input's scale)", "scale": np.median([[m[0] for m in c] for c in mappings], 0).tolist(),
+             "offset": np.median([[m[1] for m in c] for c in mappings], 0).tolist(), "affine": affine.tolist(),
+             "spacing": [float(np.linalg.norm(affine[:3, i])) for i in range(3)],
+             "note": f"grid of training case {grid[2]} resized to {data_cfg.image_size}^3; intensities: median "
+                     f"{data_cfg.mr_normalise} mapping over {len(mappings)} training cases"}
+    return out, space
+
+
+def rescaled_affine(affine: np.ndarray, shape, new_shape) -> np.ndarray:
+    """The voxel -> world affine of a volume of `shape` resampled to `new_shape` over the same extent
+    (align_corners=False: new voxel u sits at old index (u + 0.5) * s - 0.5, s = old / new)."""
+    s = np.array([o / n for o, n in zip(shape, new_shape)], dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(s)
+    step[:3, 3] = (s - 1) / 2
+    return np.asarray(affine, dtype=np.float64) @ step
 
 
 def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> SplitData:
     """Read, check and rescale a data source into train / val / test ImageSets."""
-    raw = read_source(data_cfg, spatial_dims)
+    raw, space = read_source(data_cfg, spatial_dims)
     source = str(data_cfg.path)
     for split, (images, _) in raw.items():  # before data.limit, so the index is the file's
         check_finite(images, f"{source} ({split} images)")
@@ -175,7 +206,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
         for name in ("val", "test"):
             if name in sets and len(sets[name]):
                 sets[name] = ImageSet(center_crop_array(sets[name].images, crop).contiguous(), sets[name].labels)
-    return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source, crop)
+    return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source, crop, space)
 
 
 def _limit(images: np.ndarray, labels: np.ndarray | None, n: int, seed: int):

@@ -29,7 +29,8 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_folder(path: str | Path, channels: int | None = None, labels_csv: str | None = None,
                 size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """Split name -> (uint8 images N x C x H x W, labels N x 1 or None).
+    """Split name -> (images N x C x H x W, labels N x 1 or None): uint8, or uint16 for 16-bit
+    greyscale PNG/TIFF (read at their full depth; one folder holds one depth).
 
     `size` resizes each image on reading (so mixed sizes are allowed only then).
     """
@@ -52,6 +53,10 @@ def read_folder(path: str | Path, channels: int | None = None, labels_csv: str |
         arrays = [_load(f, mode, size) for f in files]
         shape = arrays[0].shape
         for f, a in zip(files, arrays):
+            if a.dtype != arrays[0].dtype:
+                bits = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}
+                raise MedsynthError(f"{f}: {bits[a.dtype]}, but {files[0].name} is {bits[arrays[0].dtype]}; one folder "
+                                    "holds one bit depth (one intensity scale)")
             if a.shape != shape:
                 raise MedsynthError(
                     f"{f}: image size {a.shape[1:]} differs from {shape[1:]} of {files[0].name}; "
@@ -74,11 +79,13 @@ def _open(path: Path) -> Image.Image:
 
 
 def _load(path: Path, mode: str, size: int | None) -> np.ndarray:
+    """C x H x W: uint8, or uint16 for a 16-bit greyscale image read as greyscale."""
     image = _open(path)
-    if image.mode in ("I", "I;16") and mode == "L":  # 16-bit grayscale: keep its range
-        array = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("I", "I;16", "I;16B") and mode == "L":  # 16-bit greyscale: all 16 bits kept
+        array = np.clip(np.asarray(image, dtype=np.float32), 0, 65535)
+        if size is not None:
+            array = np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR))
+        return np.round(array).astype(np.uint16)[None]
     image = image.convert(mode)
     if size is not None:
         image = image.resize((size, size), Image.BILINEAR)

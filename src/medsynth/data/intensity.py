@@ -65,8 +65,9 @@ def _minmax(arrays: list[np.ndarray]) -> list[np.ndarray]:
 CT_WINDOWS = {"abdomen": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0)}
 
 
-def ct_window(hu: np.ndarray, window) -> np.ndarray:
-    """Clip Hounsfield units to a window (a preset name or (level, width)) and map it to [-1, 1]."""
+def ct_mapping(window) -> tuple[float, float]:
+    """(scale, offset) of a CT window (a preset name or (level, width)): HU = scale * x + offset for
+    x in [-1, 1], the inverse of ct_window inside the window."""
     if isinstance(window, str):
         if window not in CT_WINDOWS:
             raise MedsynthError(f"unknown CT window '{window}'; presets: {sorted(CT_WINDOWS)} or [level, width]")
@@ -78,24 +79,41 @@ def ct_window(hu: np.ndarray, window) -> np.ndarray:
             raise MedsynthError(f"CT window {window!r} is not a preset name or [level, width]") from None
     if width <= 0:
         raise MedsynthError(f"CT window width must be positive, got {width}")
-    lo = level - width / 2
-    return (np.clip((hu.astype(np.float32) - lo) / width, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+    return width / 2.0, level
+
+
+def ct_window(hu: np.ndarray, window) -> np.ndarray:
+    """Clip Hounsfield units to a window (a preset name or (level, width)) and map it to [-1, 1]."""
+    scale, offset = ct_mapping(window)
+    return np.clip((hu.astype(np.float32) - offset) / scale, -1.0, 1.0).astype(np.float32)
+
+
+def mr_mapping(volume: np.ndarray, mask: np.ndarray | None = None, mode: str = "zscore",
+               percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+    """(scale, offset) of mr_normalise for this volume: signal = scale * x + offset for x in [-1, 1]
+    (z-score: 3 std and the mean inside the mask; percentile: half the range and the midpoint)."""
+    inside = volume[mask > 0] if mask is not None else volume.ravel()
+    if inside.size == 0:
+        raise MedsynthError("MR normalisation: the mask is empty")
+    if mode == "zscore":
+        return 3.0 * (float(inside.std()) or 1.0), float(inside.mean())
+    if mode == "percentile":
+        lo, hi = (float(v) for v in np.percentile(inside, percentiles))
+        return ((hi - lo) or 2.0) / 2.0, (hi + lo) / 2.0
+    raise MedsynthError(f"MR normalisation mode must be zscore or percentile, got {mode!r}")
 
 
 def mr_normalise(volume: np.ndarray, mask: np.ndarray | None = None, mode: str = "zscore",
                  percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
     """MR intensities to [-1, 1] from statistics inside `mask` (e.g. the brain): z-score clipped at
     +-3 standard deviations, or the given percentiles mapped to -1 and 1. Outside the mask -> -1."""
-    inside = volume[mask > 0] if mask is not None else volume.ravel()
-    if inside.size == 0:
-        raise MedsynthError("MR normalisation: the mask is empty")
-    if mode == "zscore":
-        out = np.clip((volume - inside.mean()) / (inside.std() or 1.0) / 3.0, -1.0, 1.0)
-    elif mode == "percentile":
-        lo, hi = np.percentile(inside, percentiles)
-        out = np.clip((volume - lo) / ((hi - lo) or 1.0), 0.0, 1.0) * 2.0 - 1.0
-    else:
-        raise MedsynthError(f"MR normalisation mode must be zscore or percentile, got {mode!r}")
+    scale, offset = mr_mapping(volume, mask, mode, percentiles)
+    out = np.clip((volume - offset) / scale, -1.0, 1.0)
     if mask is not None:
         out = np.where(mask > 0, out, -1.0)
     return out.astype(np.float32)
+
+
+def from_unit_range(x: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """[-1, 1] model intensities back to the source's units (HU, the MR input's scale): float32."""
+    return (np.asarray(x, dtype=np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
