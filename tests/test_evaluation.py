@@ -116,8 +116,22 @@ def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_
     assert saved["features"]["dim"] == 32 and len(saved["features"]["sha256"]) == 64
     f = saved["fidelity"]
     assert f["fid"] > 0 and f["k"] == 5 and 0 <= f["precision"] <= 1
-    # an undertrained VAE is further from real than real train is from real test
+    # an undertrained VAE is further from real than real val is from real test
     assert f["fid"] > saved["floor"]["fidelity"]["fid"]
+    assert "val vs real test" in saved["floor"]["fidelity"]["what"]
+    for key, value in (("fid", f["fid"]), ("precision", f["precision"]), ("coverage", f["coverage"])):
+        lo, hi = f[f"{key}_interval"]
+        assert lo <= value + 1e-9 and value <= hi + 1e-9 and lo < hi, key
+    assert f["kid_subset_size"] == 60 and f["kid_std"] > 1e-6  # 120 images: subsets of half
+    lo, hi = saved["diversity"]["fake"]["ms_ssim_interval"]
+    assert lo < saved["diversity"]["fake"]["ms_ssim_mean"] < hi
+    assert saved["settings"]["intervals"]["resamples"] == 200
+    a = saved["privacy"]["pixel"]
+    assert 0 <= a["authenticity"] <= 1 and 0.2 < a["heldout_authenticity"] < 0.9
+    # conditional: per class fidelity and diversity, and the feature network's class agreement
+    assert set(saved["per_class"]) == {"0", "1"} and "fid" in saved["per_class"]["1"]["fidelity"]
+    c = saved["class_consistency"]
+    assert 0 <= c["agreement"] <= 1 and c["real_agreement"] > 0.6 and set(c["per_class"]) == {"0", "1"}
     assert 0 < saved["diversity"]["fake"]["ms_ssim_mean"] < 1 and saved["diversity"]["real"]["all_pairs"]
     assert 0 < saved["reconstruction"]["ms_ssim"] <= 1 and saved["reconstruction"]["psnr"] > 5
     assert 0 <= saved["privacy"]["pixel"]["rate"] <= 1 and "feature" in saved["privacy"]
@@ -128,9 +142,61 @@ def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_
 
     page = report(vae_run).read_text()
     for words in ("FID (domain features)", "memorisation rate", "TSTR", "Loss curves", "data:image/png;base64",
-                  "kl_weight"):
+                  "kl_weight", "authenticity", "class consistency", "never trained on"):
         assert words in page
     assert "http://" not in page and "https://" not in page and "src='data:" in page
+    rows = metric_rows(page)  # parsed, not grepped: each metric row carries its interval and its meaning
+    fid_row = next(r for r in rows if r[0] == "FID (domain features)")
+    assert re.fullmatch(r"[\d.e+-]+ \[[\d.e+-]+, [\d.e+-]+\]", fid_row[1]) and fid_row[3] == "lower"
+    assert all(len(r) == 5 and r[4] for r in rows if "not computed" not in r[1])
+
+
+def metric_rows(page: str) -> list[list[str]]:
+    """The text of each cell of the metric table's rows, by Python's HTML parser."""
+    from html.parser import HTMLParser
+
+    class Table(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell, self.inside = [], None, False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag == "td":
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                self.rows[-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Table()
+    parser.feed(page)
+    return [r for r in parser.rows if r]
+
+
+def test_the_floor_comes_from_images_the_feature_network_never_saw(feature_run, medium_npz):
+    """The old floor (real train vs real test) sat in the feature network's own training data: the
+    network pulls its training images apart from unseen ones, so that floor is inflated. Against
+    a clearly worse synthetic set (heavily blurred real test images), the new floor (val vs test,
+    both unseen) lies below it and below the old floor."""
+    from medsynth.evaluate import _fidelity, load_sets
+
+    sets, floor_set = load_sets(medium_npz, medium_npz, None, None, 0, None)
+    net = load_feature_net(feature_run)
+    test = sets["real"].images
+    blurred = torch.nn.functional.avg_pool2d(test, 7, 1, 3)
+    real, worse = net.embed(test), net.embed(blurred)
+    old = _fidelity(real, net.embed(sets["train"].images[:len(test)]), 5, 0)
+    new = _fidelity(real, net.embed(floor_set.images), 5, 0)
+    bad = _fidelity(real, worse, 5, 0)
+    assert new["kid"] < bad["kid"] and new["fid"] < bad["fid"]
+    assert new["kid"] < old["kid"]  # the inflation the old floor carried
 
 
 def test_evaluate_without_features_says_why(vae_run, medium_npz, tmp_path):

@@ -68,6 +68,7 @@ def _evaluate(args) -> None:
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
+                      resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real, log=_log())
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
@@ -228,6 +229,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--utility-steps", type=int, default=300, help="training steps of each TSTR classifier")
     p.add_argument("--no-utility", action="store_true", help="skip train-on-synthetic-test-on-real")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals of FID, "
+                                                            "PRDC and diversity (default 200; 0: none)")
     p.add_argument("--image-size", type=int, help="resize the image files' sets to this size, e.g. 64 for a model "
                                                   "trained with data.image_size=64 on 28 px MedMNIST")
     _add_overwrite(p)

@@ -47,8 +47,10 @@ def _from_run(run_dir: Path, device: str) -> FeatureNet:
     info = {"source": str(run_dir), "kind": "medsynth-vgg", "sha256": meta.get("sha256") or
             file_sha256(run_dir / WEIGHTS), "task": meta.get("task"),
             "test_accuracy": meta.get("accuracy"), "test_auc": meta.get("auc")}
+    classes = meta.get("task") == "classes"
     return FeatureNet(recipe.net, recipe.net.embed, recipe.net.embed_dim, info,
-                      list(recipe.cfg.model.image_size), recipe.cfg.model.in_channels)
+                      list(recipe.cfg.model.image_size), recipe.cfg.model.in_channels,
+                      classify_fn=recipe.net if classes else None)
 
 
 def perceptual_loss(cfg) -> PerceptualLoss | None:

@@ -26,7 +26,8 @@ from medsynth.provenance import file_sha256
 
 @dataclass
 class FeatureNet:
-    """embed(x) -> B x dim; `module` is the torch network, `info` what the metrics record about it."""
+    """embed(x) -> B x dim; `module` is the torch network, `info` what the metrics record about it;
+    classify(x) -> B predicted classes, for a network trained on classes (`classify_fn`: logits)."""
 
     module: nn.Module
     embed_fn: callable
@@ -35,9 +36,19 @@ class FeatureNet:
     image_size: list[int] | None = None
     in_channels: int | None = None
     precision: str = "32"  # "bf16-mixed": bf16 autocast (2-3x faster on CPUs with native bf16)
+    classify_fn: callable = None  # images -> class logits (single-label class networks only)
+
+    def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        return self._run(self.embed_fn, images, batch_size)
+
+    def classify(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor | None:
+        """B predicted classes (argmax of the logits), or None for a network not trained on classes."""
+        if self.classify_fn is None:
+            return None
+        return self._run(self.classify_fn, images, batch_size).argmax(1)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def _run(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
         self.check(images)
         self.module.eval()
         device = next(self.module.parameters()).device
@@ -48,7 +59,7 @@ class FeatureNet:
         for i in range(0, len(images), batch_size):
             batch = images[i:i + batch_size].to(device).contiguous(memory_format=layout)
             with autocast(device, self.precision):
-                out.append(self.embed_fn(batch).float().cpu())
+                out.append(fn(batch).float().cpu())
         return torch.cat(out)
 
     def check(self, images: torch.Tensor) -> None:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from medsynth.errors import MedsynthError
 from medsynth.msssim import ms_ssim
 
+LOSS_FLOOR = 1e-6  # MS-SSIM loss: each scale's term floored here, not at 0, so the gradient stays finite
+
 
 def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over latent units: B."""
@@ -44,7 +46,7 @@ def reconstruction_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, *
         err = F.binary_cross_entropy_with_logits(2.0 * logits.float(), (target + 1.0) / 2.0, reduction="none")
     elif kind == "msssim":
         pixels = target[0].numel()
-        return (1.0 - ms_ssim(recon, target, **msssim_kw)) * pixels
+        return (1.0 - ms_ssim(recon, target, **msssim_kw, floor=LOSS_FLOOR)) * pixels
     else:
         raise MedsynthError(f"unknown reconstruction loss '{kind}'")
     return err.flatten(1).sum(1)

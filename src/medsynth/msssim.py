@@ -55,18 +55,19 @@ def msssim_settings(size: tuple[int, ...] | list[int], scales: int | None = None
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, scales: int | None = None, kernel: int | None = None,
-            data_range: float = DATA_RANGE) -> torch.Tensor:
+            data_range: float = DATA_RANGE, floor: float = 0.0) -> torch.Tensor:
     """Multi-scale SSIM per image (B), for 2D (B x C x H x W) or 3D (B x C x D x H x W) images.
 
     Scales and window follow the image size (`msssim_settings`); the scale weights are the first
     `scales` of Wang et al.'s, renormalised; the Gaussian is the correct exp(-d^2 / 2 sigma^2)
-    (equal to MONAI's, tested). Contrast terms are clamped to a small positive floor rather than
-    relu'd, so the gradient stays finite when a term reaches zero. One implementation with the
-    batched all-pairs form below (the diversity metric).
+    (equal to MONAI's, tested). Each scale's term is relu'd (floor 0), as in the reference
+    implementations (pytorch-msssim, MONAI's metric; tested against pytorch-msssim); the loss
+    passes a small positive floor instead, so its gradient stays finite when a term reaches zero.
+    One implementation with the batched all-pairs form below (the diversity metric).
     """
     if data_range != DATA_RANGE:  # the SSIM constants scale with the range: rescale the images instead
         x, y = x * (DATA_RANGE / data_range), y * (DATA_RANGE / data_range)
-    return paired_ms_ssim(x.float(), y.float(), scales, kernel, floor=1e-6)
+    return paired_ms_ssim(x.float(), y.float(), scales, kernel, floor=floor)
 
 
 def _gauss_1d(k: int, sigma: float) -> torch.Tensor:

@@ -18,24 +18,44 @@ from medsynth.runs import CONFIG
 from medsynth.writers import write_text
 
 # (section, key, label, better): the metric table, in reading order
+# (section, key, label, which way is better, what it measures: one sentence for the reader)
 ROWS = [
-    ("fidelity", "fid", "FID (domain features)", "lower"),
-    ("fidelity", "kid", "KID", "lower"),
-    ("fidelity", "precision", "precision", "higher"),
-    ("fidelity", "recall", "recall", "higher"),
-    ("fidelity", "density", "density", "~1"),
-    ("fidelity", "coverage", "coverage", "higher"),
-    ("diversity", "ms_ssim_mean", "mean pairwise MS-SSIM", "near real"),
-    ("reconstruction", "ms_ssim", "reconstruction MS-SSIM", "higher"),
-    ("reconstruction", "ssim", "reconstruction SSIM", "higher"),
-    ("reconstruction", "psnr", "reconstruction PSNR (dB)", "higher"),
-    ("privacy", "pixel.rate", "memorisation rate (pixels)", "~0.05"),
-    ("privacy", "feature.rate", "memorisation rate (features)", "~0.05"),
-    ("privacy", "near_copies", "near-exact copies", "0"),
-    ("privacy", "pixel.distance_median", "median distance to nearest training image (RMS)", "near floor"),
-    ("utility", "synthetic.accuracy", "TSTR accuracy (vs TRTR in the floor column)", "higher"),
-    ("utility", "synthetic.auc", "TSTR ROC AUC", "higher"),
-    ("utility", "auc_ratio", "utility ratio (AUC synthetic / real)", "~1"),
+    ("fidelity", "fid", "FID (domain features)", "lower",
+     "Distance between the two sets' feature means and covariances; biased upward at few images."),
+    ("fidelity", "kid", "KID", "lower",
+     "Unbiased kernel distance between the feature distributions (mean over subsets); ~0 for one distribution."),
+    ("fidelity", "precision", "precision", "higher",
+     "Share of synthetic images that fall inside the real images' feature manifold (realism)."),
+    ("fidelity", "recall", "recall", "higher",
+     "Share of real images that fall inside the synthetic images' manifold (how much of the data is covered)."),
+    ("fidelity", "density", "density", "~1",
+     "How many real neighbourhoods hold each synthetic image, per k; above 1 means crowding on dense regions."),
+    ("fidelity", "coverage", "coverage", "higher",
+     "Share of real images with a synthetic image among their nearest neighbours (robust recall)."),
+    ("diversity", "ms_ssim_mean", "mean pairwise MS-SSIM", "near real",
+     "Average structural similarity between pairs within a set: higher than real means mode collapse."),
+    ("class_consistency", "agreement", "class consistency", "near real",
+     "Share of synthetic images the domain network classifies as the class they were drawn for."),
+    ("reconstruction", "ms_ssim", "reconstruction MS-SSIM", "higher",
+     "How closely the model reproduces held-out images it encodes and decodes."),
+    ("reconstruction", "ssim", "reconstruction SSIM", "higher", "The same at one scale."),
+    ("reconstruction", "psnr", "reconstruction PSNR (dB)", "higher", "Pixel error of the reconstructions, in dB."),
+    ("privacy", "pixel.rate", "memorisation rate (pixels)", "~0.05",
+     "Share of synthetic images closer to a training image than 95% of unseen real images are."),
+    ("privacy", "feature.rate", "memorisation rate (features)", "~0.05", "The same in the feature space."),
+    ("privacy", "pixel.authenticity", "authenticity (pixels)", "near floor",
+     "Share of synthetic images farther from their nearest training image than it is from its own nearest "
+     "neighbour (Alaa et al. 2022); low means copying."),
+    ("privacy", "feature.authenticity", "authenticity (features)", "near floor", "The same in the feature space."),
+    ("privacy", "near_copies", "near-exact copies", "0",
+     "Share of synthetic images within ~2.5 grey levels (RMS) of a training image."),
+    ("privacy", "pixel.distance_median", "median distance to nearest training image (RMS)", "near floor",
+     "Typical pixel distance from a synthetic image to its closest training image."),
+    ("utility", "synthetic.accuracy", "TSTR accuracy (vs TRTR in the floor column)", "higher",
+     "Accuracy on real test images of a classifier trained on synthetic images only."),
+    ("utility", "synthetic.auc", "TSTR ROC AUC", "higher", "The same as ROC AUC."),
+    ("utility", "auc_ratio", "utility ratio (AUC synthetic / real)", "~1",
+     "TSTR AUC over the AUC of the same classifier trained on real images."),
 ]
 
 
@@ -124,30 +144,53 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+def _interval_key(key: str) -> str:
+    return key.replace("ms_ssim_mean", "ms_ssim") + "_interval"
+
+
 def metric_table(evaluation: dict) -> str:
-    lines = ["<table><tr><th>metric</th><th>synthetic</th><th>real vs real (floor)</th><th>better</th></tr>"]
-    for section, key, label, better in ROWS:
+    """The metrics with their 95% intervals beside the real-vs-real floor, what each measures and
+    which way is better."""
+    lines = ["<table><tr><th>metric</th><th>synthetic [95% interval]</th><th>real vs real (floor)</th>"
+             "<th>better</th><th>what it measures</th></tr>"]
+    for section, key, label, better, meaning in ROWS:
         sec = evaluation.get(section, {})
+        if not isinstance(sec, dict) or (not sec and section == "class_consistency"):
+            continue
         floor = evaluation.get("floor", {}).get(section, {})
         if section == "diversity":
             value, ref = _get(sec, f"fake.{key}"), _get(sec, f"real.{key}")
+            span, ref_span = _get(sec, f"fake.{_interval_key(key)}"), _get(sec, f"real.{_interval_key(key)}")
         elif section == "utility" and key.startswith("synthetic."):
             value, ref = _get(sec, key), _get(sec, "real." + key.split(".", 1)[1])
+            span = ref_span = None
+        elif section == "class_consistency":
+            value, ref, span, ref_span = _get(sec, key), _get(sec, "real_agreement"), _get(sec, _interval_key(key)), None
         else:
             value, ref = _get(sec, key), _get(floor, key)
+            span, ref_span = _get(sec, _interval_key(key)), _get(floor, _interval_key(key))
         if "not_computed" in sec:
             cell = f"<td class='missing' colspan='2'>not computed: {html.escape(sec['not_computed'])}</td>"
         else:
-            cell = f"<td>{_fmt(value)}</td><td>{_fmt(ref)}</td>"
-        lines.append(f"<tr><td>{html.escape(label)}</td>{cell}<td>{html.escape(better)}</td></tr>")
+            cell = f"<td>{_fmt(value)}{_span(span)}</td><td>{_fmt(ref)}{_span(ref_span)}</td>"
+        lines.append(f"<tr><td>{html.escape(label)}</td>{cell}<td>{html.escape(better)}</td>"
+                     f"<td class='what'>{html.escape(meaning)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def _span(interval) -> str:
+    if not isinstance(interval, list) or len(interval) != 2:
+        return ""
+    return f" <span class='ci'>[{_fmt(interval[0])}, {_fmt(interval[1])}]</span>"
 
 
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-.missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}"""
+.missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}
+.ci{color:#666;font-size:90%}.what{color:#555;font-size:90%;max-width:28em}
+@media (max-width:700px){body{margin:0.5em}td,th{padding:2px 4px;font-size:90%}.what{display:none}}"""
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None,
@@ -208,6 +251,10 @@ def _evaluation_parts(ev: dict, run_dir: Path, eval_path: Path) -> list[str]:
         parts.append("<p class='missing'><b>The real set is marked synthetic</b> (evaluated with "
                      "--allow-synthetic-real): these scores compare synthetic images with synthetic ones and say "
                      "nothing about real data.</p>")
+    parts.append("<p>The floor column scores real held-out images the same way (fidelity: the val split against "
+                 "the test split, images the feature network never trained on), so it shows what real data "
+                 "scores at this sample size. Brackets hold 95% bootstrap intervals: two numbers whose intervals "
+                 "overlap are not told apart by this evaluation.</p>")
     parts.append(metric_table(ev))
     strip = Path(str(_get(ev, "privacy.strip") or ""))
     if strip.name and not _beside(strip, run_dir, eval_path):

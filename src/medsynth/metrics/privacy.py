@@ -7,6 +7,11 @@ The memorisation rate is the share of synthetic images closer to the training
 set than the 5th percentile of *held-out real* images' nearest-training
 distances: a model that does not copy scores about 0.05, as real unseen
 images do by construction. Near-exact copies are those within `copy_rms`.
+
+Authenticity (Alaa et al., ICML 2022): a synthetic image is authentic when it lies farther from
+its nearest training image than that training image lies from its own nearest other training
+image; the score is the authentic share (held-out real images score it too, as a reference).
+Distances are float64 (in float32, ~0.5% of nearest-neighbour ranks flipped).
 """
 
 from __future__ import annotations
@@ -18,21 +23,34 @@ COPY_RMS = 0.02  # ~2.5 grey levels of 255: visually the same image
 PERCENTILE = 5.0
 
 
-def nearest(query: torch.Tensor, reference: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(distance, index) of each query row's nearest reference row (L2 over the flattened rows)."""
-    q = query.flatten(1).float()
-    r = reference.flatten(1).float()
+def nearest(query: torch.Tensor, reference: torch.Tensor, chunk: int = 1024,
+            exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each query row's nearest reference row (L2 over the flattened rows,
+    float64). exclude_self: query is reference, and row i may not match itself."""
+    q = query.flatten(1).double()
+    r = reference.flatten(1).double()
     dists, idx = [], []
     for i in range(0, len(q), chunk):
         d = torch.cdist(q[i:i + chunk], r)
+        if exclude_self:
+            rows = torch.arange(len(d))
+            d[rows, rows + i] = float("inf")
         m = d.min(dim=1)
         dists.append(m.values)
         idx.append(m.indices)
     return torch.cat(dists), torch.cat(idx)
 
 
-def pixel_rms_nearest(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d, i = nearest(query, reference)
+def authenticity(query_d: torch.Tensor, query_i: torch.Tensor, train_nn: torch.Tensor) -> float:
+    """Share of queries farther from their nearest training image than that image is from its own
+    nearest other training image (query_d, query_i: `nearest(query, train)`; train_nn: each
+    training image's nearest-other distance, `nearest(train, train, exclude_self=True)[0]`)."""
+    return float((query_d > train_nn[query_i]).double().mean())
+
+
+def pixel_rms_nearest(query: torch.Tensor, reference: torch.Tensor,
+                      exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    d, i = nearest(query, reference, exclude_self=exclude_self)
     return d / np.sqrt(query[0].numel()), i
 
 
@@ -47,16 +65,22 @@ def memorisation(fake_d: torch.Tensor, heldout_d: torch.Tensor, percentile: floa
 def privacy_report(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
                    fake_feats: torch.Tensor | None = None, train_feats: torch.Tensor | None = None,
                    heldout_feats: torch.Tensor | None = None, copy_rms: float = COPY_RMS) -> tuple[dict, torch.Tensor]:
-    """Metrics, and the indices (fake, train) of the closest pairs in pixel space, closest first."""
+    """Metrics, and the indices (fake, train) of the closest pairs in pixel space, closest first.
+    Images may be 2D or 3D (flattened: voxel-space distances for volumes)."""
     fd, fi = pixel_rms_nearest(fake, train)
-    hd, _ = pixel_rms_nearest(heldout, train)
-    out = {"pixel": memorisation(fd, hd), "copy_rms": copy_rms,
+    hd, hi = pixel_rms_nearest(heldout, train)
+    train_nn, _ = pixel_rms_nearest(train, train, exclude_self=True)
+    out = {"pixel": {**memorisation(fd, hd), "authenticity": authenticity(fd, fi, train_nn),
+                     "heldout_authenticity": authenticity(hd, hi, train_nn)},
+           "copy_rms": copy_rms,
            "near_copies": float((fd < copy_rms).float().mean()),
            "heldout_near_copies": float((hd < copy_rms).float().mean())}
     if fake_feats is not None:
-        ffd, _ = nearest(fake_feats, train_feats)
-        hfd, _ = nearest(heldout_feats, train_feats)
-        out["feature"] = memorisation(ffd, hfd)
+        ffd, ffi = nearest(fake_feats, train_feats)
+        hfd, hfi = nearest(heldout_feats, train_feats)
+        train_fnn, _ = nearest(train_feats, train_feats, exclude_self=True)
+        out["feature"] = {**memorisation(ffd, hfd), "authenticity": authenticity(ffd, ffi, train_fnn),
+                          "heldout_authenticity": authenticity(hfd, hfi, train_fnn)}
     order = torch.argsort(fd)
     pairs = torch.stack([order, fi[order]], dim=1)
     return out, pairs
