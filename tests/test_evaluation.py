@@ -236,3 +236,33 @@ def test_evaluate_bad_inputs(medium_npz, feature_run, tmp_path):
     np.savez(big_real, test_images=np.zeros((20, 64, 64), np.uint8), train_images=np.zeros((20, 64, 64), np.uint8))
     with pytest.raises(MedsynthError, match="trained on images of size"):
         evaluate(big_real, big, features=feature_run, **quiet)
+
+
+def test_compare_marks_a_best_run_only_where_intervals_do_not_overlap(tmp_path, capsys):
+    """Three evaluations: FID 10 [9, 11], 3 [2.5, 3.5] and 3.2 [2.9, 3.6]: the two good ones overlap,
+    so no run is marked on FID; precision 0.9 [0.85, 0.95] is clear of 0.5 [0.4, 0.6] and 0.6
+    [0.55, 0.7], so it is marked. The HTML page parses and holds the same rows."""
+    from conftest import run_cli
+
+    def ev(fid, fid_iv, prec, prec_iv):
+        return {"fidelity": {"fid": fid, "fid_interval": fid_iv, "precision": prec, "precision_interval": prec_iv},
+                "diversity": {"fake": {"ms_ssim_mean": 0.3}, "real": {"ms_ssim_mean": 0.4}}}
+
+    files = []
+    for name, e in (("a", ev(10.0, [9, 11], 0.9, [0.85, 0.95])), ("b", ev(3.0, [2.5, 3.5], 0.5, [0.4, 0.6])),
+                    ("c", ev(3.2, [2.9, 3.6], 0.6, [0.55, 0.7]))):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(e))
+    code, _ = run_cli(capsys, "compare", *files, "--out", tmp_path / "c.html")
+    from medsynth.compare import compare
+
+    md = compare(files)
+    fid = next(line for line in md.splitlines() if line.startswith("| FID"))
+    precision = next(line for line in md.splitlines() if line.startswith("| precision"))
+    assert "**" not in fid and "**0.9 [0.85, 0.95]**" in precision
+    assert "mean pairwise MS-SSIM | near real | 0.3 | 0.3 | 0.3" in md  # "near real": shown, never ranked
+    assert code == 0
+    rows = metric_rows((tmp_path / "c.html").read_text())
+    assert rows[0][0] == "FID (domain features)" and len(rows[0]) == 5
+    with pytest.raises(MedsynthError, match="at least two runs"):
+        compare(files[:1])

@@ -17,7 +17,7 @@ FLOORS = [
     ["models"],
     ["feature_runs", "artefacts"],
     ["training", "sampling", "translate", "segment"],
-    ["evaluate", "report"],
+    ["evaluate", "report", "compare"],
     ["cli", ""],  # "" is the package itself (medsynth/__init__.py re-exports the API)
 ]
 

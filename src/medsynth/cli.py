@@ -13,6 +13,7 @@ from medsynth.writers import OUTPUT_DTYPES
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
 from medsynth.models.classifier import FEATURE_DEFAULTS
+from medsynth.compare import compare
 from medsynth.report import report
 from medsynth.sampling import sample
 from medsynth.segment import segment
@@ -75,6 +76,12 @@ def _evaluate(args) -> None:
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
                           "real": result["diversity"]["real"]["ms_ssim_mean"]}
     print(json.dumps(short, indent=1))
+
+
+def _compare(args) -> None:
+    print(compare(args.runs, out=args.out, overwrite=args.overwrite))
+    if args.out:
+        print(f"\npage: {args.out}")
 
 
 def _report(args) -> None:
@@ -237,6 +244,18 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", parents=[COMMON], help="evaluated runs side by side (Markdown, and HTML with --out)",
+                       description="The evaluations of two or more runs side by side with their 95% intervals, "
+                                   "the best per metric in bold only where its interval overlaps no other run's; "
+                                   "a Markdown table on stdout and, with --out, an HTML page with the sample grids.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their evaluation.json) or evaluation "
+                                                          "JSON files")
+    p.add_argument("--out", help="also write an HTML page here (.html)")
+    _add_overwrite(p)
+    p.set_defaults(func=_compare)
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", parents=[COMMON], help="write a self-contained HTML report of a run",
                        description="Sample grid, reconstructions, loss curves, the metric table beside the "
@@ -255,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_train, _add_sample, _add_segment, _add_translate, _add_features, _add_evaluate, _add_report):
+    for add in (_add_train, _add_sample, _add_segment, _add_translate, _add_features, _add_evaluate, _add_report,
+                _add_compare):
         add(sub)
     return parser
 

@@ -17,7 +17,7 @@ import medsynth.runs as runs
 from medsynth.runs import CONFIG
 from medsynth.writers import write_text
 
-# (section, key, label, better): the metric table, in reading order
+
 # (section, key, label, which way is better, what it measures: one sentence for the reader)
 ROWS = [
     ("fidelity", "fid", "FID (domain features)", "lower",
