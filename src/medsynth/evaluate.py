@@ -21,6 +21,7 @@ import torch
 
 from medsynth.config import load_config
 from medsynth.data import load_splits
+from medsynth.data.cases import is_volume_set, read_volume_set
 from medsynth.data.datasets import ImageSet
 from medsynth.errors import MedsynthError
 from medsynth.feature_runs import load_feature_net
@@ -73,6 +74,11 @@ def load_set(spec: str | Path, role: str, n: int | None = None, seed: int = 0,
                        recipe), None
     if not path.exists():
         raise MedsynthError(f"{path}: {role} set not found")
+    if is_volume_set(path):  # 3D: NIfTI / NRRD files or DICOM series, each z-scored (data.cases.read_volume_set)
+        images = torch.from_numpy(read_volume_set(path, image_size))
+        if n is not None and len(images) > n:
+            images = images[_pick(len(images), n, seed)]
+        return EvalSet(str(path), "volumes", images), None
     splits = _read_splits(path, seed, image_size)
     if role == "real":
         name, part = splits.held_out()

