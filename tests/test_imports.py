@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
     ["errors", "families", "precision", "writers", "console", "diffusion"],
-    ["config", "runs", "dicom"],
+    ["config", "runs", "dicom", "tracking"],
     ["provenance", "msssim", "data", "nets"],
     ["losses", "features", "metrics"],
     ["models"],

@@ -89,3 +89,17 @@ def test_mlflow_tracking_in_sqlite_store(small_npz, tmp_path):
     found = client.search_runs([experiment.experiment_id])
     assert [r.info.run_name for r in found] == [run.name]
     assert "val/loss" in found[0].data.metrics
+    run_id = found[0].info.run_id
+    artifacts = {a.path for a in client.list_artifacts(run_id, "training")}
+    assert {"training/samples.png", "training/summary.json"} <= artifacts
+    # evaluate and report log to the same MLflow run: metrics, the JSON, the strip and the page
+    from medsynth.evaluate import evaluate
+    from medsynth.report import report
+
+    evaluate(small_npz, run, utility=False, resamples=10, **quiet)
+    report(run)
+    metrics = client.get_run(run_id).data.metrics
+    assert "eval/diversity/fake/ms_ssim_mean" in metrics and "eval/privacy/pixel/authenticity" in metrics
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {"evaluation/evaluation.json",
+                                                                              "evaluation/evaluation_nearest.png"}
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/report.html"]

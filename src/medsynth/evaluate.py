@@ -32,6 +32,7 @@ from medsynth.metrics.similarity import diversity, reconstruction_scores
 from medsynth.metrics.utility import tstr
 from medsynth.models import load_run
 from medsynth.provenance import medsynth_version, synthetic_lineage
+from medsynth.tracking import flat_metrics, log_to_tracked_run
 from medsynth.runs import EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
 from medsynth.writers import save_grid, write_text
@@ -201,6 +202,9 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     result = _clean(result)
     write_text(out, json.dumps(result, indent=2))
     log(f"metrics: {out}")
+    if is_run(fake) and log_to_tracked_run(Path(fake), flat_metrics({"eval": result}), [out, _strip_path(out)],
+                                           "evaluation", log):
+        log("logged to the run's MLflow run")
     return result
 
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from medsynth.errors import MedsynthError, reason
 import medsynth.runs as runs
 from medsynth.runs import CONFIG
+from medsynth.tracking import log_to_tracked_run
 from medsynth.writers import write_text
 
 
@@ -187,7 +188,8 @@ def _span(interval) -> str:
 
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+caption{text-align:left;color:#555}
 .missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}
 .ci{color:#666;font-size:90%}.what{color:#555;font-size:90%;max-width:28em}
 @media (max-width:700px){body{margin:0.5em}td,th{padding:2px 4px;font-size:90%}.what{display:none}}"""
@@ -203,36 +205,139 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
     out = (runs.check_output(out, overwrite, [evaluation], (".html", ".htm")) if out
            else run_dir / runs.REPORT)
     eval_path = Path(evaluation) if evaluation else run_dir / runs.EVALUATION
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>medsynth: {html.escape(run_dir.name)}"
-             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(run_dir.name)}</h1>"]
-    summary_path = run_dir / runs.SUMMARY
-    if summary_path.is_file():
-        s = _read_json(summary_path, "summary")
-        parts.append(f"<p>status <b>{html.escape(str(s.get('status')))}</b>, {s.get('global_step')} steps, "
-                     f"{s.get('train_seconds')} s, precision {html.escape(str(s.get('precision')))}</p>")
-    parts.append("<h2>Samples</h2>" + _img(run_dir / runs.SAMPLES, "sample grid"))
-    parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
-                 + _img(run_dir / runs.RECONSTRUCTIONS, "reconstructions"))
+    cfg = _read_config(run_dir)
+    capable = _capabilities(cfg)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, "
+             f"initial-scale=1'><title>medsynth: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head>"
+             f"<body><h1>{html.escape(run_dir.name)}</h1>", _run_summary(run_dir, cfg)]
+    if capable.get("can_sample"):
+        parts.append("<h2>Samples</h2>" + _img(run_dir / runs.SAMPLES, "sample grid"))
+    if capable.get("can_reconstruct"):
+        parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
+                     + _img(run_dir / runs.RECONSTRUCTIONS, "reconstructions")
+                     + _scores_table(run_dir / runs.AUTOENCODER_SCORES, "Stage 1 (autoencoder) on held-out images"))
+    if capable.get("can_translate"):
+        parts.append("<h2>Translations</h2><p>Rows: real source, real target, synthetic translation (held-out "
+                     "images).</p>" + _img(run_dir / runs.TRANSLATIONS, "translations") + _translation_table(run_dir))
+    if capable.get("can_segment"):
+        parts.append("<h2>Segmentations</h2><p>Per held-out case: the image, the reference labels and the model's "
+                     "labels on the slice with most reference foreground.</p>"
+                     + _img(run_dir / runs.SEGMENTATIONS, "segmentations") + _segmentation_table(run_dir))
+    if capable.get("can_classify"):
+        parts.append("<h2>Feature network</h2>" + _scores_table(run_dir / runs.FEATURES, "Held-out scores"))
     curves = loss_curves(run_dir / runs.METRICS)
     parts.append("<h2>Loss curves</h2><p>Per epoch. Train terms carry the warm-up / capacity schedule in force at "
                  "that step; validation terms are the full objective, so the two can cross early on.</p>"
                  + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
                                              if curves else "<p class='missing'>No metrics.csv with loss terms.</p>"))
-    parts.append("<h2>Metrics</h2>")
     if evaluation is not None and not eval_path.is_file():
         raise MedsynthError(f"--evaluation {eval_path}: file not found")
     if eval_path.is_file():
+        parts.append("<h2>Metrics</h2>")
         try:
             parts += _evaluation_parts(_read_json(eval_path, "evaluation"), run_dir, eval_path)
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise MedsynthError(f"{eval_path}: not the structure `medsynth evaluate` writes ({reason(exc)})") from None
-    else:
+    elif capable.get("can_sample"):  # only models that draw images are evaluated as a synthetic set
+        parts.append("<h2>Metrics</h2>")
         parts.append(f"<p class='missing'>Not evaluated yet: no {html.escape(eval_path.name)}. Run "
                      f"<code>medsynth evaluate --real DATA --fake {html.escape(str(run_dir))} --features NET</code>."
                      "</p>")
     parts.append("<h2>Config</h2><pre>" + html.escape((run_dir / CONFIG).read_text()) + "</pre></body></html>")
     write_text(out, "\n".join(parts))
+    log_to_tracked_run(run_dir, files=[out], folder="report", log=lambda *_: None)
     return out
+
+
+def _read_config(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / CONFIG).read_text())
+    except (yaml.YAMLError, OSError) as exc:
+        raise MedsynthError(f"{run_dir / CONFIG}: not a readable config ({reason(exc)})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _capabilities(cfg: dict) -> dict:
+    """The family's stated capabilities (Recipe.can_*), from its class, without loading weights."""
+    from medsynth.models import recipe_class
+
+    family = (cfg.get("model") or {}).get("family")
+    try:
+        cls = recipe_class(str(family))
+    except MedsynthError:
+        return {}
+    return {name: bool(getattr(cls, name, False)) for name in
+            ("can_sample", "can_reconstruct", "can_translate", "can_segment", "can_classify")}
+
+
+def _run_summary(run_dir: Path, cfg: dict) -> str:
+    """What the run is: recipe, family, data, budget, precision and the code it was made with."""
+    model, data, trainer = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("trainer") or {}
+    rows = [("recipe", cfg.get("name")), ("family", model.get("family")), ("data", data.get("path")),
+            ("data format", data.get("format"))]
+    summary_path = run_dir / runs.SUMMARY
+    if summary_path.is_file():
+        s = _read_json(summary_path, "summary")
+        rows += [("status", s.get("status")),
+                 ("budget", f"{s.get('epochs')} epochs of {trainer.get('max_epochs')}, {s.get('global_step')} "
+                            f"optimizer steps, {s.get('train_seconds')} s"),
+                 ("precision", s.get("precision"))]
+    env_path = run_dir / runs.ENVIRONMENT
+    if env_path.is_file():
+        sessions = _read_json(env_path, "environment").get("sessions") or [{}]
+        last = sessions[-1] if isinstance(sessions[-1], dict) else {}
+        commit = last.get("git_commit")
+        rows += [("code", f"git {commit[:12]}{' (uncommitted changes)' if last.get('git_dirty') else ''}"
+                  if commit else f"medsynth {(last.get('packages') or {}).get('medsynth')}"),
+                 ("made", last.get("time_utc")), ("machine", last.get("platform"))]
+    if (run_dir / runs.LINEAGE).is_file():
+        rows.append(("training data", "marked SYNTHETIC (lineage.json)"))
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+                   if v is not None)
+    return f"<table class='summary'>{body}</table>"
+
+
+def _scores_table(path: Path, caption: str) -> str:
+    if not path.is_file():
+        return ""
+    scores = _read_json(path, path.stem)
+    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in scores.items()
+                    if isinstance(v, (int, float, str)))
+    return f"<table><caption>{html.escape(caption)}</caption>{cells}</table>"
+
+
+def _translation_table(run_dir: Path) -> str:
+    """The model beside copying the source contrast (the trivial baseline), on held-out images."""
+    path = run_dir / runs.TRANSLATION_SCORES
+    if not path.is_file():
+        return "<p class='missing'>No translation.json (the run did not finish).</p>"
+    scores = _read_json(path, "translation scores")
+    model, base = scores.get("model") or {}, scores.get("baseline_source") or {}
+    better = {"mae": "lower", "psnr": "higher", "ssim": "higher"}
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(base.get(k))}</td>"
+                   f"<td>{better.get(k, '')}</td></tr>" for k, v in model.items())
+    return (f"<table><caption>{scores.get('images')} held-out images, inside the body</caption><tr><th>metric</th>"
+            f"<th>model</th><th>baseline: the source as it is</th><th>better</th></tr>{rows}</table>")
+
+
+def _segmentation_table(run_dir: Path) -> str:
+    """Dice (and HD95 where scored) per held-out case and class or region."""
+    path = run_dir / runs.SEGMENTATION_SCORES
+    if not path.is_file():
+        return "<p class='missing'>No segmentation.json (the run did not finish, or had no held-out cases).</p>"
+    scores = _read_json(path, "segmentation scores")
+    rows = []
+    for case, entry in (scores.get("cases") or {}).items():
+        for group in ("regions", "classes"):
+            for name, s in (entry.get(group) or {}).items():
+                rows.append(f"<tr><td>{html.escape(case)}</td><td>{html.escape(str(name))}</td><td>{_fmt(s.get('dice'))}"
+                            f"</td><td>{_fmt(s.get('hd95'))}</td></tr>")
+    mean = "".join(f"<tr><td>mean</td><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td></td></tr>"
+                   for k, v in (scores.get("mean") or {}).items())
+    return ("<table><tr><th>case</th><th>class / region</th><th>Dice (higher)</th><th>HD95 mm (lower)</th></tr>"
+            + "".join(rows) + mean + "</table>")
 
 
 def _evaluation_parts(ev: dict, run_dir: Path, eval_path: Path) -> list[str]:

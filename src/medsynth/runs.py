@@ -46,6 +46,7 @@ EVALUATION = "evaluation.json"
 REPORT = "report.html"
 LOCK = ".lock"  # held by the one training that writes into the run directory
 LINEAGE = "lineage.json"  # the synthetic provenance of the training data, when it was synthetic
+TRACKING = "mlflow.json"  # tracking.mlflow=true: the MLflow store and run id the training logged to
 # what `train` lists at its end when present
 HEADLINE = (SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, SEGMENTATIONS, FEATURES)
 
@@ -53,7 +54,7 @@ HEADLINE = (SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, SEGMENTATIONS, FEATURES)
 # a run's own files: no output flag may write over them, --overwrite or not (evaluation.json,
 # its strip and report.html are outputs of later commands and may be replaced)
 OWN = (CONFIG, WEIGHTS, SUMMARY, METRICS, ENVIRONMENT, SAMPLES, RECONSTRUCTIONS, TRANSLATIONS, TRANSLATION_SCORES,
-       SEGMENTATIONS, SEGMENTATION_SCORES, AUTOENCODER_SCORES, FEATURES, LOCK, LINEAGE)
+       SEGMENTATIONS, SEGMENTATION_SCORES, AUTOENCODER_SCORES, FEATURES, LOCK, LINEAGE, TRACKING)
 
 
 def check_output(path: str | Path, overwrite: bool = False, inputs=(), suffixes: tuple[str, ...] = (),

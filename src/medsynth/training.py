@@ -30,6 +30,7 @@ from medsynth.feature_runs import perceptual_loss
 from medsynth.models import build_recipe, load_run
 from medsynth.precision import resolve_precision
 from medsynth.provenance import record_environment, synthetic_lineage
+from medsynth.tracking import log_to_tracked_run, record_tracked_run
 from medsynth.runs import CONFIG, SafeCheckpointIO, claim_run_dir, last_checkpoint, launched_rank, new_run_dir
 from medsynth.writers import write_text
 
@@ -137,10 +138,12 @@ def _mlflow_logger(cfg: DictConfig, run_dir: Path):
         import mlflow  # noqa: F401
     except ImportError:
         raise MedsynthError("tracking.mlflow=true needs mlflow: pip install 'medsynth[tracking]'") from None
-    runs_root = run_dir.parent.resolve()
-    uri = cfg.tracking.mlflow_uri or f"sqlite:///{runs_root / 'mlflow.db'}"
-    return MLFlowLogger(experiment_name=cfg.name, run_name=run_dir.name, tracking_uri=uri,
-                        artifact_location=str(runs_root / "mlartifacts"))
+    return MLFlowLogger(experiment_name=cfg.name, run_name=run_dir.name, tracking_uri=_mlflow_uri(cfg, run_dir),
+                        artifact_location=str(run_dir.parent.resolve() / "mlartifacts"))
+
+
+def _mlflow_uri(cfg: DictConfig, run_dir: Path) -> str:
+    return cfg.tracking.mlflow_uri or f"sqlite:///{run_dir.parent.resolve() / 'mlflow.db'}"
 
 
 def train(config: str | Path | DictConfig | None = None, overrides: list[str] | None = None,
@@ -191,11 +194,23 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
     runs.export_weights(run_dir, recipe)
     extra = write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)
     _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
+    _track_artefacts(trainer, run_dir, cfg, log)
     log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / runs.WEIGHTS}")
     for name in runs.HEADLINE:
         if (run_dir / name).is_file():
             log(f"{name}: {run_dir / name}")
     return run_dir
+
+
+def _track_artefacts(trainer: L.Trainer, run_dir: Path, cfg: DictConfig, log) -> None:
+    """With an MLflow logger: remember its run (so evaluate and report log to it) and log the grids."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            record_tracked_run(run_dir, _mlflow_uri(cfg, run_dir), logger.run_id)
+            log_to_tracked_run(run_dir, files=[run_dir / name for name in runs.HEADLINE] + [run_dir / runs.SUMMARY],
+                               folder="training", log=log)
 
 
 def _record_lineage(run_dir: Path, cfg: DictConfig, log) -> None:
