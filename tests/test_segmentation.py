@@ -163,6 +163,11 @@ def test_vox2vox_cli_end_to_end(mini_brats, tmp_path):
     assert (run / "segmentation.png").is_file()
     header = open(run / "metrics.csv").readline()
     assert "train/d_loss" in header and "train/g_adv" in header  # G and D logged separately
+    from medsynth.report import report
+
+    page = report(run).read_text()  # per case Dice / HD95, no sample grid, no failing evaluate hint
+    assert "<h2>Segmentations</h2>" in page and "brats_2013_pat0001_1</td><td>whole_tumour" in page
+    assert "<h2>Samples</h2>" not in page and "Not evaluated yet" not in page
 
     case = mini_brats / "test" / "brats_2013_pat0002_1"
     target = tmp_path / "pred.nii.gz"

@@ -76,6 +76,12 @@ def test_pix2pix_trains_and_reports_against_the_trivial_baseline(pix2pix_run):
     scores = json.loads((pix2pix_run / "translation.json").read_text())
     assert set(scores["model"]) == set(scores["baseline_source"]) == {"mae", "psnr", "ssim"}
     assert scores["images"] > 0 and (pix2pix_run / "translations.png").is_file()
+    # the report shows what a translation run has, the baseline beside the model, and no sample section
+    from medsynth.report import report
+
+    page = report(pix2pix_run).read_text()
+    assert "<h2>Translations</h2>" in page and "baseline: the source as it is" in page
+    assert "<h2>Samples</h2>" not in page and "Not evaluated yet" not in page and "family</th><td>pix2pix" in page
 
 
 def test_translate_nifti_keeps_geometry_and_equals_the_model_on_each_slice(pix2pix_run, mini_brats, tmp_path):

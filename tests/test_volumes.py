@@ -202,3 +202,22 @@ def test_nrrd_header_claiming_absurd_sizes(tmp_path):
     path.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\n\n" + b"\0" * 64)
     with pytest.raises(MedsynthError, match="claims shape"):
         read_nrrd(path)
+
+
+def test_one_hdf5_file_gives_image_and_label_by_key(tmp_path):
+    """The LA heart cases hold image and label in one mri_norm2.h5: FILE.h5:KEY names each role,
+    in a case folder's patterns and in a manifest, with no conversion by hand."""
+    from medsynth.data.cases import cases_from_folder, cases_from_manifest
+
+    la = DATA / "la_heart"
+    case = sorted(d for d in la.iterdir() if d.is_dir())[0]
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / case.name).symlink_to(case)
+    [loaded] = cases_from_folder(tmp_path / "cases", ["*.h5"], label="*.h5:label")
+    assert loaded.image.shape[1:] == loaded.label.shape and loaded.image.ndim == 4
+    assert set(np.unique(loaded.label).tolist()) == {0, 1} and loaded.label.mean() > 0.005
+    (tmp_path / "m.csv").write_text(f"case,image,label\n{case.name},{case}/mri_norm2.h5:image,{case}/mri_norm2.h5:label\n")
+    [again] = cases_from_manifest(tmp_path / "m.csv", ["image"], label="label")
+    assert np.array_equal(again.label, loaded.label) and np.array_equal(again.image, loaded.image)
+    with pytest.raises(MedsynthError, match="no dataset 'segmentation'"):
+        cases_from_folder(tmp_path / "cases", ["*.h5"], label="*.h5:segmentation")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,17 @@ class Case:
     mask: np.ndarray | None = None  # D x H x W bool (e.g. the brain), for intensity statistics
 
 
+# "FILE.h5:KEY": dataset KEY of an HDF5 file, so one file can give both the image and the label
+# (e.g. the LA heart cases' mri_norm2.h5:image and mri_norm2.h5:label); FILE.h5 alone is "image"
+HDF5_KEY = re.compile(r"^(?P<file>.+\.(?:h5|hdf5)):(?P<key>[^/:]+)$", re.IGNORECASE)
+
+
 def read_volume(path: Path):
-    """A 3D Volume from a NIfTI, NRRD or HDF5 file or a DICOM folder."""
+    """A 3D Volume from a NIfTI, NRRD or HDF5 file (FILE.h5:KEY for a dataset other than "image")
+    or a DICOM folder."""
+    keyed = HDF5_KEY.match(str(path))
+    if keyed:
+        return require_3d(read_hdf5(keyed["file"], keyed["key"]))
     name = path.name.lower()
     if path.is_dir():
         return require_3d(read_dicom_series(path))
@@ -50,10 +60,12 @@ def read_volume(path: Path):
 
 
 def _one(folder: Path, pattern: str) -> Path:
-    found = sorted(folder.glob(pattern))
+    """The one file in `folder` matching `pattern` (a glob; "PATTERN.h5:KEY" keeps the key)."""
+    keyed = HDF5_KEY.match(pattern)
+    found = sorted(folder.glob(keyed["file"] if keyed else pattern))
     if len(found) != 1:
         raise MedsynthError(f"{folder}: {len(found)} files match '{pattern}' (expected exactly one)")
-    return found[0]
+    return Path(f"{found[0]}:{keyed['key']}") if keyed else found[0]
 
 
 def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
