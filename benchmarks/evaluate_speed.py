@@ -7,15 +7,18 @@ run's samples if --fake is given, else 5000 real images with added noise
 standing in for one (every metric's cost depends on the set sizes, not on where
 the images came from). The feature network is trained here for one epoch if
 --features is not given. Utility (TSTR) is reported separately: the target
-covers FID, KID, PRDC, memorisation and diversity on 1000 images.
+covers FID, KID, PRDC, memorisation and diversity on 1000 images, with 95% bootstrap intervals
+(--resamples, default 200), and the fidelity floor (a val split: 1000 images flipped upside down,
+for its cost). Peak RSS of the process is printed at the end.
 
-    python benchmarks/evaluate_speed.py [--n 5000] [--features RUN] [--fake RUN_OR_NPZ]
+    python benchmarks/evaluate_speed.py [--n 5000] [--resamples 200] [--features RUN] [--fake RUN_OR_NPZ]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +45,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--features")
     parser.add_argument("--fake")
+    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--skip-utility", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="medsynth-evalbench-"))
     with np.load(DATA) as f:
@@ -53,7 +58,8 @@ def main() -> None:
     train_idx = np.arange(len(images))
     real = tmp / "real64.npz"
     np.savez(real, train_images=to64(images[train_idx]), train_labels=labels[train_idx],
-             test_images=to64(images[test_idx])[:, :, ::-1].copy(), test_labels=labels[test_idx])
+             test_images=to64(images[test_idx])[:, :, ::-1].copy(), test_labels=labels[test_idx],
+             val_images=to64(images[:1000])[:, ::-1].copy(), val_labels=labels[:1000])
     fake = args.fake
     if fake is None:
         noisy = to64(images[rng.choice(len(images), n, replace=True)]).astype(np.int16)
@@ -69,11 +75,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; real held-out {n} + train "
           f"{len(train_idx)} images at 64 px; fake {fake}")
     start = time.perf_counter()
-    result = evaluate(real, fake, features=features, out=tmp / "metrics.json", utility=False, log=lambda *_: None)
+    result = evaluate(real, fake, features=features, out=tmp / "metrics.json", utility=False,
+                      resamples=args.resamples, log=lambda *_: None)
     total = time.perf_counter() - start
     parts = result["seconds"]
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
-    print(f"total without utility: {total:.1f} s (target < 60 s)")
+    print(f"total without utility, {args.resamples} resamples: {total:.1f} s (target < 90 s); feature dim "
+          f"{result['features']['dim']}; FID {result['fidelity']['fid']:.3f} {result['fidelity'].get('fid_interval')}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.skip_utility:
+        return
     start = time.perf_counter()
     result = evaluate(real, fake, features=features, out=tmp / "metrics_u.json", log=lambda *_: None)
     print(f"utility (TSTR, 2 x 300 steps): {result['seconds']['utility']:.1f} s; "

@@ -284,11 +284,13 @@ def _per_class_section(result: dict, sets: dict, feats: dict, net, k: int, seed:
         result["per_class"] = {"not_computed": "needs single-label classes on both sets (a conditional model)"}
         return
     per_class = {}
-    for c in sorted(set(fake_set.labels.tolist()) & set(real_set.labels.tolist())):
+    classes = sorted(set(fake_set.labels.tolist()) & set(real_set.labels.tolist()))
+    per_class_images = max(2, diversity_images // max(1, len(classes)))  # all classes together cost one pooled pass
+    for c in classes:
         rf, ff = real_set.labels == c, fake_set.labels == c
         entry = {"real_images": int(rf.sum()), "fake_images": int(ff.sum())}
         if int(ff.sum()) >= 2:
-            entry["diversity"] = diversity(_subset(fake_set.images[ff], diversity_images, seed), seed=seed,
+            entry["diversity"] = diversity(_subset(fake_set.images[ff], per_class_images, seed), seed=seed,
                                            resamples=resamples)
         if feats and min(int(rf.sum()), int(ff.sum())) > max(k, 4):
             entry["fidelity"] = _fidelity(feats["real"][rf], feats["fake"][ff], k, seed, resamples)

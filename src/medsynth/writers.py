@@ -68,12 +68,11 @@ OUTPUT_DTYPES = {"uint8": "0..255", "uint16": "0..65535", "float32": "0..1"}
 def to_stored(images: torch.Tensor, dtype: str = "uint8", layout: bool = True) -> np.ndarray:
     """[-1, 1] B x C x *spatial -> `dtype` (OUTPUT_DTYPES: uint8 0..255, uint16 0..65535, float32
     0..1), in MedMNIST layout (N x H x W, N x H x W x 3, N x D x H x W) unless layout=False."""
-    unit = (images.detach().float().clamp(-1, 1) + 1.0) / 2.0
+    shifted = images.detach().float().clamp(-1, 1) + 1.0
     if dtype == "float32":
-        arr = unit.cpu().numpy()
-    elif dtype in ("uint8", "uint16"):
-        top = float(np.iinfo(dtype).max)
-        arr = (unit.double() * top).round().cpu().numpy().astype(dtype)
+        arr = (shifted / 2.0).cpu().numpy()
+    elif dtype in ("uint8", "uint16"):  # (x + 1) * max / 2 in float32: uint8 as medsynth has always stored it
+        arr = (shifted * (float(np.iinfo(dtype).max) / 2.0)).round().cpu().numpy().astype(dtype)
     else:
         raise MedsynthError(f"output dtype {dtype!r} is not one of {list(OUTPUT_DTYPES)}")
     if not layout:
