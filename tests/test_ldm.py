@@ -94,16 +94,24 @@ def test_noise_schedule_adds_noise_and_steps_as_the_formulas_say(schedule):
     assert torch.allclose(prev, ddpm.add_noise(x0, eps, torch.tensor([t_prev])), atol=1e-4)
 
 
-def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
-    recipe = tiny_recipe(small_npz, "diffusion.objective=v_prediction", "model.conditional=false").eval()
+def loss_and_its_draws(data, objective):
+    """(recipe, its diffusion loss on 8 real images, the scaled latents, a generator): the latents
+    and the generator replay the loss's own draws, so a test can take the same noise and
+    timesteps by hand."""
+    recipe = tiny_recipe(data, f"diffusion.objective={objective}", "model.conditional=false").eval()
     recipe.scale_factor.fill_(0.7)
-    x = torch.from_numpy(np.load(small_npz)["train_images"][:8]).float()[:, None] / 127.5 - 1
+    x = torch.from_numpy(np.load(data)["train_images"][:8]).float()[:, None] / 127.5 - 1
     torch.manual_seed(0)
     loss = recipe.diffusion_loss({"image": x}, torch.Generator().manual_seed(1))
-    torch.manual_seed(0)  # the same latent draw, noise and timesteps by hand
+    torch.manual_seed(0)  # the same latent draw
     with torch.no_grad():
         z = recipe.autoencoder.encode_stage_2_inputs(x) * 0.7
-        g = torch.Generator().manual_seed(1)
+    return recipe, loss, z, torch.Generator().manual_seed(1)
+
+
+def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
+    recipe, loss, z, g = loss_and_its_draws(small_npz, "v_prediction")
+    with torch.no_grad():
         eps = torch.randn(z.shape, generator=g)
         t = torch.randint(0, 1000, (8,), generator=g)
         abar = recipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -115,15 +123,8 @@ def test_v_prediction_trains_on_alpha_eps_minus_sigma_x0(small_npz):
 
 
 def test_rectified_flow_trains_on_noise_minus_x0_on_the_straight_path(small_npz):
-    recipe = tiny_recipe(small_npz, "diffusion.objective=rectified_flow", "model.conditional=false").eval()
-    recipe.scale_factor.fill_(0.7)
-    x = torch.from_numpy(np.load(small_npz)["train_images"][:8]).float()[:, None] / 127.5 - 1
-    torch.manual_seed(0)
-    loss = recipe.diffusion_loss({"image": x}, torch.Generator().manual_seed(1))
-    torch.manual_seed(0)  # the same latent draw, noise and noise levels by hand
+    recipe, loss, z, g = loss_and_its_draws(small_npz, "rectified_flow")
     with torch.no_grad():  # x_s = (1 - s) z + s eps, target eps - z
-        z = recipe.autoencoder.encode_stage_2_inputs(x) * 0.7
-        g = torch.Generator().manual_seed(1)
         eps = torch.randn(z.shape, generator=g)
         t = torch.rand(8, generator=g) * 1000
         s = (t / 1000).view(-1, 1, 1, 1)

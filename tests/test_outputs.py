@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, run_cli  # noqa: F401 (the `run` fixture comes from conftest too)
 from medsynth.data.folder import list_images
@@ -180,7 +181,7 @@ def test_samples_in_every_2d_format_read_back_the_same(run, tmp_path, capsys):
     ref = read(outs["float32"])
     for dtype, step in (("uint8", 1 / 255), ("uint16", 1 / 65535)):
         assert (read(outs[dtype]).images - ref.images).abs().max() <= step + 1e-6
-        assert torch_equal(read(outs[dtype]).labels, ref.labels)
+        assert torch.equal(read(outs[dtype]).labels, ref.labels)
 
     for dtype, step in (("uint8", 1 / 255), ("uint16", 1 / 65535)):
         folder = tmp_path / f"png_{dtype}"
@@ -190,7 +191,7 @@ def test_samples_in_every_2d_format_read_back_the_same(run, tmp_path, capsys):
         with Image.open(files[0]) as im:
             assert im.mode == ("I;16" if dtype == "uint16" else "L") and im.text["medsynth:synthetic"] == "true"
         back = read(folder, f"data.labels_csv={folder / 'labels.csv'}")
-        assert (back.images - ref.images).abs().max() <= step + 1e-6 and torch_equal(back.labels, ref.labels)
+        assert (back.images - ref.images).abs().max() <= step + 1e-6 and torch.equal(back.labels, ref.labels)
 
     assert run_cli(capsys, "sample", run, "-n", "12", "--out", tmp_path / "s.nii.gz")[0] == 0
     stack = nib.load(str(tmp_path / "s.nii.gz"))
@@ -200,10 +201,6 @@ def test_samples_in_every_2d_format_read_back_the_same(run, tmp_path, capsys):
 
     code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "f32", "--dtype", "float32")
     assert code == 2 and "PNG images are 8 or 16 bit" in err and not (tmp_path / "f32").exists()
-
-
-def torch_equal(a, b):
-    return (a is None and b is None) or bool((a == b).all())
 
 
 def test_16_bit_png_inputs_keep_all_16_bits(tmp_path):
@@ -219,14 +216,8 @@ def test_16_bit_png_inputs_keep_all_16_bits(tmp_path):
         Image.fromarray(np.full((8, 8), 30000 + i, np.uint16)).save(folder / f"{i}.png")
     images = load_splits(load_config(None, [f"data.path={folder}", "data.val_fraction=0"]).data).train.images
     values = images[:, 0, 0, 0].double().sort().values  # the training split comes shuffled
-    expected = torch_tensor([(30000 + i) / 65535 * 2 - 1 for i in range(6)])
+    expected = torch.tensor([(30000 + i) / 65535 * 2 - 1 for i in range(6)], dtype=torch.float64)
     assert (values - expected).abs().max() < 1e-6 and len(set(values.tolist())) == 6
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "9.png")
     with pytest.raises(MedsynthError, match="9.png: 8-bit, but 0.png is 16-bit"):
         load_splits(load_config(None, [f"data.path={folder}"]).data)
-
-
-def torch_tensor(values):
-    import torch
-
-    return torch.tensor(values, dtype=torch.float64)

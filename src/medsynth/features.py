@@ -42,7 +42,7 @@ class FeatureNet:
     def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """B x dim; for volumes (B x C x D x H x W) and a 2D network, B x 3 dim: the embeddings of the
         three orthogonal middle slices, each resized to the network's size, side by side."""
-        if images.ndim == 5 and (self.image_size is None or len(self.image_size) == 2):
+        if self._as_slices(images):
             size = self.image_size or [max(*images.shape[2:], self.min_size)] * 2
             return torch.cat([self._run(self.embed_fn, plane, batch_size)
                               for plane in orthogonal_slices(images, size)], 1)
@@ -51,9 +51,13 @@ class FeatureNet:
     def classify(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor | None:
         """B predicted classes (argmax of the logits), or None for a network not trained on classes
         (or for volumes given to a 2D network)."""
-        if self.classify_fn is None or images.ndim - 2 != len(self.image_size or images.shape[2:]):
+        if self.classify_fn is None or self._as_slices(images):
             return None
         return self._run(self.classify_fn, images, batch_size).argmax(1)
+
+    def _as_slices(self, images: torch.Tensor) -> bool:
+        """Volumes given to a 2D network: embedded through their orthogonal slices."""
+        return images.ndim == 5 and (self.image_size is None or len(self.image_size) == 2)
 
     @torch.no_grad()
     def _run(self, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:

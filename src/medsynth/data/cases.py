@@ -44,18 +44,23 @@ HDF5_KEY = re.compile(r"^(?P<file>.+\.(?:h5|hdf5)):(?P<key>[^/:]+)$", re.IGNOREC
 def read_volume(path: Path):
     """A 3D Volume from a NIfTI, NRRD or HDF5 file (FILE.h5:KEY for a dataset other than "image")
     or a DICOM folder."""
+    return require_3d(read_any_volume(path))
+
+
+def read_any_volume(path: Path):
+    """The Volume a file or DICOM folder holds, as stored (a 4D NIfTI stays 4D)."""
     keyed = HDF5_KEY.match(str(path))
     if keyed:
-        return require_3d(read_hdf5(keyed["file"], keyed["key"]))
+        return read_hdf5(keyed["file"], keyed["key"])
     name = path.name.lower()
     if path.is_dir():
-        return require_3d(read_dicom_series(path))
+        return read_dicom_series(path)
     if name.endswith((".nii", ".nii.gz")):
-        return require_3d(read_nifti(path))
+        return read_nifti(path)
     if name.endswith((".nrrd", ".nhdr")):
-        return require_3d(read_nrrd(path))
+        return read_nrrd(path)
     if name.endswith((".h5", ".hdf5")):
-        return require_3d(read_hdf5(path))
+        return read_hdf5(path)
     raise MedsynthError(f"{path}: unknown volume format (NIfTI, NRRD, HDF5 or a DICOM folder)")
 
 
@@ -189,12 +194,7 @@ def read_volume_set(path: str | Path, size: int | None = None) -> np.ndarray:
         raise MedsynthError(f"{path}: no NIfTI / NRRD volumes or DICOM series found")
     volumes = []
     for source in sources:
-        if source.is_dir():
-            array = read_dicom_series(source).array
-        elif source.name.lower().endswith((".nii", ".nii.gz")):
-            array = read_nifti(source).array
-        else:
-            array = read_nrrd(source).array
+        array = read_any_volume(source).array
         if array.ndim == 3:
             array = array[..., None]
         if array.ndim != 4:

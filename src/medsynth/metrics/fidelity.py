@@ -32,8 +32,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     tr((S_a S_b)^(1/2)) is computed without sqrtm's complex round-off: with S = Y^T Y (Y the
     centred rows over sqrt(n - 1)), it is the nuclear norm of Y_b Y_a^T when a set has fewer
     images than dimensions (an n x n SVD), else the sum of square roots of the eigenvalues of the
-    symmetric S_a^(1/2) S_b S_a^(1/2) (two symmetric eigendecompositions, 5x faster than the
-    general eigenvalues of S_a S_b at 1024 dimensions).
+    symmetric S_a^(1/2) S_b S_a^(1/2) (two symmetric eigendecompositions: 2.5x faster than the
+    general eigenvalues of S_a S_b at 1024 dimensions, measured on 2 cores).
     """
     _check(a, b, 2, "FID")
     a, b = a.astype(np.float64), b.astype(np.float64)
