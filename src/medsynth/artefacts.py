@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medsynth.data.patches import to_values
 from medsynth.errors import MedsynthError
@@ -144,6 +145,10 @@ def write_segmentations(recipe, splits, run_dir: Path, seed: int) -> dict:
             key = f"dice_{name}" if group == "regions" else f"dice_class_{name}"
             means[key] = float(np.mean([per_case[c][group][name]["dice"] for c in per_case]))
     write_text(run_dir / runs.SEGMENTATION_SCORES, json.dumps({"cases": per_case, "mean": means}, indent=2))
+    h, w = max(f.shape[-2] for f in figures), max(f.shape[-1] for f in figures)
+    # cases differ in size (LA heart crops): pad each to the largest, black, centred
+    figures = [F.pad(f, ((w - f.shape[-1]) // 2, (w - f.shape[-1] + 1) // 2, (h - f.shape[-2]) // 2,
+                         (h - f.shape[-2] + 1) // 2), value=-1.0) for f in figures]
     save_grid(run_dir / runs.SEGMENTATIONS, torch.cat(figures), nrow=3,
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="segmentation (per held-out case: "
                                               "image, reference labels, model labels)"))

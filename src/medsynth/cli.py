@@ -47,7 +47,7 @@ def _sample(args) -> None:
 def _segment(args) -> None:
     records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, overwrite=args.overwrite,
-                      log=_log())
+                      largest_component=args.largest_component, log=_log())
     scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
               for r in records if "scores" in r}
     if scored:
@@ -178,6 +178,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--out", required=True, help="output .nii.gz (one case) or folder (several cases)")
     p.add_argument("--overlap", type=float, help="overlap of neighbouring windows (default: the run's, 0.25)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the run's, 2)")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only each class's largest connected component (default: the run's "
+                        "model.largest_component)")
     _add_device(p)
     _add_overwrite(p)
     p.set_defaults(func=_segment)

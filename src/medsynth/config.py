@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from medsynth.diffusion import OBJECTIVES, SAMPLERS, SPACINGS, samplers_for
@@ -45,6 +45,8 @@ class DataConfig:
     mr_normalise: str = "zscore"  # per case and contrast: zscore | percentile
     mask: Optional[str] = None  # file pattern of a mask (e.g. brainmask*) for the intensity statistics
     spacing: Optional[List[float]] = None  # resample every case to this spacing (mm) first
+    source_spacing: Optional[List[float]] = None  # the files' voxel spacing (mm) when they store none (HDF5)
+    splits: Optional[str] = None  # JSON {"train": [...], "validation": [...], "test": [...]} or CSV case,split
     # paired_slices: the same cases as 2D slices, source contrasts then target (translation)
     target_channels: int = 1  # the last contrasts of data.contrasts are the target
     min_mask_fraction: float = 0.3  # keep slices with at least this share of the largest mask slice
@@ -53,10 +55,14 @@ class DataConfig:
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
     classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
     regions: Optional[str] = None  # also score these label groups: brats (whole tumour, core, enhancing)
-    patch_size: int = 64  # training patches of patch_size^3 voxels
+    patch_size: Any = 64  # training patches of patch_size^3 voxels, or [D, H, W]
     patches_per_epoch: int = 64  # fresh random patches drawn each epoch
     val_patches: int = 4  # fixed patches per validation case (val_loss)
     class_ratios: Optional[List[float]] = None  # patch-centre class ratios; None: every class alike
+    # training patches only (data/augment.py): flips, rotation, scaling, intensity jitter
+    augment: bool = False
+    rotate_degrees: float = 15.0  # uniform in +-this about each axis
+    scale_range: float = 0.1  # zoom uniform in [1 - r, 1 + r]
 
 
 @dataclass
@@ -82,6 +88,7 @@ class ModelConfig:
     disc_layers: int = 3  # strided layers of the PatchGAN discriminator
     sw_overlap: float = 0.25  # sliding-window inference: overlap of neighbouring windows
     sw_batch_size: int = 2  # windows per forward pass
+    largest_component: bool = False  # keep each foreground class's largest connected component
     # latent diffusion, stage 1 (MONAI AutoencoderKL; model.channels are its level widths)
     latent_channels: int = 3
     num_res_blocks: int = 1
@@ -120,6 +127,7 @@ class LossConfig:
     adversarial: str = "least_squares"  # least_squares | bce | hinge (MONAI PatchAdversarialLoss)
     adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
     dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
+    ce_weight: float = 0.0  # + this x voxel-wise cross-entropy (segmentation; Dice + CE is the common recipe)
     l1_weight: float = 100.0  # lambda of pix2pix: L1 between translation and target
     cycle_weight: float = 10.0  # CycleGAN: lambda of the cycle-consistency L1
     identity_weight: float = 5.0  # CycleGAN: identity L1 (half the cycle weight in the paper); 0 switches it off
@@ -166,6 +174,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     d_lr: Optional[float] = None  # discriminator learning rate (None: optim.lr)
+    schedule: str = "constant"  # constant | cosine | poly (per training batch, over the whole run)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many batches
 
 
 @dataclass
@@ -226,9 +236,10 @@ CHOICES = {
     "loss.reconstruction": ("l1", "mse", "bce", "msssim"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.channels": (None, 1, 3),
+    "optim.schedule": ("constant", "cosine", "poly"),
 }
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
-            "loss.discrete_capacity_steps", "model.temperature", "data.patch_size", "data.patches_per_epoch",
+            "loss.discrete_capacity_steps", "model.temperature", "data.patches_per_epoch",
             "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size", "data.target_channels",
             "model.latent_channels", "model.num_res_blocks", "diffusion.unet_res_blocks", "diffusion.num_head_channels",
             "diffusion.lr", "diffusion.num_train_timesteps", "diffusion.sampling_steps")
@@ -280,8 +291,19 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.dropout and model.sw_overlap must be in [0, 1)")
     if cfg.model.ema_decay is not None and not 0 < cfg.model.ema_decay < 1:
         raise MedsynthError(f"{source}: model.ema_decay must be in (0, 1) or null, got {cfg.model.ema_decay}")
-    if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0:
-        raise MedsynthError(f"{source}: loss.adversarial_weight and loss.dice_weight must be >= 0")
+    if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0 or cfg.loss.ce_weight < 0:
+        raise MedsynthError(f"{source}: loss.adversarial_weight, loss.dice_weight and loss.ce_weight must be >= 0")
+    if (cfg.optim.schedule != "constant" or cfg.optim.warmup_steps) and cfg.trainer.max_epochs < 0 \
+            and cfg.trainer.max_steps < 0:
+        raise MedsynthError(f"{source}: optim.schedule={cfg.optim.schedule} needs a known length: set "
+                            "trainer.max_epochs or trainer.max_steps (a run bounded only by trainer.max_time has none)")
+    patch = cfg.data.patch_size
+    sizes = list(patch) if isinstance(patch, ListConfig) else [patch]
+    if len(sizes) not in (1, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise MedsynthError(f"{source}: data.patch_size must be a positive int or [D, H, W], got {patch!r}")
+    if cfg.optim.warmup_steps < 0 or not 0 <= cfg.data.scale_range < 1 or not 0 <= cfg.data.rotate_degrees <= 180:
+        raise MedsynthError(f"{source}: optim.warmup_steps must be >= 0, data.scale_range in [0, 1) and "
+                            "data.rotate_degrees in [0, 180]")
     if cfg.model.family in ("pix2pix", "cyclegan") and cfg.data.format != "paired_slices":
         raise MedsynthError(f"{source}: model.family={cfg.model.family} trains on data.format=paired_slices "
                             f"(got {cfg.data.format!r})")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsynth.data.cases import Case, load_case
-from medsynth.data.patches import prepare_case, to_values
+from medsynth.data.cases import HDF5_KEY, Case, load_case
+from medsynth.data.patches import prepare_case, to_values, with_source_spacing
 from medsynth.errors import MedsynthError
 from medsynth.metrics.segmentation import score_label_maps
 from medsynth.models import load_run
@@ -26,12 +26,16 @@ from medsynth.writers import write_nifti
 
 
 def _match(folder: Path, pattern: str | None) -> Path | None:
+    """The one file matching `pattern` in `folder` (with its ":KEY" for "FILE.h5:KEY"), or None."""
     if not pattern:
         return None
-    found = sorted(folder.glob(pattern))
+    keyed = HDF5_KEY.match(pattern)
+    found = sorted(folder.glob(keyed["file"] if keyed else pattern))
     if len(found) > 1:
         raise MedsynthError(f"{folder}: {len(found)} files match '{pattern}' (expected exactly one)")
-    return found[0] if found else None
+    if not found:
+        return None
+    return Path(f"{found[0]}:{keyed['key']}") if keyed else found[0]
 
 
 def _read_input_case(path: Path, data_cfg) -> tuple[Case, Path]:
@@ -58,12 +62,12 @@ def _read_input_case(path: Path, data_cfg) -> tuple[Case, Path]:
 
 
 def _is_case_folder(path: Path, data_cfg) -> bool:
-    return path.is_file() or any(path.glob(data_cfg.contrasts[0]))
+    return path.is_file() or _match(path, data_cfg.contrasts[0]) is not None
 
 
 def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str = "cpu",
             overlap: float | None = None, sw_batch_size: int | None = None, overwrite: bool = False,
-            log=print) -> list[dict]:
+            largest_component: bool | None = None, log=print) -> list[dict]:
     """Segment a volume, a case folder, or a folder of case folders (then `out` is a folder of
     <case>_seg.nii.gz). Cases with a reference label map are scored. Returns one record per case."""
     if overlap is not None and not 0 <= overlap < 1:
@@ -94,8 +98,9 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
     for case_path, target in jobs:
         start = time.perf_counter()
         case, geometry = _read_input_case(case_path, data_cfg)
+        case = with_source_spacing(case, data_cfg.get("source_spacing"))
         prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
-        pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size)
+        pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component)
         if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid
             pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None].float(),
                                                    size=case.image.shape[1:], mode="nearest")[0, 0].byte().numpy()

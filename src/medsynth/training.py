@@ -24,6 +24,7 @@ import medsynth.runs as runs
 from medsynth.artefacts import write_artefacts
 from medsynth.config import load_config, to_yaml
 from medsynth.data import MedsynthDataModule, load_splits
+from medsynth.data.augment import patch_augmentation
 from medsynth.data.patches import PatchDataModule, load_segmentation_splits
 from medsynth.errors import MedsynthError, TrainingDiverged, reason
 from medsynth.feature_runs import perceptual_loss
@@ -60,8 +61,10 @@ def build_data(cfg: DictConfig):
         splits = load_segmentation_splits(cfg.data, cfg.seed)
         fill_data_shape(cfg, splits)
         d = cfg.data
+        augment = patch_augmentation(d.rotate_degrees, d.scale_range, cfg.seed) if d.augment else None
         return splits, PatchDataModule(splits, d.batch_size, d.patches_per_epoch, d.val_patches, cfg.seed,
-                                       None if d.class_ratios is None else list(d.class_ratios), d.num_workers)
+                                       None if d.class_ratios is None else list(d.class_ratios), d.num_workers,
+                                       augment)
     splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
     fill_data_shape(cfg, splits)
     return splits, MedsynthDataModule(splits, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)

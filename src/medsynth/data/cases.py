@@ -108,11 +108,19 @@ def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
 
 
 def cases_from_folder(root: str | Path, contrasts: list[str], label: str | None = None,
-                      classes: list[int] | None = None, mask: str | None = None) -> list[Case]:
+                      classes: list[int] | None = None, mask: str | None = None,
+                      names: list[str] | None = None) -> list[Case]:
+    """Every case sub-folder of `root`, or the ones `names` lists (in that order)."""
     root = Path(root)
     if not root.is_dir():
         raise MedsynthError(f"{root}: case folder not found")
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if names is not None:
+        found = {d.name: d for d in dirs}
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise MedsynthError(f"{root}: no case folder(s) {missing[:5]} (named by the split file)")
+        dirs = [found[n] for n in names]
     if not dirs:
         raise MedsynthError(f"{root}: no case sub-folders")
     return [load_case(d.name, [_one(d, c) for c in contrasts], _one(d, label) if label else None, classes,

@@ -36,7 +36,7 @@ class SegmentationSplits:
     val: list[Case]
     test: list[Case]
     classes: list[int]
-    patch_size: int
+    patch_size: list[int]  # D, H, W
     source: str
     multilabel: bool = False
 
@@ -46,7 +46,7 @@ class SegmentationSplits:
 
     @property
     def image_size(self) -> list[int]:
-        return [self.patch_size] * 3
+        return list(self.patch_size)
 
     @property
     def num_classes(self) -> int:
@@ -58,6 +58,66 @@ def to_indices(label: np.ndarray, classes: list[int]) -> np.ndarray:
     lut = np.zeros(max(classes) + 1, dtype=np.uint8)
     lut[np.asarray(classes)] = np.arange(len(classes), dtype=np.uint8)
     return lut[label]
+
+
+def patch_shape(patch_size) -> list[int]:
+    """data.patch_size (an int for a cube, or [D, H, W]) -> [D, H, W]."""
+    sizes = [int(v) for v in patch_size] if isinstance(patch_size, (list, tuple)) or hasattr(patch_size, "__len__") \
+        else [int(patch_size)]
+    return sizes * 3 if len(sizes) == 1 else sizes
+
+
+def with_source_spacing(case: Case, spacing) -> Case:
+    """The case with the voxel spacing its files do not store (HDF5), e.g. data.source_spacing."""
+    if spacing is None:
+        return case
+    spacing = tuple(float(v) for v in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise MedsynthError(f"data.source_spacing={list(spacing)}: expected three positive spacings (mm)")
+    return Case(case.name, case.image, case.label, np.diag([*spacing, 1.0]), spacing, case.mask)
+
+
+def read_split_file(path: str | Path) -> dict[str, list[str]]:
+    """A split file -> {"train": names, "val": names, "test": names}: JSON {"train": [...],
+    "validation" (or "val"): [...], "test": [...]}, or a CSV with columns case,split. A case in two
+    splits is refused: the held-out scores would include cases the model trained on."""
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedsynthError(f"{path}: split file not found")
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("expected an object of split -> list of case names")
+        else:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if not rows or not {"case", "split"} <= set(rows[0]):
+                raise ValueError("expected columns case,split")
+            raw = {}
+            for r in rows:
+                raw.setdefault(r["split"], []).append(r["case"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MedsynthError(f"{path}: cannot read the split file ({exc})") from None
+    aliases = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test"}
+    unknown = sorted(set(raw) - set(aliases))
+    if unknown:
+        raise MedsynthError(f"{path}: unknown split(s) {unknown}; expected train, validation, test")
+    out = {"train": [], "val": [], "test": []}
+    for key, names in raw.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise MedsynthError(f"{path}: split '{key}' must be a list of case names")
+        out[aliases[key]] += names
+    seen: dict[str, str] = {}
+    for split, names in out.items():
+        for n in names:
+            if n in seen:
+                raise MedsynthError(f"{path}: case {n} is in both {seen[n]} and {split}")
+            seen[n] = split
+    return out
 
 
 def to_values(indices: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -76,9 +136,12 @@ def prepare_case(case: Case, mode: str = "zscore", spacing=None) -> Case:
     return Case(case.name, image, label, case.affine, tuple(spacing) if spacing is not None else case.spacing, mask)
 
 
-def load_segmentation_splits(data_cfg, seed: int = 0) -> SegmentationSplits:
-    """Cases from train / validation / test sub-folders (or a CSV / JSON manifest with a `split`
-    column), with the label map given by `data.label` and the classes by `data.classes`."""
+def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = ("train", "val", "test")
+                             ) -> SegmentationSplits:
+    """Cases from train / validation / test sub-folders, a folder of case folders with a split file
+    (data.splits), or a CSV / JSON manifest (all training cases unless data.splits names them), with
+    the label map given by `data.label` and the classes by `data.classes`. `which`: the splits to
+    read (the others stay empty), e.g. ("test",) to segment the held-out cases only."""
     path = Path(data_cfg.path)
     if not data_cfg.contrasts or not data_cfg.label:
         raise MedsynthError("data.format=segmentation needs data.contrasts and data.label (file patterns "
@@ -90,32 +153,46 @@ def load_segmentation_splits(data_cfg, seed: int = 0) -> SegmentationSplits:
         raise MedsynthError(f"data.classes={list(data_cfg.classes)}: expected distinct values 0..255 "
                             "starting with 0 (the background)")
     contrasts = list(data_cfg.contrasts)
+    patch = patch_shape(data_cfg.patch_size)
+    named = read_split_file(data_cfg.splits) if data_cfg.splits else None
     if path.suffix in (".csv", ".json"):
         cases = cases_from_manifest(path, contrasts, label=data_cfg.label, classes=classes)
-        groups = {"train": cases, "val": [], "test": []}
+        if named is None:
+            groups = {"train": cases, "val": [], "test": []}
+        else:
+            by_name = {c.name: c for c in cases}
+            missing = [n for names in named.values() for n in names if n not in by_name]
+            if missing:
+                raise MedsynthError(f"{data_cfg.splits}: cases {missing[:5]} are not in {path}")
+            groups = {s: [by_name[n] for n in names] for s, names in named.items()}
+    elif path.is_dir() and named is not None:
+        groups = {s: cases_from_folder(path, contrasts, label=data_cfg.label, classes=classes, mask=data_cfg.mask,
+                                       names=names) if names and s in which else [] for s, names in named.items()}
     elif path.is_dir():
         present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
         if "train" not in present:
             raise MedsynthError(f"{path}: expected a train/ sub-folder of cases (and validation/, test/)")
         groups = {s: cases_from_folder(present[s], contrasts, label=data_cfg.label, classes=classes,
-                                       mask=data_cfg.mask) if s in present else []
+                                       mask=data_cfg.mask) if s in present and s in which else []
                   for s in SPLIT_FOLDERS}
     else:
         raise MedsynthError(f"{path}: segmentation data must be a folder of split sub-folders or a manifest")
     limit = data_cfg.limit
     out = {}
+    groups = {s: (cases if s in which else []) for s, cases in groups.items()}
     for split, cases in groups.items():
         cases = cases[:limit] if limit is not None else cases
-        prepared = [prepare_case(c, data_cfg.mr_normalise, data_cfg.spacing) for c in cases]
+        prepared = [prepare_case(with_source_spacing(c, data_cfg.source_spacing), data_cfg.mr_normalise,
+                                 data_cfg.spacing) for c in cases]
         for c in prepared:
             c.label = to_indices(c.label, classes)
-            if min(c.image.shape[1:]) < data_cfg.patch_size:
-                raise MedsynthError(f"case {c.name}: volume {c.image.shape[1:]} is smaller than "
-                                    f"data.patch_size={data_cfg.patch_size}")
+            if any(v < p for v, p in zip(c.image.shape[1:], patch)):
+                raise MedsynthError(f"case {c.name}: volume {list(c.image.shape[1:])} is smaller than "
+                                    f"data.patch_size={patch} along an axis")
         out[split] = prepared
-    if not out["train"]:
+    if "train" in which and not out["train"]:
         raise MedsynthError(f"{path}: no training cases")
-    return SegmentationSplits(out["train"], out["val"], out["test"], classes, data_cfg.patch_size, str(path))
+    return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path))
 
 
 class PatchSampler(Dataset):
@@ -125,12 +202,12 @@ class PatchSampler(Dataset):
     `fixed=True` the same patches come back every epoch (the validation set).
     """
 
-    def __init__(self, cases: list[Case], patch: int, num_classes: int, length: int, seed: int = 0,
-                 ratios: list[float] | None = None, fixed: bool = False):
+    def __init__(self, cases: list[Case], patch: list[int], num_classes: int, length: int, seed: int = 0,
+                 ratios: list[float] | None = None, fixed: bool = False, augment=None):
         from monai.transforms import RandCropByLabelClasses
         from monai.transforms.utils import map_classes_to_indices
 
-        self.cases, self.length, self.seed, self.fixed = cases, length, seed, fixed
+        self.cases, self.length, self.seed, self.fixed, self.augment = cases, length, seed, fixed, augment
         # image and label cropped together, as one volume with the label as a last channel
         self.volumes = [torch.cat([torch.from_numpy(c.image), torch.from_numpy(c.label[None].astype(np.float32))])
                         for c in cases]
@@ -151,7 +228,10 @@ class PatchSampler(Dataset):
         vol = self.volumes[k]
         patch = self.cropper(vol, label=vol[-1:].long(), indices=self.indices[k])[0]
         patch = patch.as_tensor() if hasattr(patch, "as_tensor") else patch
-        return {"image": patch[:-1].contiguous(), "label": patch[-1:].round().long()}
+        item = {"image": patch[:-1].contiguous(), "label": patch[-1:].contiguous()}
+        if self.augment is not None:
+            item = self.augment(item)
+        return {"image": item["image"], "label": item["label"].round().long()}
 
     def __getitem__(self, i: int) -> dict:
         return self._fixed_items[i] if self.fixed else self._draw(i)
@@ -162,11 +242,12 @@ class PatchDataModule(L.LightningDataModule):
     (`val_patches` per validation case, or drawn from training cases when there are none)."""
 
     def __init__(self, splits: SegmentationSplits, batch_size: int, patches_per_epoch: int,
-                 val_patches: int = 4, seed: int = 0, ratios: list[float] | None = None, num_workers: int = 0):
+                 val_patches: int = 4, seed: int = 0, ratios: list[float] | None = None, num_workers: int = 0,
+                 augment=None):
         super().__init__()
         self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
         k, p = splits.num_classes, splits.patch_size
-        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios)
+        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios, augment=augment)
         held = splits.val or splits.train
         self.val_set = PatchSampler(held, p, k, val_patches * len(held), seed + 1, ratios, fixed=True)
 

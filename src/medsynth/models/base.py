@@ -10,6 +10,8 @@ and as exact means at the end of each epoch.
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn as nn
@@ -170,3 +172,40 @@ class ManualRecipe(Recipe):
     def adam(self, params, lr: float):
         o = self.cfg.optim
         return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def with_schedule(self, optimizers: list) -> list | dict:
+        """configure_optimizers' return value: the optimizers, each with optim.schedule's learning-rate
+        factor when it is not constant (stepped once per training batch in on_train_batch_end, since
+        Lightning leaves schedulers to a manual recipe)."""
+        o = self.cfg.optim
+        if o.schedule == "constant" and not o.warmup_steps:
+            return optimizers if len(optimizers) > 1 else optimizers[0]
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise MedsynthError(f"optim.schedule={o.schedule} needs a known length: set trainer.max_epochs or "
+                                "trainer.max_steps (a run bounded only by trainer.max_time has none)")
+        factor = lr_factor(o.schedule, int(total), o.warmup_steps)
+        return [{"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                                    "interval": "step"}} for opt in optimizers]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
+            scheduler.step()
+
+
+def lr_factor(schedule: str, total: int, warmup: int = 0):
+    """Batch index -> learning-rate factor: linear warm-up over `warmup` batches, then constant, cosine
+    (to 0 at `total`) or poly ((1 - progress)^0.9, as nnU-Net)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "poly":
+            return (1 - progress) ** 0.9
+        return 1.0
+
+    return factor

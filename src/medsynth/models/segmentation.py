@@ -61,6 +61,10 @@ class SegmentationRecipe(ManualRecipe):
         logits = self.generator(x)
         dice = self.dice_loss(logits.float(), y)
         terms = {"dice": dice}
+        l = self.cfg.loss
+        if l.ce_weight:
+            terms["ce"] = F.cross_entropy(logits.float(), y[:, 0])
+            dice = dice + l.ce_weight * terms["ce"]  # the supervised term, Dice + CE, as one
         if not self.adversarial:
             self.check_finite(dice, terms)
             self.optimise(opt_g, dice)
@@ -71,7 +75,6 @@ class SegmentationRecipe(ManualRecipe):
         real_out, fake_out = self._discriminate(x, truth), self._discriminate(x, probs.detach())
         d_terms = self.adversary.step_on(self, opt_d, real_out, fake_out)
         adv = self.adversary.generator_loss(self._discriminate(x, probs))
-        l = self.cfg.loss
         g_loss = l.adversarial_weight * adv + l.dice_weight * dice
         terms.update(g_adv=adv, **d_terms)
         self.check_finite(g_loss, terms)
@@ -90,19 +93,21 @@ class SegmentationRecipe(ManualRecipe):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt_g = self.adam(self.generator.parameters(), o.lr)
-        if not self.adversarial:
-            return opt_g
-        return [opt_g, self.adam(self.discriminator.parameters(), o.d_lr or o.lr)]
+        optimizers = [self.adam(self.generator.parameters(), o.lr)]
+        if self.adversarial:
+            optimizers.append(self.adam(self.discriminator.parameters(), o.d_lr or o.lr))
+        return self.with_schedule(optimizers)
 
     # --- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def segment(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | None = None, overlap: float | None = None,
-                sw_batch_size: int | None = None) -> np.ndarray:
+                sw_batch_size: int | None = None, largest_component: bool | None = None) -> np.ndarray:
         """A whole normalised case C x D x H x W -> class indices D x H x W (uint8), by sliding
         windows of the training patch size with Gaussian-weighted overlaps. With a mask (the
         brain, when the run used data.mask), everything outside it is background: the model never
-        saw patches centred there."""
+        saw patches centred there. largest_component (default model.largest_component): keep only
+        each foreground class's largest connected component, for structures that are one piece
+        (the left atrium), where stray blobs are false positives far from the organ."""
         from monai.inferers import sliding_window_inference
 
         m = self.cfg.model
@@ -117,7 +122,24 @@ class SegmentationRecipe(ManualRecipe):
         pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
         if mask is not None:
             pred[~np.asarray(mask, dtype=bool)] = 0
+        if m.largest_component if largest_component is None else largest_component:
+            pred = keep_largest_components(pred, m.num_classes)
         return pred
+
+
+def keep_largest_components(pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class indices D x H x W -> the same with every foreground class cut to its largest
+    26-connected component (scipy.ndimage.label; MONAI's KeepLargestConnectedComponent needs
+    scikit-image, which nothing else here uses); the rest becomes background."""
+    from scipy import ndimage
+
+    out = pred.copy()
+    for k in range(1, num_classes):
+        components, n = ndimage.label(pred == k, structure=np.ones((3, 3, 3), dtype=bool))
+        if n > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            out[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+    return out
 
 
 def patch_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""3D segmentation on the real LA heart cases (one HDF5 file per case holding image and label):
+a split file, the files' missing spacing, box patches, augmentation, a learning-rate schedule, the
+largest connected component, and `medsynth segment` on an HDF5 case."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsynth.config import load_config
+from medsynth.data.augment import patch_augmentation
+from medsynth.data.patches import load_segmentation_splits, read_split_file
+from medsynth.errors import MedsynthError
+from medsynth.models.base import lr_factor
+from medsynth.models.segmentation import keep_largest_components
+from medsynth.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+LA = ROOT / "../shared/data/la_heart"
+SPLIT = json.loads((ROOT / "configs/splits/la_heart.json").read_text())
+
+
+def tiny(runs, split_file, *extra):
+    return [f"runs_dir={runs}", f"data.splits={split_file}", "data.patch_size=[32,32,16]", "data.patches_per_epoch=4",
+            "data.val_patches=1", "model.depth=2", "model.width=0.125", "trainer.max_epochs=2",
+            "optim.warmup_steps=1", *extra]
+
+
+@pytest.fixture
+def three_cases(tmp_path):
+    """A split file naming one real case per split (the shipped split's first of each)."""
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": SPLIT["train"][:1], "validation": SPLIT["validation"][:1],
+                                "test": SPLIT["test"][:1]}))
+    return path
+
+
+def test_shipped_split_is_disjoint_and_covers_the_40_cases():
+    names = [line.strip() for line in (LA / "cases.list").read_text().splitlines() if line.strip()]
+    split = read_split_file(ROOT / "configs/splits/la_heart.json")
+    assert [len(split[s]) for s in ("train", "val", "test")] == [26, 4, 10]
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(names)
+
+
+def test_split_files_are_read_and_checked(tmp_path):
+    csv = tmp_path / "s.csv"
+    csv.write_text("case,split\na,train\nb,validation\nc,test\nd,train\n")
+    assert read_split_file(csv) == {"train": ["a", "d"], "val": ["b"], "test": ["c"]}
+    for text, match in [('{"train": ["a"], "test": ["a"]}', "both train and test"),
+                        ('{"train": ["a"], "holdout": ["b"]}', "unknown split"),
+                        ('{"train": "a"}', "list of case names"), ("[1, 2]", "cannot read")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(MedsynthError, match=match):
+            read_split_file(bad)
+    with pytest.raises(MedsynthError, match="split file not found"):
+        read_split_file(tmp_path / "none.json")
+
+
+def test_cases_come_from_the_split_file_with_their_spacing(three_cases):
+    cfg = load_config(ROOT / "configs/unet_la_heart.yaml", [f"data.splits={three_cases}"])
+    splits = load_segmentation_splits(cfg.data)
+    assert [[c.name for c in s] for s in (splits.train, splits.val, splits.test)] == [
+        SPLIT["train"][:1], SPLIT["validation"][:1], SPLIT["test"][:1]]
+    case = splits.test[0]
+    assert case.spacing == (0.625, 0.625, 0.625) and np.allclose(np.diag(case.affine), [0.625] * 3 + [1])
+    assert splits.image_size == [112, 112, 80] and set(np.unique(case.label).tolist()) == {0, 1}
+    only_test = load_segmentation_splits(cfg.data, which=("test",))
+    assert not only_test.train and [c.name for c in only_test.test] == SPLIT["test"][:1]
+    missing = three_cases.with_name("missing.json")
+    missing.write_text(json.dumps({"train": ["NOT_A_CASE"]}))
+    with pytest.raises(MedsynthError, match="NOT_A_CASE"):
+        load_segmentation_splits(load_config(ROOT / "configs/unet_la_heart.yaml", [f"data.splits={missing}"]).data)
+    with pytest.raises(MedsynthError, match="patch_size"):
+        load_config(ROOT / "configs/unet_la_heart.yaml", ["data.patch_size=[112,112]"])
+
+
+def test_augmentation_moves_image_and_label_together():
+    """An image that is its label map (+1 inside, -1 outside) stays so after flips, rotation, zoom
+    and intensity jitter: the geometry is shared, the label stays integer."""
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 40, 24), dtype=np.float32)
+    label[10:30, 12:26, 6:18] = 1
+    label[rng.random(label.shape) < 0.001] = 1
+    augment = patch_augmentation(15.0, 0.1, seed=3, p_affine=1.0)
+    changed = 0
+    for _ in range(6):
+        out = augment({"image": torch.from_numpy(label * 2 - 1)[None], "label": torch.from_numpy(label)[None]})
+        assert out["image"].shape == (1, 40, 40, 24) and out["label"].shape == (1, 40, 40, 24)
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
+        agree = ((out["image"] > 0) == (out["label"] > 0.5)).float().mean()
+        assert agree > 0.98
+        changed += not torch.equal(out["label"][0], torch.from_numpy(label))
+    assert changed >= 5  # p_affine=1: each draw moves the patch
+    again = patch_augmentation(15.0, 0.1, seed=3, p_affine=1.0)
+    first = again({"image": torch.from_numpy(label * 2 - 1)[None], "label": torch.from_numpy(label)[None]})
+    repeat = patch_augmentation(15.0, 0.1, seed=3, p_affine=1.0)(
+        {"image": torch.from_numpy(label * 2 - 1)[None], "label": torch.from_numpy(label)[None]})
+    assert torch.equal(first["image"], repeat["image"])  # seeded
+
+
+def test_learning_rate_schedules_follow_their_formulas():
+    cos, poly = lr_factor("cosine", 110, warmup=10), lr_factor("poly", 100)
+    assert [cos(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    assert poly(50) == pytest.approx(0.5 ** 0.9) and poly(100) == 0.0
+    assert lr_factor("constant", 100)(77) == 1.0
+
+
+def test_largest_component_keeps_the_biggest_piece_per_class():
+    pred = np.zeros((20, 20, 20), dtype=np.uint8)
+    pred[2:8, 2:8, 2:8] = 1  # 216 voxels
+    pred[12:14, 12:14, 12:14] = 1  # 8, apart
+    pred[15:18, 2:5, 2:5] = 2  # one piece of class 2
+    pred[9, 9, 9] = 2
+    out = keep_largest_components(pred, 3)
+    assert (out == 1).sum() == 216 and (out == 2).sum() == 27 and not out[12:14, 12:14, 12:14].any()
+    diagonal = np.zeros((5, 5, 5), dtype=np.uint8)
+    diagonal[1, 1, 1] = diagonal[2, 2, 2] = 1  # corner neighbours: one 26-connected piece
+    assert (keep_largest_components(diagonal, 2) == 1).sum() == 2
+
+
+def test_la_heart_trains_and_segments_an_hdf5_case(three_cases, tmp_path):
+    run = train("configs/unet_la_heart.yaml", tiny(tmp_path / "runs", three_cases), log=lambda *_: None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "train/ce" in summary["metrics"]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    # poly decay stepped once per batch (2 epochs x 2 batches): at the end of the run the rate is 0
+    assert state["lr_schedulers"][0]["last_epoch"] == 4 and state["optimizer_states"][0]["param_groups"][0]["lr"] == 0
+    seg = json.loads((run / "segmentation.json").read_text())
+    assert list(seg["cases"]) == SPLIT["test"][:1] and seg["cases"][SPLIT["test"][0]]["spacing"] == [0.625] * 3
+    case = LA / SPLIT["test"][0]
+    target = tmp_path / "pred.nii.gz"
+    out = subprocess.run([sys.executable, "-m", "medsynth.cli", "segment", str(run), "--input", str(case),
+                          "--out", str(target), "--no-largest-component"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pred = nib.load(str(target))
+    import h5py
+
+    with h5py.File(case / "mri_norm2.h5") as f:
+        shape = f["image"].shape
+    assert pred.shape == shape and np.allclose(np.diag(pred.affine), [0.625] * 3 + [1])
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+
+
+def test_a_schedule_needs_a_known_length(three_cases, tmp_path):
+    with pytest.raises(MedsynthError, match="needs a known length"):
+        train("configs/unet_la_heart.yaml", tiny(tmp_path / "runs", three_cases, "trainer.max_epochs=-1",
+                                                 "trainer.max_time=00:00:00:05"), log=lambda *_: None)
+    assert not (tmp_path / "runs").exists()  # refused before anything is written
