@@ -133,6 +133,65 @@ def closed_form_std(sampler: str, steps: int, spacing: str = "trailing") -> floa
     return math.sqrt(v)
 
 
+def sde_closed_form_std(steps: int, spacing: str = "trailing") -> float:
+    """The output std of DPM-Solver++ 2M SDE (Lu et al. 2022, the midpoint form) on Gaussian data
+    with the exact denoiser, by the covariance recursion over diffusers' noise levels: with
+    alpha = 1/sqrt(1 + sigma^2), lambda = log(alpha / (sigma alpha)), h = lambda_t - lambda_s, a step is
+    x_t = (s_t / s_s) e^-h x + a_t (1 - e^-2h) (D0 + D1 / 2) + s_t sqrt(1 - e^-2h) z with D0 the
+    current x0 estimate and D1 = (D0 - previous) / r0; first order at the first step and, below
+    15 steps, the last; the last level is 0 (x0 estimate returned). x0 estimates are c x, so the
+    state is the variance of x and its covariance with the previous x."""
+    sch = build_sampler(schedule(), "dpmpp_sde", spacing)
+    sch.set_timesteps(steps)
+    sig = [float(s) for s in sch.sigmas.double()]
+    def al(s): return 1 / math.sqrt(s * s + 1)
+    def lam(s): return math.log(al(s)) - math.log(s * al(s)) if s > 0 else math.inf
+    def c(s):  # x0_hat = c x
+        a, sg = al(s), s * al(s)
+        return a * S * S / (a * a * S * S + sg * sg)
+    V, Vprev, C = 1.0, None, None  # init_noise_sigma is 1 for this scheduler
+    n = len(sig) - 1
+    lower_final = n < 15
+    for i in range(n):
+        s, t = sig[i], sig[i + 1]
+        at, st = al(t), t * al(t)
+        order1 = i == 0 or (lower_final and i == n - 1)
+        if t == 0:
+            e, noise = 0.0, 0.0
+            A0 = 0.0; coef = at
+        else:
+            h = lam(t) - lam(s)
+            e = math.exp(-h)
+            A0 = (st / (s * al(s))) * e
+            coef = at * (1 - e * e)
+            noise = st * st * (1 - e * e)
+        if order1:
+            A, B = A0 + coef * c(s), 0.0
+        else:
+            sp = sig[i - 1]
+            h = lam(t) - lam(s) if t > 0 else math.inf
+            h0 = lam(s) - lam(sp)
+            r0 = h0 / h if t > 0 else 0.0
+            # D0 = m0, D1 = (m0 - m1)/r0; x += coef*(D0 + 0.5 D1)
+            if t == 0:
+                A, B = A0 + coef * c(s), 0.0
+            else:
+                A = A0 + coef * (c(s) + 0.5 * c(s) / r0)
+                B = -coef * 0.5 * c(sp) / r0
+        Vn = A * A * V + (B * B * Vprev + 2 * A * B * C if B else 0.0) + noise
+        Cn = A * V + (B * C if B else 0.0)
+        Vprev, V, C = V, Vn, Cn
+    return math.sqrt(V)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20, 50])
+@pytest.mark.parametrize("prediction_type", PREDICTIONS)
+def test_dpmpp_sde_matches_the_closed_form_recursion(steps, prediction_type):
+    expected = sde_closed_form_std(steps)
+    assert float(draw("dpmpp_sde", steps, gaussian_denoiser, prediction_type).std()) == pytest.approx(expected,
+                                                                                                      abs=0.01)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 @pytest.mark.parametrize("steps", [10, 50, 200])
 @pytest.mark.parametrize("prediction_type", PREDICTIONS)

@@ -147,6 +147,27 @@ def test_la_heart_trains_and_segments_an_hdf5_case(three_cases, tmp_path):
     assert pred.shape == shape and np.allclose(np.diag(pred.affine), [0.625] * 3 + [1])
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
 
+    # evaluate: the run's held-out cases (the split file's test case), scored as segment scores them
+    from medsynth.compare import compare
+    from medsynth.evaluate import evaluate
+    from medsynth.report import report
+
+    result = evaluate(None, run, resamples=20, log=lambda *_: None)
+    name = SPLIT["test"][0]
+    assert result["task"] == "segmentation" and list(result["segmentation"]["cases"]) == [name]
+    assert result["segmentation"]["mean"]["dice_class_1"] == pytest.approx(seg["cases"][name]["classes"]["1"]["dice"])
+    assert (run / "evaluation.json").is_file()
+    page = report(run).read_text()
+    assert "held-out cases" in page and "dice_class_1" in page
+    folder = tmp_path / "cases"  # a folder of case folders
+    folder.mkdir()
+    for n in SPLIT["validation"][:2]:
+        (folder / n).symlink_to(LA / n)
+    again = evaluate(folder, run, out=tmp_path / "again.json", log=lambda *_: None)
+    assert sorted(again["segmentation"]["cases"]) == sorted(SPLIT["validation"][:2])
+    md = compare([run / "evaluation.json", tmp_path / "again.json"])
+    assert "| dice_class_1 | higher |" in md
+
 
 def test_a_schedule_needs_a_known_length(three_cases, tmp_path):
     with pytest.raises(MedsynthError, match="needs a known length"):

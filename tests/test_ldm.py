@@ -82,7 +82,7 @@ def test_noise_schedule_adds_noise_and_steps_as_the_formulas_say(schedule):
     assert torch.allclose(prev, mean + ((1 - ab_p) / (1 - ab_t) * beta).sqrt() * noise, atol=1e-4)
 
     # the samplers (diffusers) run on exactly the training schedule
-    for name in ("ddpm", "ddim", "dpmpp", "unipc"):
+    for name in ("ddpm", "ddim", "dpmpp", "dpmpp_sde", "unipc"):
         assert torch.allclose(build_sampler(d, name).alphas_cumprod.double(), ddpm.alphas_cumprod.double(), atol=1e-6)
 
     # DDIM (eta 0) with the true noise lands exactly on the forward process at the previous timestep
@@ -204,7 +204,7 @@ def test_guidance_scale_one_is_plain_conditional_sampling(ldm_run):
     with torch.no_grad():
         for p in recipe.unet_ema.module.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    for sampler in ("ddpm", "ddim", "dpmpp", "unipc"):  # guidance works with every sampler
+    for sampler in ("ddpm", "ddim", "dpmpp", "dpmpp_sde", "unipc"):  # guidance works with every sampler
         draw = lambda **kw: recipe.sample(6, condition=torch.tensor([0, 1, 0, 1, 0, 1]),  # noqa: E731
                                           generator=torch.Generator().manual_seed(5), steps=10, sampler=sampler, **kw)
         plain, one, three = draw(), draw(guidance=1.0), draw(guidance=3.0)

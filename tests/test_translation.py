@@ -84,6 +84,34 @@ def test_pix2pix_trains_and_reports_against_the_trivial_baseline(pix2pix_run):
     assert "<h2>Samples</h2>" not in page and "Not evaluated yet" not in page and "family</th><td>pix2pix" in page
 
 
+def test_evaluate_scores_each_held_out_volume_beside_copying_the_source(pix2pix_run, mini_brats, tmp_path):
+    """`medsynth evaluate --fake RUN` of a translation run: per whole test case, inside the brain,
+    the model and the copy-the-T1c baseline; the baseline checked against a direct computation."""
+    from medsynth.evaluate import evaluate
+    from medsynth.report import report
+
+    out = tmp_path / "ev.json"
+    result = evaluate(None, pix2pix_run, out=out, resamples=50, log=lambda *_: None)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["task"] == "translation" and result["sets"]["real"]["cases"] == 2
+    cases = result["translation"]["cases"]
+    assert sorted(cases) == ["brats_2013_pat0001_1", "brats_2013_pat0002_1"]
+    case = mini_brats / "test" / "brats_2013_pat0001_1"
+    brain = np.asarray(nib.load(str(case / "brainmask.nii.gz")).dataobj) > 0
+    t1c, flair = (mr_normalise(np.asarray(nib.load(str(case / f)).dataobj, np.float32), brain)
+                  for f in ("T1c_subtrMeanDivStd.nii.gz", "Flair_subtrMeanDivStd.nii.gz"))
+    assert cases[case.name]["baseline_source"]["mae"] == pytest.approx(np.abs(t1c - flair)[brain].mean(), rel=1e-5)
+    mean = result["translation"]["mean"]
+    values = [c["model"]["ssim"] for c in cases.values()]
+    assert mean["ssim"] == pytest.approx(np.mean(values))
+    lo, hi = mean["ssim_interval"]
+    assert min(values) - 1e-9 <= lo <= hi <= max(values) + 1e-9
+    page = report(pix2pix_run, out=tmp_path / "r.html", evaluation=out).read_text()
+    assert "held-out cases" in page and "baseline: the source as it is" in page
+    with pytest.raises(MedsynthError, match="neither a case"):
+        evaluate(tmp_path, pix2pix_run, out=tmp_path / "x.json", log=lambda *_: None)
+
+
 def test_translate_nifti_keeps_geometry_and_equals_the_model_on_each_slice(pix2pix_run, mini_brats, tmp_path):
     case = mini_brats / "test" / "brats_2013_pat0001_1"
     src, mask = case / "T1c_subtrMeanDivStd.nii.gz", case / "brainmask.nii.gz"

@@ -71,6 +71,10 @@ def _evaluate(args) -> None:
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
                       resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real, log=_log())
+    if result.get("task") in ("segmentation", "translation"):
+        print(json.dumps({k: v for k, v in result[result["task"]]["mean"].items() if not k.endswith("_interval")},
+                         indent=1))
+        return
     short = {s: {k: v for k, v in result[s].items() if isinstance(v, (int, float, str)) and k != "strip"}
              for s in ("fidelity", "reconstruction", "utility") if s in result}
     short["diversity"] = {"fake": result["diversity"]["fake"]["ms_ssim_mean"],
@@ -153,11 +157,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     _add_device(p)
     p.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler; ddim, or "
-                        "euler for rectified flow): "
+                   help="latent diffusion: the reverse process (default: the run's diffusion.sampler; dpmpp_sde, "
+                        "or euler for rectified flow): "
                         + "; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()))
     p.add_argument("--steps", type=int, help="latent diffusion: denoising steps, i.e. network evaluations "
-                                             "(heun: 2 a step; default: the run's, 50)")
+                                             "(heun: 2 a step; default: the run's diffusion.sampling_steps)")
     p.add_argument("--spacing", choices=list(SPACINGS), help="latent diffusion: which trained timesteps the "
                                                              "steps visit (default: the run's, trailing; "
                                                              "flow samplers space noise levels evenly)")
@@ -221,9 +225,12 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", parents=[COMMON], help="fidelity, diversity, reconstruction, privacy and utility metrics",
                        description="Compare a synthetic set with real images and write JSON. Each set is a .npz, "
                                    "an image folder, or a run directory to sample from. From a data file REAL "
-                                   "is its test split (else val) and the training images its train split.")
-    p.add_argument("--real", required=True, help="real images (held-out split of a data file); a set marked "
-                                                 "synthetic by medsynth is refused")
+                                   "is its test split (else val) and the training images its train split. A "
+                                   "translation or segmentation run is scored per held-out case instead: MAE / PSNR / "
+                                   "SSIM beside copying the source, or Dice / HD95, with intervals over cases.")
+    p.add_argument("--real", help="real images (held-out split of a data file); a set marked synthetic by medsynth "
+                                  "is refused. For a translation or segmentation run: a case folder or a folder of "
+                                  "case folders (default: the run's own held-out cases)")
     p.add_argument("--allow-synthetic-real", action="store_true",
                    help="evaluate against a --real set marked synthetic anyway (recorded in the output)")
     p.add_argument("--fake", required=True, help="synthetic images: .npz / folder, or a run directory")

@@ -9,12 +9,12 @@ best "near real" is shown, never ranked).
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import medsynth.runs as runs
 from medsynth.errors import MedsynthError
-from medsynth.report import ROWS, STYLE, _fmt, _get, _img, _interval_key, _read_json
+from medsynth.pages import cell, fmt, png_image, render, table
+from medsynth.report import ROWS, _get, _interval_key, _read_json, case_better
 from medsynth.writers import write_text
 
 
@@ -53,6 +53,19 @@ def _evaluation(run: Path) -> dict:
 def comparison_rows(evaluations: list[dict]) -> list[tuple[str, str, list, int | None]]:
     """(label, better, [(value, interval)] per run, index of the told-apart best or None) for every
     metric that at least one evaluation holds."""
+    tasks = {ev.get("task") for ev in evaluations}
+    if tasks & {"translation", "segmentation"}:
+        if len(tasks) > 1:
+            raise MedsynthError(f"compare: evaluations of different kinds ({sorted(map(str, tasks))}) do not share "
+                                "metrics")
+        task = tasks.pop()
+        keys = list(dict.fromkeys(k for ev in evaluations for k in ev[task]["mean"] if not k.endswith("_interval")))
+        rows = []
+        for key in keys:
+            cells = [(ev[task]["mean"].get(key), ev[task]["mean"].get(f"{key}_interval")) for ev in evaluations]
+            better = case_better(key)
+            rows.append((key, better, cells, None if key.startswith("baseline_") else _best(cells, better)))
+        return rows
     rows = []
     for section, key, label, better, _ in ROWS:
         if section == "utility" or section == "class_consistency" and key != "agreement":
@@ -64,11 +77,9 @@ def comparison_rows(evaluations: list[dict]) -> list[tuple[str, str, list, int |
     return rows
 
 
-def _cell(value, interval, best: bool, markdown: bool) -> str:
-    text = _fmt(value) + (f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else "")
-    if best:
-        return f"**{text}**" if markdown else f"<b>{text}</b>"
-    return text
+def _markdown_cell(value, interval, best: bool) -> str:
+    text = fmt(value) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "")
+    return f"**{text}**" if best else text
 
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None, overwrite: bool = False) -> str:
@@ -83,22 +94,13 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None, overwrite
     rows = comparison_rows(evaluations)
     md = ["| metric | better | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for label, better, cells, best in rows:
-        md.append(f"| {label} | {better} | " + " | ".join(_cell(v, iv, i == best, True)
+        md.append(f"| {label} | {better} | " + " | ".join(_markdown_cell(v, iv, i == best)
                                                           for i, (v, iv) in enumerate(cells)) + " |")
-    table = "\n".join(md)
+    markdown = "\n".join(md)
     if out is not None:
-        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-        body = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(better)}</td>"
-                       + "".join(f"<td>{_cell(v, iv, i == best, False)}</td>" for i, (v, iv) in enumerate(cells))
-                       + "</tr>" for label, better, cells, best in rows)
-        grids = "".join(f"<figure style='display:inline-block;margin:0 1em 1em 0'>"
-                        f"{_img(p / runs.SAMPLES, 'samples') if p.is_dir() else ''}"
-                        f"<figcaption>{html.escape(n)}</figcaption></figure>" for p, n in zip(paths, names))
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' "
-                f"content='width=device-width, initial-scale=1'><title>medsynth: compare</title>"
-                f"<style>{STYLE}</style></head><body><h1>Runs compared</h1><p>Values with 95% intervals; "
-                f"the best run of a metric is in bold only where its interval overlaps no other run's.</p>"
-                f"<table><tr><th>metric</th><th>better</th>{head}</tr>{body}</table><h2>Samples</h2>{grids}"
-                f"</body></html>")
-        write_text(out, page)
-    return table
+        metrics = table([[label, better, *(cell(v, iv, bold=i == best) for i, (v, iv) in enumerate(cells))]
+                         for label, better, cells, best in rows], header=["metric", "better", *names])
+        grids = [{"name": n, "image": png_image(p / runs.SAMPLES, "samples") if p.is_dir()
+                  else {"missing": "an evaluation file: no sample grid"}} for p, n in zip(paths, names)]
+        write_text(out, render("compare.html.j2", title="runs compared", metrics=metrics, grids=grids))
+    return markdown

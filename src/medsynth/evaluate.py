@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsynth.case_evaluation import evaluate_cases
 from medsynth.config import load_config
 from medsynth.data import load_splits
 from medsynth.data.cases import is_volume_set, read_volume_set
@@ -33,7 +34,7 @@ from medsynth.metrics.utility import tstr
 from medsynth.models import load_run
 from medsynth.provenance import medsynth_version, synthetic_lineage
 from medsynth.tracking import flat_metrics, log_to_tracked_run
-from medsynth.runs import EVALUATION, check_output, is_run
+from medsynth.runs import CONFIG, EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
 from medsynth.writers import save_grid, write_text
 
@@ -142,7 +143,7 @@ def _clean(obj):
     return obj
 
 
-def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
+def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
              utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
@@ -164,6 +165,16 @@ def evaluate(real: str | Path, fake: str | Path, train: str | Path | None = None
     if out is None:
         out = Path(fake) / EVALUATION if is_run(fake) else Path("metrics.json")
     out = check_output(out, overwrite, inputs, (".json",), flag)
+    mapping = _mapping_run(fake)
+    if mapping is not None:  # translation / segmentation: scored per held-out case, not as a synthetic set
+        result = _clean(evaluate_cases(mapping, real, resamples, seed, log))
+        write_text(out, json.dumps(result, indent=2))
+        log(f"metrics: {out}")
+        if log_to_tracked_run(Path(fake), flat_metrics({"eval": result}), [out], "evaluation", log):
+            log("logged to the run's MLflow run")
+        return result
+    if real is None:
+        raise MedsynthError("--real is needed: the real images to compare the synthetic set with")
     check_output(_strip_path(out), overwrite, inputs, (".png",), "nearest-pairs strip")
     lineage = None if is_run(real) else synthetic_lineage(real)
     if lineage is not None and not allow_synthetic_real:
@@ -219,6 +230,22 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self._last, 3)
         self._last = now
+
+
+def _mapping_run(fake):
+    """The loaded recipe when `fake` is a run of a family that maps real cases to targets
+    (translation, segmentation), else None."""
+    if not is_run(fake):
+        return None
+    from medsynth.models import recipe_class
+
+    cfg = load_config(Path(fake) / CONFIG)
+    cls = recipe_class(str(cfg.model.family))
+    if not (cls.can_segment or cls.can_translate):
+        return None
+    from medsynth.models import load_run
+
+    return load_run(fake)
 
 
 def load_sets(real, fake, train, n: int | None, seed: int, image_size: int | None):

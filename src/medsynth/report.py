@@ -1,10 +1,9 @@
-"""`report(run_dir)`: one self-contained HTML page (no server; images inline) for a run."""
+"""`report(run_dir)`: one self-contained HTML page (no server; images inline) for a run, rendered
+from templates/report.html.j2 (medsynth.pages)."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 from pathlib import Path
@@ -13,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medsynth.errors import MedsynthError, reason
+from medsynth.pages import cell, paragraph, png_data, png_image, render, table
 import medsynth.runs as runs
 from medsynth.runs import CONFIG
 from medsynth.tracking import log_to_tracked_run
@@ -87,19 +87,8 @@ def _get(section: dict, dotted: str):
     return value
 
 
-def _img(path: Path, alt: str) -> str:
-    if not path.is_file():
-        return f"<p class='missing'>{html.escape(alt)}: not found ({html.escape(str(path.name))}).</p>"
-    from PIL import Image
-
-    with Image.open(path) as im:
-        width = min(3 * im.width, 960)  # 28 px tiles are unreadable at their own size
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"<img alt='{html.escape(alt)}' width='{width}' src='data:image/png;base64,{data}'>"
-
-
-def loss_curves(metrics_csv: Path) -> str | None:
-    """A PNG (base64) of the per-epoch train and validation loss terms, or None without data."""
+def loss_curves(metrics_csv: Path) -> bytes | None:
+    """A PNG of the per-epoch train and validation loss terms, or None without data."""
     if not metrics_csv.is_file():
         return None
     with open(metrics_csv, newline="") as fh:
@@ -134,26 +123,17 @@ def loss_curves(metrics_csv: Path) -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
+    return buf.getvalue()
 
 
 def _interval_key(key: str) -> str:
     return key.replace("ms_ssim_mean", "ms_ssim") + "_interval"
 
 
-def metric_table(evaluation: dict) -> str:
+def metric_table(evaluation: dict) -> dict:
     """The metrics with their 95% intervals beside the real-vs-real floor, what each measures and
     which way is better."""
-    lines = ["<table><tr><th>metric</th><th>synthetic [95% interval]</th><th>real vs real (floor)</th>"
-             "<th>better</th><th>what it measures</th></tr>"]
+    rows = []
     for section, key, label, better, meaning in ROWS:
         sec = evaluation.get(section, {})
         if not isinstance(sec, dict) or (not sec and section == "class_consistency"):
@@ -171,34 +151,18 @@ def metric_table(evaluation: dict) -> str:
             value, ref = _get(sec, key), _get(floor, key)
             span, ref_span = _get(sec, _interval_key(key)), _get(floor, _interval_key(key))
         if "not_computed" in sec:
-            cell = f"<td class='missing' colspan='2'>not computed: {html.escape(sec['not_computed'])}</td>"
+            values = [cell(f"not computed: {sec['not_computed']}", cls="missing", colspan=2)]
         else:
-            cell = f"<td>{_fmt(value)}{_span(span)}</td><td>{_fmt(ref)}{_span(ref_span)}</td>"
-        lines.append(f"<tr><td>{html.escape(label)}</td>{cell}<td>{html.escape(better)}</td>"
-                     f"<td class='what'>{html.escape(meaning)}</td></tr>")
-    lines.append("</table>")
-    return "\n".join(lines)
-
-
-def _span(interval) -> str:
-    if not isinstance(interval, list) or len(interval) != 2:
-        return ""
-    return f" <span class='ci'>[{_fmt(interval[0])}, {_fmt(interval[1])}]</span>"
-
-
-STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
-img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
-table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-caption{text-align:left;color:#555}
-.missing{color:#a33}pre{background:#f4f4f4;padding:1em;overflow:auto}
-.ci{color:#666;font-size:90%}.what{color:#555;font-size:90%;max-width:28em}
-@media (max-width:700px){body{margin:0.5em}td,th{padding:2px 4px;font-size:90%}.what{display:none}}"""
+            values = [cell(value, span), cell(ref, ref_span)]
+        rows.append([cell(label), *values, cell(better), cell(meaning, cls="what")])
+    return table(rows, header=["metric", "synthetic [95% interval]", "real vs real (floor)", "better",
+                               "what it measures"])
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None,
            overwrite: bool = False) -> Path:
     """Write <run_dir>/report.html (replaced when it exists) or `out` (refused when it exists,
-    unless `overwrite`) and return its path."""
+    unless `overwrite`) and return its path. The page is rendered from templates/report.html.j2."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise MedsynthError(f"{run_dir}: not a run directory (no {CONFIG})")
@@ -207,44 +171,49 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
     eval_path = Path(evaluation) if evaluation else run_dir / runs.EVALUATION
     cfg = _read_config(run_dir)
     capable = _capabilities(cfg)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, "
-             f"initial-scale=1'><title>medsynth: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head>"
-             f"<body><h1>{html.escape(run_dir.name)}</h1>", _run_summary(run_dir, cfg)]
+    sections = []
+
+    def section(title: str, paragraphs=(), images=(), tables=(), pre=None) -> None:
+        sections.append({"title": title, "paragraphs": list(paragraphs), "images": list(images),
+                         "tables": [t for t in tables if t], "pre": pre})
+
     if capable.get("can_sample"):
-        parts.append("<h2>Samples</h2>" + _img(run_dir / runs.SAMPLES, "sample grid"))
+        section("Samples", images=[png_image(run_dir / runs.SAMPLES, "sample grid")])
     if capable.get("can_reconstruct"):
-        parts.append("<h2>Reconstructions</h2><p>Rows of held-out images above their reconstructions.</p>"
-                     + _img(run_dir / runs.RECONSTRUCTIONS, "reconstructions")
-                     + _scores_table(run_dir / runs.AUTOENCODER_SCORES, "Stage 1 (autoencoder) on held-out images"))
+        section("Reconstructions", [paragraph("Rows of held-out images above their reconstructions.")],
+                [png_image(run_dir / runs.RECONSTRUCTIONS, "reconstructions")],
+                [_scores_table(run_dir / runs.AUTOENCODER_SCORES, "Stage 1 (autoencoder) on held-out images")])
     if capable.get("can_translate"):
-        parts.append("<h2>Translations</h2><p>Rows: real source, real target, synthetic translation (held-out "
-                     "images).</p>" + _img(run_dir / runs.TRANSLATIONS, "translations") + _translation_table(run_dir))
+        text, tab = _translation_table(run_dir)
+        section("Translations", [paragraph("Rows: real source, real target, synthetic translation (held-out "
+                                           "images)."), *text],
+                [png_image(run_dir / runs.TRANSLATIONS, "translations")], [tab])
     if capable.get("can_segment"):
-        parts.append("<h2>Segmentations</h2><p>Per held-out case: the image, the reference labels and the model's "
-                     "labels on the slice with most reference foreground.</p>"
-                     + _img(run_dir / runs.SEGMENTATIONS, "segmentations") + _segmentation_table(run_dir))
+        text, tab = _segmentation_table(run_dir)
+        section("Segmentations", [paragraph("Per held-out case: the image, the reference labels and the model's "
+                                            "labels on the slice with most reference foreground."), *text],
+                [png_image(run_dir / runs.SEGMENTATIONS, "segmentations")], [tab])
     if capable.get("can_classify"):
-        parts.append("<h2>Feature network</h2>" + _scores_table(run_dir / runs.FEATURES, "Held-out scores"))
+        section("Feature network", tables=[_scores_table(run_dir / runs.FEATURES, "Held-out scores")])
     curves = loss_curves(run_dir / runs.METRICS)
-    parts.append("<h2>Loss curves</h2><p>Per epoch. Train terms carry the warm-up / capacity schedule in force at "
-                 "that step; validation terms are the full objective, so the two can cross early on.</p>"
-                 + (f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"
-                                             if curves else "<p class='missing'>No metrics.csv with loss terms.</p>"))
+    section("Loss curves", [paragraph("Per epoch. Train terms carry the warm-up / capacity schedule in force at "
+                                      "that step; validation terms are the full objective, so the two can cross "
+                                      "early on."),
+                            *([] if curves else [paragraph("No metrics.csv with loss terms.", missing=True)])],
+            [png_data(curves, "loss curves")] if curves else [])
     if evaluation is not None and not eval_path.is_file():
         raise MedsynthError(f"--evaluation {eval_path}: file not found")
     if eval_path.is_file():
-        parts.append("<h2>Metrics</h2>")
         try:
-            parts += _evaluation_parts(_read_json(eval_path, "evaluation"), run_dir, eval_path)
+            sections += _evaluation_sections(_read_json(eval_path, "evaluation"), run_dir, eval_path)
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise MedsynthError(f"{eval_path}: not the structure `medsynth evaluate` writes ({reason(exc)})") from None
     elif capable.get("can_sample"):  # only models that draw images are evaluated as a synthetic set
-        parts.append("<h2>Metrics</h2>")
-        parts.append(f"<p class='missing'>Not evaluated yet: no {html.escape(eval_path.name)}. Run "
-                     f"<code>medsynth evaluate --real DATA --fake {html.escape(str(run_dir))} --features NET</code>."
-                     "</p>")
-    parts.append("<h2>Config</h2><pre>" + html.escape((run_dir / CONFIG).read_text()) + "</pre></body></html>")
-    write_text(out, "\n".join(parts))
+        section("Metrics", [paragraph(f"Not evaluated yet: no {eval_path.name}. Run", missing=True,
+                                      code=f"medsynth evaluate --real DATA --fake {run_dir} --features NET")])
+    section("Config", pre=(run_dir / CONFIG).read_text())
+    page = render("report.html.j2", title=run_dir.name, summary=_run_summary(run_dir, cfg), sections=sections)
+    write_text(out, page)
     log_to_tracked_run(run_dir, files=[out], folder="report", log=lambda *_: None)
     return out
 
@@ -272,7 +241,7 @@ def _capabilities(cfg: dict) -> dict:
             ("can_sample", "can_reconstruct", "can_translate", "can_segment", "can_classify")}
 
 
-def _run_summary(run_dir: Path, cfg: dict) -> str:
+def _run_summary(run_dir: Path, cfg: dict) -> dict:
     """What the run is: recipe, family, data, budget, precision and the code it was made with."""
     model, data, trainer = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("trainer") or {}
     rows = [("recipe", cfg.get("name")), ("family", model.get("family")), ("data", data.get("path")),
@@ -294,78 +263,115 @@ def _run_summary(run_dir: Path, cfg: dict) -> str:
                  ("made", last.get("time_utc")), ("machine", last.get("platform"))]
     if (run_dir / runs.LINEAGE).is_file():
         rows.append(("training data", "marked SYNTHETIC (lineage.json)"))
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-                   if v is not None)
-    return f"<table class='summary'>{body}</table>"
+    return table([[k, str(v)] for k, v in rows if v is not None], cls="summary", row_headers=True)
 
 
-def _scores_table(path: Path, caption: str) -> str:
+def _scores_table(path: Path, caption: str) -> dict | None:
     if not path.is_file():
-        return ""
+        return None
     scores = _read_json(path, path.stem)
-    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in scores.items()
-                    if isinstance(v, (int, float, str)))
-    return f"<table><caption>{html.escape(caption)}</caption>{cells}</table>"
+    return table([[k, v] for k, v in scores.items() if isinstance(v, (int, float, str))], caption=caption)
 
 
-def _translation_table(run_dir: Path) -> str:
+def _translation_table(run_dir: Path) -> tuple[list, dict | None]:
     """The model beside copying the source contrast (the trivial baseline), on held-out images."""
     path = run_dir / runs.TRANSLATION_SCORES
     if not path.is_file():
-        return "<p class='missing'>No translation.json (the run did not finish).</p>"
+        return [paragraph("No translation.json (the run did not finish).", missing=True)], None
     scores = _read_json(path, "translation scores")
     model, base = scores.get("model") or {}, scores.get("baseline_source") or {}
     better = {"mae": "lower", "psnr": "higher", "ssim": "higher"}
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(base.get(k))}</td>"
-                   f"<td>{better.get(k, '')}</td></tr>" for k, v in model.items())
-    return (f"<table><caption>{scores.get('images')} held-out images, inside the body</caption><tr><th>metric</th>"
-            f"<th>model</th><th>baseline: the source as it is</th><th>better</th></tr>{rows}</table>")
+    return [], table([[k, v, base.get(k), better.get(k, "")] for k, v in model.items()],
+                     header=["metric", "model", "baseline: the source as it is", "better"],
+                     caption=f"{scores.get('images')} held-out images, inside the body")
 
 
-def _segmentation_table(run_dir: Path) -> str:
+def _segmentation_table(run_dir: Path) -> tuple[list, dict | None]:
     """Dice (and HD95 where scored) per held-out case and class or region."""
     path = run_dir / runs.SEGMENTATION_SCORES
     if not path.is_file():
-        return "<p class='missing'>No segmentation.json (the run did not finish, or had no held-out cases).</p>"
+        return [paragraph("No segmentation.json (the run did not finish, or had no held-out cases).",
+                          missing=True)], None
     scores = _read_json(path, "segmentation scores")
-    rows = []
-    for case, entry in (scores.get("cases") or {}).items():
-        for group in ("regions", "classes"):
-            for name, s in (entry.get(group) or {}).items():
-                rows.append(f"<tr><td>{html.escape(case)}</td><td>{html.escape(str(name))}</td><td>{_fmt(s.get('dice'))}"
-                            f"</td><td>{_fmt(s.get('hd95'))}</td></tr>")
-    mean = "".join(f"<tr><td>mean</td><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td></td></tr>"
-                   for k, v in (scores.get("mean") or {}).items())
-    return ("<table><tr><th>case</th><th>class / region</th><th>Dice (higher)</th><th>HD95 mm (lower)</th></tr>"
-            + "".join(rows) + mean + "</table>")
+    rows = [[case, str(name), s.get("dice"), s.get("hd95")]
+            for case, entry in (scores.get("cases") or {}).items()
+            for group in ("regions", "classes") for name, s in (entry.get(group) or {}).items()]
+    rows += [["mean", k, v, ""] for k, v in (scores.get("mean") or {}).items()]
+    return [], table(rows, header=["case", "class / region", "Dice (higher)", "HD95 mm (lower)"])
 
 
-def _evaluation_parts(ev: dict, run_dir: Path, eval_path: Path) -> list[str]:
-    """The report's metrics section from an evaluation: feature network, sets, table, strip."""
-    parts = []
+# which way is better for a per-case score, by its name's first word (case_evaluation's keys)
+CASE_BETTER = {"dice": "higher", "hd95": "lower", "mae": "lower", "psnr": "higher", "ssim": "higher"}
+CASE_MEANING = {"dice": "Overlap of the model's and the reference label maps (0-1).",
+                "hd95": "95th percentile of the distances between the two maps' surfaces, in mm.",
+                "mae": "Mean absolute error inside the mask, in the [-1, 1] training scale.",
+                "psnr": "Peak signal-to-noise ratio inside the mask, in dB.",
+                "ssim": "Structural similarity of the whole slices, background set alike."}
+
+
+def case_better(key: str) -> str:
+    return CASE_BETTER.get(key.removeprefix("baseline_").split("_")[0], "")
+
+
+def _case_sections(ev: dict) -> list[dict]:
+    """A translation / segmentation run's evaluation: the mean over held-out cases of each score
+    with its interval (and the copy-the-source baseline beside translation scores), then per case."""
+    task = ev["task"]
+    sec, real = ev[task], ev["sets"]["real"]
+    mean = sec["mean"]
+    text = [paragraph(f"{real['cases']} held-out cases from {real['source']}. Brackets hold 95% bootstrap "
+                      "intervals over cases.")]
+    keys = [k for k in mean if not k.endswith("_interval") and not k.startswith("baseline_")]
+    if task == "translation":
+        rows = [[k, cell(mean[k], mean.get(f"{k}_interval")),
+                 cell(mean.get(f"baseline_{k}"), mean.get(f"baseline_{k}_interval")), case_better(k),
+                 cell(CASE_MEANING.get(k, ""), cls="what")] for k in keys]
+        means = table(rows, header=["metric", "model [95% interval]", "baseline: the source as it is", "better",
+                                    "what it measures"])
+        per_case = table([[name, k, c["model"][k], c["baseline_source"][k]] for name, c in sec["cases"].items()
+                          for k in c["model"]], header=["case", "metric", "model", "baseline"])
+    else:
+        rows = [[k, cell(mean[k], mean.get(f"{k}_interval")), case_better(k),
+                 cell(CASE_MEANING.get(k.split("_")[0], ""), cls="what")] for k in keys]
+        means = table(rows, header=["metric", "mean [95% interval]", "better", "what it measures"])
+        per_case = table([[name, f"{ {'classes': 'class'}.get(group, 'region')} {label}", s.get("dice"), s.get("hd95")]
+                          for name, c in sec["cases"].items() for group in ("classes", "regions")
+                          for label, s in (c.get(group) or {}).items()],
+                         header=["case", "class / region", "Dice (higher)", "HD95 mm (lower)"])
+    return [{"title": "Metrics", "paragraphs": text, "images": [], "tables": [means, per_case], "pre": None}]
+
+
+def _evaluation_sections(ev: dict, run_dir: Path, eval_path: Path) -> list[dict]:
+    """The report's metrics section from an evaluation (feature network, sets, table) and the
+    nearest-pairs strip."""
+    if ev.get("task") in ("translation", "segmentation"):
+        return _case_sections(ev)
+    text = []
     feats = ev.get("features", {})
     if "not_computed" in feats:
-        parts.append(f"<p class='missing'>Feature network: not given — {html.escape(feats['not_computed'])}</p>")
+        text.append(paragraph(f"Feature network: not given — {feats['not_computed']}", missing=True))
     else:
-        parts.append(f"<p>Feature network {html.escape(str(feats.get('source')))} ({feats.get('dim')}-d, "
-                     f"sha256 {html.escape(str(feats.get('sha256', ''))[:16])}…).</p>")
+        text.append(paragraph(f"Feature network {feats.get('source')} ({feats.get('dim')}-d, "
+                              f"sha256 {str(feats.get('sha256', ''))[:16]}…)."))
     sets = ev.get("sets", {})
-    parts.append("<p>" + "; ".join(f"{html.escape(k)}: {html.escape(str(v['source']))} [{v['split']}], "
-                                   f"{v['images']} images" for k, v in sets.items()) + "</p>")
+    text.append(paragraph("; ".join(f"{k}: {v['source']} [{v['split']}], {v['images']} images"
+                                    for k, v in sets.items())))
     if isinstance(sets.get("real"), dict) and sets["real"].get("synthetic"):
-        parts.append("<p class='missing'><b>The real set is marked synthetic</b> (evaluated with "
-                     "--allow-synthetic-real): these scores compare synthetic images with synthetic ones and say "
-                     "nothing about real data.</p>")
-    parts.append("<p>The floor column scores real held-out images the same way (fidelity: the val split against "
-                 "the test split, images the feature network never trained on), so it shows what real data "
-                 "scores at this sample size. Brackets hold 95% bootstrap intervals: two numbers whose intervals "
-                 "overlap are not told apart by this evaluation.</p>")
-    parts.append(metric_table(ev))
+        text.append(paragraph("(evaluated with --allow-synthetic-real): these scores compare synthetic images "
+                              "with synthetic ones and say nothing about real data.", missing=True,
+                              strong="The real set is marked synthetic"))
+    text.append(paragraph("The floor column scores real held-out images the same way (fidelity: the val split "
+                          "against the test split, images the feature network never trained on), so it shows what "
+                          "real data scores at this sample size. Brackets hold 95% bootstrap intervals: two numbers "
+                          "whose intervals overlap are not told apart by this evaluation."))
+    out = [{"title": "Metrics", "paragraphs": text, "images": [], "tables": [metric_table(ev)], "pre": None}]
     strip = Path(str(_get(ev, "privacy.strip") or ""))
     if strip.name and not _beside(strip, run_dir, eval_path):
-        parts.append(f"<p class='missing'>Nearest-pairs strip not shown: {html.escape(str(strip))} is outside "
-                     "the run directory and the evaluation's folder.</p>")
+        out[0]["paragraphs"].append(paragraph(f"Nearest-pairs strip not shown: {strip} is outside the run "
+                                              "directory and the evaluation's folder.", missing=True))
     elif strip.name:
-        parts.append("<h2>Closest synthetic / training pairs</h2><p>Top: synthetic; bottom: its nearest "
-                     "training image (pixel space), closest first.</p>" + _img(strip, "nearest neighbours"))
-    return parts
+        out.append({"title": "Closest synthetic / training pairs", "pre": None, "tables": [],
+                    "paragraphs": [paragraph("Top: synthetic; bottom: its nearest training image (pixel space), "
+                                             "closest first.")],
+                    "images": [png_image(strip, "nearest neighbours")]})
+    return out

@@ -25,7 +25,7 @@ from medsynth.runs import check_output
 from medsynth.writers import write_nifti
 
 
-def _match(folder: Path, pattern: str | None) -> Path | None:
+def match_file(folder: Path, pattern: str | None) -> Path | None:
     """The one file matching `pattern` in `folder` (with its ":KEY" for "FILE.h5:KEY"), or None."""
     if not pattern:
         return None
@@ -49,20 +49,20 @@ def _read_input_case(path: Path, data_cfg) -> tuple[Case, Path]:
                                 f"{' and a mask' if data_cfg.mask else ''}; give a case folder holding "
                                 f"files matching {contrasts}")
         return load_case(path.name.split(".")[0], [path], None), path
-    files = [_match(path, c) for c in contrasts]
+    files = [match_file(path, c) for c in contrasts]
     missing = [c for c, f in zip(contrasts, files) if f is None]
     if missing:
         raise MedsynthError(f"{path}: no file matches the contrast pattern(s) {missing} of this model")
-    mask = _match(path, data_cfg.mask)
+    mask = match_file(path, data_cfg.mask)
     if data_cfg.mask and mask is None:
         raise MedsynthError(f"{path}: no mask matching '{data_cfg.mask}' (the model was trained with intensities "
                             "normalised inside it)")
-    label = _match(path, data_cfg.label)
+    label = match_file(path, data_cfg.label)
     return load_case(path.name, files, label, list(data_cfg.classes), mask), files[0]
 
 
-def _is_case_folder(path: Path, data_cfg) -> bool:
-    return path.is_file() or _match(path, data_cfg.contrasts[0]) is not None
+def is_case_folder(path: Path, data_cfg) -> bool:
+    return path.is_file() or match_file(path, data_cfg.contrasts[0]) is not None
 
 
 def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str = "cpu",
@@ -82,12 +82,12 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
     check_output(out, overwrite, [run_dir, input])
     if not input.exists():
         raise MedsynthError(f"{input}: input not found")
-    if _is_case_folder(input, data_cfg):
+    if is_case_folder(input, data_cfg):
         jobs = [(input, out)]
         if not out.name.endswith((".nii", ".nii.gz")):
             raise MedsynthError(f"{out}: the label map is written as NIfTI; name it .nii.gz or .nii")
     else:
-        cases = sorted(d for d in input.iterdir() if d.is_dir() and _is_case_folder(d, data_cfg))
+        cases = sorted(d for d in input.iterdir() if d.is_dir() and is_case_folder(d, data_cfg))
         if not cases:
             raise MedsynthError(f"{input}: neither a case (files matching {list(data_cfg.contrasts)}) nor a "
                                 "folder of case folders")
@@ -97,14 +97,7 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
     records = []
     for case_path, target in jobs:
         start = time.perf_counter()
-        case, geometry = _read_input_case(case_path, data_cfg)
-        case = with_source_spacing(case, data_cfg.get("source_spacing"))
-        prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
-        pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component)
-        if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid
-            pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None].float(),
-                                                   size=case.image.shape[1:], mode="nearest")[0, 0].byte().numpy()
-        labels = to_values(pred, list(data_cfg.classes))
+        case, labels, geometry = segment_case(recipe, case_path, overlap, sw_batch_size, largest_component)
         write_label_map(target, labels, geometry, case.affine, recipe, run_dir)
         record = {"case": case.name, "out": str(target), "seconds": round(time.perf_counter() - start, 2)}
         if case.label is not None:
@@ -112,6 +105,22 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
         records.append(record)
         log(f"{case.name}: {target} ({record['seconds']} s)")
     return records
+
+
+def segment_case(recipe, path: Path, overlap: float | None = None, sw_batch_size: int | None = None,
+                 largest_component: bool | None = None) -> tuple[Case, np.ndarray, Path]:
+    """One case (folder or volume) read with the run's patterns, prepared as in training and
+    segmented whole -> (the case as read, its label map as label values on the case's own grid,
+    the file whose geometry an output copies)."""
+    data_cfg = recipe.cfg.data
+    case, geometry = _read_input_case(path, data_cfg)
+    case = with_source_spacing(case, data_cfg.get("source_spacing"))
+    prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
+    pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component)
+    if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid
+        pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None].float(),
+                                               size=case.image.shape[1:], mode="nearest")[0, 0].byte().numpy()
+    return case, to_values(pred, list(data_cfg.classes)), geometry
 
 
 def write_label_map(path: Path, labels: np.ndarray, geometry: Path, affine: np.ndarray, recipe, run_dir) -> None:
