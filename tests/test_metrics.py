@@ -206,3 +206,21 @@ def test_auc_and_accuracy():
     scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     res = accuracy_auc(scores, torch.tensor([0, 1, 1, 1]))
     assert res["accuracy"] == pytest.approx(0.75) and res["auc"] == pytest.approx(1.0)
+
+
+def test_nearest_in_blocks_equals_scipy_over_all_pairs():
+    """Blocks of queries and of references (both smaller than the sets, so rows and the excluded
+    self-matches cross block edges) give scipy's all-pairs nearest neighbour in float64."""
+    from scipy.spatial.distance import cdist
+
+    from medsynth.metrics.privacy import nearest
+
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(300, 7, generator=g), torch.randn(500, 7, generator=g)
+    for exclude, a, b in ((False, q, r), (True, r, r)):
+        full = cdist(a.double().numpy(), b.double().numpy())
+        if exclude:
+            np.fill_diagonal(full, np.inf)
+        d, i = nearest(a, b, chunk=64, reference_chunk=100, exclude_self=exclude)
+        assert np.array_equal(i.numpy(), full.argmin(1))
+        assert np.allclose(d.numpy(), full.min(1), rtol=1e-12)

@@ -60,6 +60,10 @@ ROWS = [
 ]
 
 
+# the explanation column's header: hidden with its cells at phone width
+WHAT = {"text": "what it measures", "cls": "what"}
+
+
 def _read_json(path: Path, what: str) -> dict:
     """A JSON object from `path`, or one clear error (truncated, not JSON, not an object)."""
     try:
@@ -156,7 +160,7 @@ def metric_table(evaluation: dict) -> dict:
             values = [cell(value, span), cell(ref, ref_span)]
         rows.append([cell(label), *values, cell(better), cell(meaning, cls="what")])
     return table(rows, header=["metric", "synthetic [95% interval]", "real vs real (floor)", "better",
-                               "what it measures"])
+                               WHAT])
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str | Path | None = None,
@@ -327,13 +331,13 @@ def _case_sections(ev: dict) -> list[dict]:
                  cell(mean.get(f"baseline_{k}"), mean.get(f"baseline_{k}_interval")), case_better(k),
                  cell(CASE_MEANING.get(k, ""), cls="what")] for k in keys]
         means = table(rows, header=["metric", "model [95% interval]", "baseline: the source as it is", "better",
-                                    "what it measures"])
+                                    WHAT])
         per_case = table([[name, k, c["model"][k], c["baseline_source"][k]] for name, c in sec["cases"].items()
                           for k in c["model"]], header=["case", "metric", "model", "baseline"])
     else:
         rows = [[k, cell(mean[k], mean.get(f"{k}_interval")), case_better(k),
                  cell(CASE_MEANING.get(k.split("_")[0], ""), cls="what")] for k in keys]
-        means = table(rows, header=["metric", "mean [95% interval]", "better", "what it measures"])
+        means = table(rows, header=["metric", "mean [95% interval]", "better", WHAT])
         per_case = table([[name, f"{ {'classes': 'class'}.get(group, 'region')} {label}", s.get("dice"), s.get("hd95")]
                           for name, c in sec["cases"].items() for group in ("classes", "regions")
                           for label, s in (c.get(group) or {}).items()],
