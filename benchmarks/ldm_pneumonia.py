@@ -90,6 +90,8 @@ def main() -> None:
                         help="overrides for the training, e.g. a smaller budget (stated in the output)")
     parser.add_argument("--flow-run", help="a trained rectified-flow run for the euler / heun rows (default: train "
                                            "one on --run's stage 1 for as many stage-2 epochs)")
+    parser.add_argument("--ddim-eta", type=float, help="DDIM's stochasticity for the ddim rows (default: the run's "
+                                                       "diffusion.ddim_eta, 0)")
     parser.add_argument("--figure", help="write the first 12 samples of every row here (PNG)")
     parser.add_argument("--quick", action="store_true", help="a tiny run end to end, to check the script")
     args = parser.parse_args()
@@ -143,6 +145,9 @@ def main() -> None:
               f"{flow_summary['epochs']} epochs in {flow_summary['train_seconds']:.0f} s")
 
     recipes = {"diffusion": load_run(run), "flow": load_run(flow_run) if flow_run else None}
+    if args.ddim_eta is not None:
+        recipes["diffusion"].cfg.diffusion.ddim_eta = args.ddim_eta
+        print(f"DDIM eta {args.ddim_eta}")
     rows, figure_rows = [], []
     for sampler, steps, precision in settings:
         recipe = recipes["flow" if sampler in FLOW_SAMPLERS else "diffusion"]

@@ -174,3 +174,26 @@ def test_a_schedule_needs_a_known_length(three_cases, tmp_path):
         train("configs/unet_la_heart.yaml", tiny(tmp_path / "runs", three_cases, "trainer.max_epochs=-1",
                                                  "trainer.max_time=00:00:00:05"), log=lambda *_: None)
     assert not (tmp_path / "runs").exists()  # refused before anything is written
+
+
+def test_source_spacing_applies_to_hdf5_cases_only():
+    from medsynth.data.cases import Case
+    from medsynth.data.patches import with_source_spacing
+
+    case = Case("c", np.zeros((1, 4, 4, 4), np.float32), None, np.diag([2.0, 2.0, 3.0, 1.0]), (2.0, 2.0, 3.0))
+    assert with_source_spacing(case, [0.625] * 3, "x/mri_norm2.h5:image").spacing == (0.625,) * 3
+    assert with_source_spacing(case, [0.625] * 3, "x/image.nii.gz") is case  # NIfTI keeps its own geometry
+    with pytest.raises(MedsynthError, match="three positive"):
+        with_source_spacing(case, [0.625, 0], "a.h5")
+
+
+def test_case_means_leave_out_undefined_scores():
+    """HD95 is undefined when a map is empty: left out of the mean, and counted."""
+    from medsynth.case_evaluation import _means
+
+    means = _means({"a": {"dice": 0.8, "hd95": 2.0}, "b": {"dice": 0.0, "hd95": None}, "c": {"dice": 0.7, "hd95": 4.0}},
+                   resamples=50, seed=0)
+    assert means["dice"] == pytest.approx(0.5) and means["hd95"] == pytest.approx(3.0)
+    assert means["hd95_undefined_cases"] == 1 and "dice_undefined_cases" not in means
+    lo, hi = means["hd95_interval"]
+    assert 2.0 <= lo <= hi <= 4.0

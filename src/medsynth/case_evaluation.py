@@ -32,7 +32,14 @@ def held_out_case_folders(cfg) -> tuple[list[Path], str]:
     if cfg.data.get("splits"):
         named = read_split_file(cfg.data.splits)
         split = "test" if named["test"] else "val"
-        return [path / n for n in named[split]], split
+        if not named[split] or not path.is_dir():
+            raise MedsynthError(f"{cfg.data.splits}: no test or validation cases in a folder of case folders "
+                                f"({path}); give --real CASES")
+        folders = [path / n for n in named[split]]
+        missing = [f.name for f in folders if not f.is_dir()]
+        if missing:
+            raise MedsynthError(f"{path}: no case folder(s) {missing[:5]} (named by {cfg.data.splits})")
+        return folders, split
     for split in ("test", "val"):
         folder = path / SPLIT_FOLDERS[split]
         if folder.is_dir():
@@ -56,11 +63,20 @@ def _case_folders(real: Path | None, cfg, is_case) -> tuple[list[Path], str, str
 
 
 def _means(per_case: dict[str, dict[str, float]], resamples: int, seed: int) -> dict:
-    """Mean of every score over cases with its bootstrap interval (cases resampled)."""
+    """Mean of every score over cases with its bootstrap interval (cases resampled). A score a case
+    does not define (HD95 when one of the two maps is empty) is left out of its mean, and
+    "<key>_undefined_cases" says in how many cases."""
     keys = sorted({k for scores in per_case.values() for k in scores})
     out = {}
     for key in keys:
-        values = np.array([scores[key] for scores in per_case.values() if key in scores], dtype=np.float64)
+        values = np.array([scores.get(key) if scores.get(key) is not None else np.nan
+                           for scores in per_case.values()], dtype=np.float64)
+        undefined = int((~np.isfinite(values)).sum())
+        values = values[np.isfinite(values)]
+        if undefined:
+            out[f"{key}_undefined_cases"] = undefined
+        if not len(values):
+            continue
         out[key] = float(values.mean())
         if resamples and len(values) > 1:
             out[f"{key}_interval"] = mean_interval(values, resamples, np.random.default_rng(seed))
@@ -94,7 +110,7 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
     from medsynth.data.cases import load_case
     from medsynth.data.patches import prepare_case
     from medsynth.metrics.translation import translation_scores
-    from medsynth.segment import match_file
+    from medsynth.data.cases import match_file
     from medsynth.translate import _translate_slices
 
     cfg = recipe.cfg
@@ -105,8 +121,12 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
         files = [match_file(folder, c) for c in contrasts]
         if any(f is None for f in files):
             raise MedsynthError(f"{folder}: no file matches {[c for c, f in zip(contrasts, files) if f is None]}")
-        case: Case = prepare_case(load_case(folder.name, files, None, mask_path=match_file(folder, cfg.data.mask)),
-                                  cfg.data.mr_normalise, cfg.data.spacing)
+        mask = match_file(folder, cfg.data.mask)
+        if cfg.data.mask and mask is None:  # normalised otherwise than in training: refused, as segment does
+            raise MedsynthError(f"{folder}: no mask matching '{cfg.data.mask}' (the model was trained with "
+                                "intensities normalised inside it)")
+        case: Case = prepare_case(load_case(folder.name, files, None, mask_path=mask), cfg.data.mr_normalise,
+                                  cfg.data.spacing)
         inside = case.mask if case.mask is not None else (case.image > -1).any(0)
         keep = np.flatnonzero(np.moveaxis(inside, axis, 0).reshape(inside.shape[axis], -1).any(1))
         slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image, 1 + axis, 0)[keep]))

@@ -59,13 +59,18 @@ def comparison_rows(evaluations: list[dict]) -> list[tuple[str, str, list, int |
             raise MedsynthError(f"compare: evaluations of different kinds ({sorted(map(str, tasks))}) do not share "
                                 "metrics")
         task = tasks.pop()
+        sources = {str(ev["sets"]["real"].get("source")) for ev in evaluations}
+        if len(sources) > 1:  # told in the table's first row rather than refused: a user may mean it
+            rows_note = [("scored on", "", [(ev["sets"]["real"].get("source"), None) for ev in evaluations], None)]
+        else:
+            rows_note = []
         keys = list(dict.fromkeys(k for ev in evaluations for k in ev[task]["mean"] if not k.endswith("_interval")))
         rows = []
         for key in keys:
             cells = [(ev[task]["mean"].get(key), ev[task]["mean"].get(f"{key}_interval")) for ev in evaluations]
             better = case_better(key)
             rows.append((key, better, cells, None if key.startswith("baseline_") else _best(cells, better)))
-        return rows
+        return rows_note + rows
     rows = []
     for section, key, label, better, _ in ROWS:
         if section == "utility" or section == "class_consistency" and key != "agreement":
@@ -100,7 +105,12 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None, overwrite
     if out is not None:
         metrics = table([[label, better, *(cell(v, iv, bold=i == best) for i, (v, iv) in enumerate(cells))]
                          for label, better, cells, best in rows], header=["metric", "better", *names])
-        grids = [{"name": n, "image": png_image(p / runs.SAMPLES, "samples") if p.is_dir()
-                  else {"missing": "an evaluation file: no sample grid"}} for p, n in zip(paths, names)]
-        write_text(out, render("compare.html.j2", title="runs compared", metrics=metrics, grids=grids))
+        # the figure each kind of run writes: samples, or held-out translations / segmentations
+        task = evaluations[0].get("task")
+        figure, title = {"translation": (runs.TRANSLATIONS, "Translations"),
+                         "segmentation": (runs.SEGMENTATIONS, "Segmentations")}.get(task, (runs.SAMPLES, "Samples"))
+        grids = [{"name": n, "image": png_image(p / figure, title.lower()) if p.is_dir()
+                  else {"missing": "an evaluation file: no figure"}} for p, n in zip(paths, names)]
+        write_text(out, render("compare.html.j2", title="runs compared", metrics=metrics, grids=grids,
+                               grids_title=title))
     return markdown

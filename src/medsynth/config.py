@@ -293,8 +293,17 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: model.ema_decay must be in (0, 1) or null, got {cfg.model.ema_decay}")
     if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0 or cfg.loss.ce_weight < 0:
         raise MedsynthError(f"{source}: loss.adversarial_weight, loss.dice_weight and loss.ce_weight must be >= 0")
-    if (cfg.optim.schedule != "constant" or cfg.optim.warmup_steps) and cfg.trainer.max_epochs < 0 \
-            and cfg.trainer.max_steps < 0:
+    scheduled = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps
+    if scheduled and cfg.model.family != "segmentation":
+        raise MedsynthError(f"{source}: optim.schedule and optim.warmup_steps are used by model.family="
+                            f"segmentation only (got {cfg.model.family!r})")
+    for key in ("splits", "source_spacing"):
+        if cfg.data[key] is not None and cfg.data.format != "segmentation":
+            raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "
+                                f"{cfg.data.format!r})")
+    if cfg.data.augment and cfg.data.format != "segmentation":
+        raise MedsynthError(f"{source}: data.augment applies to data.format=segmentation patches only")
+    if scheduled and cfg.trainer.max_epochs < 0 and cfg.trainer.max_steps < 0:
         raise MedsynthError(f"{source}: optim.schedule={cfg.optim.schedule} needs a known length: set "
                             "trainer.max_epochs or trainer.max_steps (a run bounded only by trainer.max_time has none)")
     patch = cfg.data.patch_size

@@ -155,7 +155,9 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     An existing output (the default one too: an earlier evaluation, made perhaps against another
     real set) is refused before anything is computed unless `overwrite`; no output may be an input.
     A `real` set marked synthetic by medsynth is refused unless `allow_synthetic_real` (then the
-    result says so under sets.real.synthetic)."""
+    result says so under sets.real.synthetic). A translation or segmentation run as `fake` is scored
+    per held-out case instead (case_evaluation.py; `real`: case folders, default the run's held-out
+    cases; train, features, n, k and utility do not apply)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
         if value is not None and value < least:  # a negative -n would silently drop images
@@ -243,8 +245,6 @@ def _mapping_run(fake):
     cls = recipe_class(str(cfg.model.family))
     if not (cls.can_segment or cls.can_translate):
         return None
-    from medsynth.models import load_run
-
     return load_run(fake)
 
 

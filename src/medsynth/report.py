@@ -284,8 +284,7 @@ def _translation_table(run_dir: Path) -> tuple[list, dict | None]:
         return [paragraph("No translation.json (the run did not finish).", missing=True)], None
     scores = _read_json(path, "translation scores")
     model, base = scores.get("model") or {}, scores.get("baseline_source") or {}
-    better = {"mae": "lower", "psnr": "higher", "ssim": "higher"}
-    return [], table([[k, v, base.get(k), better.get(k, "")] for k, v in model.items()],
+    return [], table([[k, v, base.get(k), case_better(k)] for k, v in model.items()],
                      header=["metric", "model", "baseline: the source as it is", "better"],
                      caption=f"{scores.get('images')} held-out images, inside the body")
 

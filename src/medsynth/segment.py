@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsynth.data.cases import HDF5_KEY, Case, load_case
+from medsynth.data.cases import Case, load_case, match_file
 from medsynth.data.patches import prepare_case, to_values, with_source_spacing
 from medsynth.errors import MedsynthError
 from medsynth.metrics.segmentation import score_label_maps
@@ -23,19 +23,6 @@ from medsynth.models import load_run
 from medsynth.provenance import synthetic_provenance
 from medsynth.runs import check_output
 from medsynth.writers import write_nifti
-
-
-def match_file(folder: Path, pattern: str | None) -> Path | None:
-    """The one file matching `pattern` in `folder` (with its ":KEY" for "FILE.h5:KEY"), or None."""
-    if not pattern:
-        return None
-    keyed = HDF5_KEY.match(pattern)
-    found = sorted(folder.glob(keyed["file"] if keyed else pattern))
-    if len(found) > 1:
-        raise MedsynthError(f"{folder}: {len(found)} files match '{pattern}' (expected exactly one)")
-    if not found:
-        return None
-    return Path(f"{found[0]}:{keyed['key']}") if keyed else found[0]
 
 
 def _read_input_case(path: Path, data_cfg) -> tuple[Case, Path]:
@@ -114,7 +101,7 @@ def segment_case(recipe, path: Path, overlap: float | None = None, sw_batch_size
     the file whose geometry an output copies)."""
     data_cfg = recipe.cfg.data
     case, geometry = _read_input_case(path, data_cfg)
-    case = with_source_spacing(case, data_cfg.get("source_spacing"))
+    case = with_source_spacing(case, data_cfg.get("source_spacing"), geometry)
     prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
     pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component)
     if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid

@@ -41,6 +41,12 @@ class Case:
 HDF5_KEY = re.compile(r"^(?P<file>.+\.(?:h5|hdf5)):(?P<key>[^/:]+)$", re.IGNORECASE)
 
 
+def is_hdf5(path) -> bool:
+    """Whether a path or file pattern names an HDF5 file (FILE.h5, FILE.h5:KEY)."""
+    text = str(path).lower()
+    return bool(HDF5_KEY.match(str(path))) or text.endswith((".h5", ".hdf5"))
+
+
 def read_volume(path: Path):
     """A 3D Volume from a NIfTI, NRRD or HDF5 file (FILE.h5:KEY for a dataset other than "image")
     or a DICOM folder."""
@@ -64,13 +70,26 @@ def read_any_volume(path: Path):
     raise MedsynthError(f"{path}: unknown volume format (NIfTI, NRRD, HDF5 or a DICOM folder)")
 
 
-def _one(folder: Path, pattern: str) -> Path:
-    """The one file in `folder` matching `pattern` (a glob; "PATTERN.h5:KEY" keeps the key)."""
+def match_file(folder: Path, pattern: str | None) -> Path | None:
+    """The one file in `folder` matching `pattern` (a glob; "PATTERN.h5:KEY" keeps the key), or None
+    when none does; several matching is an error."""
+    if not pattern:
+        return None
     keyed = HDF5_KEY.match(pattern)
     found = sorted(folder.glob(keyed["file"] if keyed else pattern))
-    if len(found) != 1:
+    if len(found) > 1:
         raise MedsynthError(f"{folder}: {len(found)} files match '{pattern}' (expected exactly one)")
+    if not found:
+        return None
     return Path(f"{found[0]}:{keyed['key']}") if keyed else found[0]
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    """The one file in `folder` matching `pattern`; none is an error."""
+    found = match_file(folder, pattern)
+    if found is None:
+        raise MedsynthError(f"{folder}: 0 files match '{pattern}' (expected exactly one)")
+    return found
 
 
 def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,

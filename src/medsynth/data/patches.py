@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import lightning as L
 
-from medsynth.data.cases import SPLIT_FOLDERS, Case, cases_from_folder, cases_from_manifest, resample_to_spacing
+from medsynth.data.cases import (SPLIT_FOLDERS, Case, cases_from_folder, cases_from_manifest, is_hdf5,
+                                 resample_to_spacing)
 from medsynth.data.intensity import mr_normalise
 from medsynth.errors import MedsynthError
 
@@ -67,9 +68,10 @@ def patch_shape(patch_size) -> list[int]:
     return sizes * 3 if len(sizes) == 1 else sizes
 
 
-def with_source_spacing(case: Case, spacing) -> Case:
-    """The case with the voxel spacing its files do not store (HDF5), e.g. data.source_spacing."""
-    if spacing is None:
+def with_source_spacing(case: Case, spacing, source) -> Case:
+    """The case with data.source_spacing when its image comes from HDF5 (`source`: the file or the
+    file pattern), whose files store no spacing; volumes that store their geometry keep it."""
+    if spacing is None or not is_hdf5(source):
         return case
     spacing = tuple(float(v) for v in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
@@ -155,6 +157,8 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
     contrasts = list(data_cfg.contrasts)
     patch = patch_shape(data_cfg.patch_size)
     named = read_split_file(data_cfg.splits) if data_cfg.splits else None
+    if named is not None and data_cfg.limit is not None:  # a quick run reads only the cases it uses
+        named = {split: names[:data_cfg.limit] for split, names in named.items()}
     if path.suffix in (".csv", ".json"):
         cases = cases_from_manifest(path, contrasts, label=data_cfg.label, classes=classes)
         if named is None:
@@ -182,8 +186,8 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
     groups = {s: (cases if s in which else []) for s, cases in groups.items()}
     for split, cases in groups.items():
         cases = cases[:limit] if limit is not None else cases
-        prepared = [prepare_case(with_source_spacing(c, data_cfg.source_spacing), data_cfg.mr_normalise,
-                                 data_cfg.spacing) for c in cases]
+        prepared = [prepare_case(with_source_spacing(c, data_cfg.source_spacing, contrasts[0]),
+                                 data_cfg.mr_normalise, data_cfg.spacing) for c in cases]
         for c in prepared:
             c.label = to_indices(c.label, classes)
             if any(v < p for v, p in zip(c.image.shape[1:], patch)):

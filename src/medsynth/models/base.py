@@ -175,20 +175,32 @@ class ManualRecipe(Recipe):
 
     def with_schedule(self, optimizers: list) -> list | dict:
         """configure_optimizers' return value: the optimizers, each with optim.schedule's learning-rate
-        factor when it is not constant (stepped once per training batch in on_train_batch_end, since
-        Lightning leaves schedulers to a manual recipe)."""
+        factor when it is not constant, stepped once per training batch by `step_schedulers` (Lightning
+        leaves schedulers to a manual recipe). The run's length in batches: max_epochs x batches per
+        epoch, or trainer.max_steps / the number of optimizers when that is shorter (Lightning counts
+        every optimizer's step; a discriminator held back by loss.d_accuracy_threshold makes such a run
+        longer than this, and the factor then stays at its end value). A run resumed with a larger
+        max_epochs gets a longer schedule from the step it reached."""
         o = self.cfg.optim
         if o.schedule == "constant" and not o.warmup_steps:
             return optimizers if len(optimizers) > 1 else optimizers[0]
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
+        t = self.trainer
+        t.estimated_stepping_batches  # sets up the training data, so num_training_batches is known
+        lengths = []
+        if t.max_epochs is not None and t.max_epochs > 0:
+            lengths.append(t.max_epochs * t.num_training_batches)
+        if t.max_steps is not None and t.max_steps > 0:
+            lengths.append(t.max_steps // len(optimizers))
+        if not lengths or not all(math.isfinite(v) for v in lengths):  # config._check refuses this first
             raise MedsynthError(f"optim.schedule={o.schedule} needs a known length: set trainer.max_epochs or "
-                                "trainer.max_steps (a run bounded only by trainer.max_time has none)")
-        factor = lr_factor(o.schedule, int(total), o.warmup_steps)
+                                "trainer.max_steps")
+        factor = lr_factor(o.schedule, int(min(lengths)), o.warmup_steps)
         return [{"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
                                                     "interval": "step"}} for opt in optimizers]
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def step_schedulers(self) -> None:
+        """Advance every learning-rate schedule by one batch; called at the end of training_step, so a
+        checkpoint written after the batch holds the schedule's state after it."""
         schedulers = self.lr_schedulers()
         for scheduler in (schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
             scheduler.step()

@@ -69,6 +69,7 @@ class SegmentationRecipe(ManualRecipe):
             self.check_finite(dice, terms)
             self.optimise(opt_g, dice)
             self.log_train_terms({"loss": dice, **terms})
+            self.step_schedulers()
             return
         probs = logits.float().softmax(dim=1)
         truth = F.one_hot(y[:, 0], self.cfg.model.num_classes).movedim(-1, 1).to(probs.dtype)
@@ -80,6 +81,7 @@ class SegmentationRecipe(ManualRecipe):
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
         self.log_train_terms({"loss": g_loss, **terms})
+        self.step_schedulers()
 
     def validation_step(self, batch, batch_idx):
         x, y = batch["image"], batch["label"]
