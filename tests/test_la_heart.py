@@ -197,3 +197,16 @@ def test_case_means_leave_out_undefined_scores():
     assert means["hd95_undefined_cases"] == 1 and "dice_undefined_cases" not in means
     lo, hi = means["hd95_interval"]
     assert 2.0 <= lo <= hi <= 4.0
+
+
+def test_a_resumed_run_continues_its_schedule(three_cases, tmp_path):
+    """Resumed with more epochs, the schedule goes on from the batch it reached (its state is in the
+    checkpoint) to the new end, instead of starting over."""
+    quick = tiny(tmp_path / "runs", three_cases, "trainer.max_epochs=1", "data.limit=1")
+    run = train("configs/unet_la_heart.yaml", quick, log=lambda *_: None)
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert first["lr_schedulers"][0]["last_epoch"] == 2
+    train(None, ["trainer.max_epochs=2"], resume=run, log=lambda *_: None)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4 and state["lr_schedulers"][0]["last_epoch"] == 4
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0  # poly's end, over the new length
