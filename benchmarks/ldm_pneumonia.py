@@ -174,7 +174,7 @@ def main() -> None:
     for r in rows:
         print(f"{r[0]:8s} {r[1]:5d} {r[2]:5d} {r[3]:>4s} {r[4]:7.2f} {r[5]:7.1f} {r[6]:7.2f} {r[7]:7.4f} {r[8]:5.2f} "
               f"{r[9]:6.2f} {r[10]:7.4f}")
-    print(f"{"real val vs real test (floor)":30s} {floor['fid']:7.2f} {floor['kid']:7.4f} {floor['precision']:5.2f} "
+    print(f"{'real val vs real test (floor)':30s} {floor['fid']:7.2f} {floor['kid']:7.4f} {floor['precision']:5.2f} "
           f"{floor['recall']:6.2f} {rows[0][-1]['diversity']['real']['ms_ssim_mean']:7.4f}")
     if args.figure:
         save_rows(figure_rows, Path(args.figure))
