@@ -10,14 +10,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
-    ["errors", "families", "precision", "writers", "console", "diffusion"],
+    ["errors", "families", "precision", "writers", "console", "diffusion", "pages"],
     ["config", "runs", "dicom", "tracking"],
     ["provenance", "msssim", "data", "nets"],
     ["losses", "features", "metrics"],
     ["models"],
     ["feature_runs", "artefacts"],
     ["training", "sampling", "translate", "segment"],
-    ["evaluate", "report", "compare"],
+    ["evaluate", "case_evaluation", "report", "compare"],
     ["cli", ""],  # "" is the package itself (medsynth/__init__.py re-exports the API)
 ]
 
