@@ -58,6 +58,10 @@ def test_split_files_are_read_and_checked(tmp_path):
         bad.write_text(text)
         with pytest.raises(MedsynthError, match=match):
             read_split_file(bad)
+    short = tmp_path / "short.csv"
+    short.write_text("case,split\na,train\nb\n")
+    with pytest.raises(MedsynthError, match="line 3 lacks a case or a split"):
+        read_split_file(short)
     with pytest.raises(MedsynthError, match="split file not found"):
         read_split_file(tmp_path / "none.json")
 

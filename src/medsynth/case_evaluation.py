@@ -111,7 +111,7 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
     from medsynth.data.patches import prepare_case
     from medsynth.metrics.translation import translation_scores
     from medsynth.data.cases import match_file
-    from medsynth.translate import _translate_slices
+    from medsynth.translate import translate_slices
 
     cfg = recipe.cfg
     contrasts, axis = list(cfg.data.contrasts), int(cfg.data.slice_axis)
@@ -132,7 +132,7 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
         slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image, 1 + axis, 0)[keep]))
         mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inside, axis, 0)[keep]))[:, None]
         src, target = recipe.split(slices)
-        fake = _translate_slices(recipe, src, batch_size)
+        fake = translate_slices(recipe, src, batch_size)
         model = translation_scores(fake, target, mask)
         baseline = translation_scores(src[:, -1:].expand_as(target), target, mask)
         cases[case.name] = {"model": model, "baseline_source": baseline, "slices": len(keep)}

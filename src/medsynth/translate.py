@@ -30,7 +30,7 @@ from medsynth.provenance import synthetic_provenance
 from medsynth.writers import save_npz, save_png, staged_folder, write_nifti
 
 
-def _translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bool = False) -> torch.Tensor:
+def translate_slices(recipe, slices: torch.Tensor, batch_size: int, reverse: bool = False) -> torch.Tensor:
     """N x C x H x W in [-1, 1] -> N x C' x H x W, through the model's size."""
     size = list(recipe.cfg.model.image_size)
     h, w = slices.shape[-2:]
@@ -104,7 +104,7 @@ def _translate_nifti(recipe, path: Path, out: Path, mask_path, batch_size: int, 
     mode = recipe.cfg.data.mr_normalise
     normalised = mr_normalise(volume.array, mask, mode)
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalised, axis, 0)))[:, None]
-    translated = _translate_slices(recipe, slices, batch_size, reverse)[:, 0].numpy()
+    translated = translate_slices(recipe, slices, batch_size, reverse)[:, 0].numpy()
     scale, offset = mr_mapping(volume.array, mask, mode)
     result = from_unit_range(np.moveaxis(translated, 0, axis), scale, offset)
     if mask is not None:
@@ -126,7 +126,7 @@ def _translate_npz(recipe, path: Path, out: Path, batch_size: int, provenance: d
     images = np.concatenate([im for im, _ in splits.values()])  # in file order: train, val, test or `images`
     _check_channels(recipe, images.shape[1], path, reverse)
     x = torch.from_numpy(to_unit_range([images], str(path))[0])
-    save_npz(out, _translate_slices(recipe, x, batch_size, reverse), provenance=provenance)
+    save_npz(out, translate_slices(recipe, x, batch_size, reverse), provenance=provenance)
 
 
 def _translate_folder(recipe, folder: Path, out: Path, batch_size: int, provenance: dict,
@@ -151,7 +151,7 @@ def _translate_files(recipe, folder: Path, files: list[Path], staging: Path, bat
                 array = np.asarray(im.convert("L"), dtype=np.float32) / 127.5 - 1.0
         except Exception as exc:
             raise MedsynthError(f"{f}: not a readable image ({reason(exc)})") from None
-        y = _translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, reverse)
+        y = translate_slices(recipe, torch.from_numpy(array)[None, None], batch_size, reverse)
         target = staging / f.relative_to(folder).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         save_png(target, y[0], provenance)

@@ -63,8 +63,7 @@ def to_indices(label: np.ndarray, classes: list[int]) -> np.ndarray:
 
 def patch_shape(patch_size) -> list[int]:
     """data.patch_size (an int for a cube, or [D, H, W]) -> [D, H, W]."""
-    sizes = [int(v) for v in patch_size] if isinstance(patch_size, (list, tuple)) or hasattr(patch_size, "__len__") \
-        else [int(patch_size)]
+    sizes = [int(v) for v in patch_size] if hasattr(patch_size, "__len__") else [int(patch_size)]
     return sizes * 3 if len(sizes) == 1 else sizes
 
 
@@ -100,7 +99,9 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
             if not rows or not {"case", "split"} <= set(rows[0]):
                 raise ValueError("expected columns case,split")
             raw = {}
-            for r in rows:
+            for line, r in enumerate(rows, start=2):
+                if not r["case"] or not r["split"]:  # a short row: DictReader fills None
+                    raise ValueError(f"line {line} lacks a case or a split")
                 raw.setdefault(r["split"], []).append(r["case"])
     except (ValueError, UnicodeDecodeError) as exc:
         raise MedsynthError(f"{path}: cannot read the split file ({exc})") from None
