@@ -37,19 +37,19 @@ def to_unit_range(arrays: list[np.ndarray], source: str, names: list[str] | None
                             "with the same dtype")
     if kinds <= {"u", "i", "b"}:
         if "b" in kinds:
-            return [a.astype(np.float32) * 2.0 - 1.0 for a in arrays]
+            return [_scaled(a, 0.0, 1.0) for a in arrays]
         top = max(float(np.iinfo(a.dtype).max) for a in arrays)
         lo = min(float(np.iinfo(a.dtype).min) for a in arrays)
         if lo < 0:  # signed integers: use the data's own range
             return _minmax(arrays)
-        return [a.astype(np.float32) / top * 2.0 - 1.0 for a in arrays]
+        return [_scaled(a, 0.0, top) for a in arrays]
     if kinds <= {"f"}:
         for a in arrays:
             check_finite(a, source)
         lo = min(float(a.min()) for a in arrays if a.size)
         hi = max(float(a.max()) for a in arrays if a.size)
         if lo >= 0.0 and hi <= 1.0:
-            return [a.astype(np.float32) * 2.0 - 1.0 for a in arrays]
+            return [_scaled(a, 0.0, 1.0) for a in arrays]
         return _minmax(arrays)
     raise MedsynthError(f"{source}: image dtype {arrays[0].dtype} is not a number type")
 
@@ -58,7 +58,20 @@ def _minmax(arrays: list[np.ndarray]) -> list[np.ndarray]:
     lo = min(float(a.min()) for a in arrays if a.size)
     hi = max(float(a.max()) for a in arrays if a.size)
     scale = (hi - lo) or 1.0
-    return [((a.astype(np.float32) - lo) / scale) * 2.0 - 1.0 for a in arrays]
+    return [_scaled(a, lo, scale) for a in arrays]
+
+
+def _scaled(a: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """float32 ((a - lo) / scale) * 2 - 1 in one new array: in place after the copy, so 50 000
+    images at 64 px cost their 800 MB once, not three times (the same float32 operations, in the
+    same order, as the expression)."""
+    out = a.astype(np.float32)  # always a copy: the caller's array is left as it was
+    if lo:
+        out -= lo
+    out /= scale
+    out *= 2.0
+    out -= 1.0
+    return out
 
 
 # CT display windows as (level, width) in Hounsfield units.

@@ -94,8 +94,18 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, 
             "kid_interval": percentile_interval(values, level), "kid_subset_size": m, "kid_subsets": subsets}
 
 
-def _kth_neighbour_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+DISTANCE_BLOCK = 2 ** 24  # float64 distances held at once (128 MiB), whatever the set sizes
+
+
+def _rows_per_block(columns: int, chunk: int | None) -> int:
+    """Rows of a distance block against `columns` rows: at most 2048, fewer for large sets, so a
+    50 000 x 50 000 comparison holds 335 x 50 000 distances at a time, not 2048 x 50 000 (800 MB)."""
+    return chunk or max(1, min(2048, DISTANCE_BLOCK // max(1, columns)))
+
+
+def _kth_neighbour_radius(x: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
     """Distance from each row to its k-th nearest other row."""
+    chunk = _rows_per_block(len(x), chunk)
     out = []
     for i in range(0, len(x), chunk):
         d = torch.cdist(x[i:i + chunk], x)
@@ -103,7 +113,7 @@ def _kth_neighbour_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.T
     return torch.cat(out)
 
 
-def prdc_terms(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048) -> dict[str, np.ndarray]:
+def prdc_terms(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int | None = None) -> dict[str, np.ndarray]:
     """Per-image terms of PRDC (float64 distances): per synthetic image, how many real k-NN balls
     hold it ("fake_in_real", precision: > 0, density: / k); per real image, whether its ball holds
     a synthetic image ("real_covered", coverage) and whether it lies in a synthetic ball
@@ -116,6 +126,7 @@ def prdc_terms(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048
     inside_real = torch.zeros(len(f), dtype=torch.float64)
     real_hit = torch.zeros(len(r), dtype=torch.bool)
     real_in_fake = torch.zeros(len(r), dtype=torch.bool)
+    chunk = _rows_per_block(len(f), chunk)
     for i in range(0, len(r), chunk):
         d = torch.cdist(r[i:i + chunk], f)  # R x F
         within = d < r_radius[i:i + chunk, None]
