@@ -22,8 +22,13 @@ from medsynth.translate import translate
 CLI = [sys.executable, "-m", "medsynth.cli"]
 
 
+# the 64 px recipe of before: slices resized, no 2.5D (the native-size
+# 2.5D recipe is tested on its own below)
+RESIZED = ["data.image_size=48", "data.crop_to_mask=null", "data.neighbours=0", "data.min_mask_fraction=0.3"]
+
+
 def p2p(root, runs, *extra):
-    return [f"data.path={root}", f"runs_dir={runs}", "data.image_size=48", "data.batch_size=8", "model.depth=3",
+    return [f"data.path={root}", f"runs_dir={runs}", *RESIZED, "data.batch_size=8", "model.depth=3",
             "model.width=0.125", "model.bottleneck_blocks=1", "trainer.max_epochs=1", "trainer.precision=32", *extra]
 
 
@@ -39,8 +44,8 @@ def pix2pix_run(mini_brats, tmp_path_factory):
 def test_paired_slices_are_source_then_target_inside_the_brain(mini_brats):
     from medsynth.data.slices import read_paired_slices
 
-    cfg = load_config("configs/pix2pix_brats.yaml", [f"data.path={mini_brats}"])
-    splits = read_paired_slices(cfg.data)
+    cfg = load_config("configs/pix2pix_brats.yaml", [f"data.path={mini_brats}", *RESIZED])
+    splits, space = read_paired_slices(cfg.data)
     assert set(splits) == {"train", "val", "test"}
     train, _ = splits["train"]
     assert train.shape[1:] == (2, 48, 48) and train.dtype == np.float32
@@ -128,11 +133,19 @@ def test_translate_nifti_keeps_geometry_and_equals_the_model_on_each_slice(pix2p
     t1c = mr_normalise(signal, brain)
     k = 20
     expected = recipe.translate(torch.from_numpy(t1c[:, :, k])[None, None])[0, 0].numpy()  # 48 px: no resize
-    # back in the input's scale: z-score over the brain, clipped at 3 std (std * 3 * x + mean)
-    inside = signal[brain]
-    expected = expected * 3 * inside.std() + inside.mean()
+    # in FLAIR units of the training data: the median over the training cases of the z-score mapping
+    # inside the brain (3 std, mean), independent of the T1c input's own scale
+    scales, offsets = [], []
+    for folder in sorted((mini_brats / "train").iterdir()):
+        brain_t = np.asarray(nib.load(str(folder / "brainmask.nii.gz")).dataobj) > 0
+        flair_t = np.asarray(nib.load(str(folder / "Flair_subtrMeanDivStd.nii.gz")).dataobj, np.float32)[brain_t]
+        scales.append(3 * flair_t.std())
+        offsets.append(flair_t.mean())
+    expected = expected * np.median(scales) + np.median(offsets)
     got = np.asarray(result.dataobj)[:, :, k]
-    assert np.allclose(got[brain[:, :, k]], expected[brain[:, :, k]], atol=1e-4 * inside.std() * 3)
+    assert np.allclose(got[brain[:, :, k]], expected[brain[:, :, k]], atol=1e-4 * np.median(scales))
+    provenance = json.loads(result.header.extensions[0].get_content())
+    assert provenance["output_space"]["units"].startswith("Flair_*")
     assert (got[~brain[:, :, k]] == 0).all()
 
     # the same translation as a DICOM series in the input's scanner space, opened by SimpleITK
@@ -205,7 +218,7 @@ def test_unpaired_training_slices_come_from_different_patients(mini_brats, tmp_p
     from medsynth.data.slices import read_paired_slices
 
     def slices(path, config="configs/pix2pix_brats.yaml"):
-        return read_paired_slices(load_config(config, [f"data.path={path}"]).data)
+        return read_paired_slices(load_config(config, [f"data.path={path}", *RESIZED]).data)[0]
 
     per_case = {}
     for name in ("brats_2013_pat0005_1", "brats_2013_pat0006_1"):  # each training case on its own
@@ -256,3 +269,120 @@ def test_pix2pix_translates_one_way(pix2pix_run, tmp_path):
     np.savez(tmp_path / "in.npz", images=np.zeros((2, 48, 48), np.uint8))
     with pytest.raises(MedsynthError, match="one way only"):
         translate(pix2pix_run, tmp_path / "in.npz", tmp_path / "o.npz", reverse=True)
+
+
+NATIVE = ["data.crop_to_mask=32", "data.neighbours=1", "data.min_mask_fraction=0.3", "data.batch_size=8",
+          "model.depth=3", "model.width=0.125", "model.bottleneck_blocks=1", "trainer.max_epochs=1",
+          "trainer.precision=32"]
+
+
+def _nifti(path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj, np.float32)
+
+
+def test_native_size_2_5d_recipe_translates_whole_volumes_in_their_own_format(mini_brats, tmp_path):
+    """data.crop_to_mask + data.neighbours: training slices are the T1c at k-1, k, k+1 and the FLAIR
+    at k, cut around the brain at native resolution; a whole volume (NIfTI, NRRD or DICOM) comes
+    back with its shape and geometry, each slice the model's output on the same stack, pasted in
+    place, in FLAIR units of the training data."""
+    import nrrd
+
+    from medsynth.data.slices import mask_box, read_paired_slices
+    from medsynth.dicom import write_dicom_series
+    from medsynth.training import train
+
+    cfg = load_config("configs/pix2pix_brats.yaml", [f"data.path={mini_brats}", *NATIVE])
+    splits, space = read_paired_slices(cfg.data)
+    slices = splits["train"][0]
+    assert slices.shape[1:] == (4, 32, 32)
+    case = mini_brats / "train" / "brats_2013_pat0005_1"
+    brain = _nifti(case / "brainmask.nii.gz") > 0
+    t1c, flair = (mr_normalise(_nifti(case / f), brain) for f in ("T1c_subtrMeanDivStd.nii.gz",
+                                                                   "Flair_subtrMeanDivStd.nii.gz"))
+    area = brain.sum(axis=(0, 1))
+    kept = np.flatnonzero(area >= 0.3 * area.max())
+    top, left = mask_box(brain, 2, 32)
+    hit = np.flatnonzero(brain.any(axis=(1, 2)))
+    assert top == (hit[0] + hit[-1] + 1) // 2 - 16
+    j = 3
+    k = kept[j]
+    crop = (slice(max(top, 0), top + 32), slice(max(left, 0), left + 32))
+    for c, (volume, z) in enumerate([(t1c, k - 1), (t1c, k), (t1c, k + 1), (flair, k)]):
+        expected = volume[crop + (z,)]
+        assert expected.shape == (32, 32) and np.array_equal(slices[j, c], expected), c
+    assert space["axcodes"] == list(nib.aff2axcodes(nib.load(str(case / "brainmask.nii.gz")).affine))
+    assert space["contrasts"] == list(cfg.data.contrasts) and len(space["scale"]) == 2
+
+    run = train("configs/pix2pix_brats.yaml", [f"data.path={mini_brats}", f"runs_dir={tmp_path / 'runs'}", *NATIVE],
+                log=lambda *_: None)
+    recipe = load_run(run)
+    assert recipe.cfg.model.upsample == "bilinear" and recipe.source_channels == 3
+    test = mini_brats / "test" / "brats_2013_pat0001_1"
+    src, mask = test / "T1c_subtrMeanDivStd.nii.gz", test / "brainmask.nii.gz"
+    translate(run, src, tmp_path / "f.nii.gz", mask=mask, log=lambda *_: None)
+    out = _nifti(tmp_path / "f.nii.gz")
+    assert out.shape == BOX
+    brain = _nifti(mask) > 0
+    t1c = mr_normalise(_nifti(src), brain)
+    top, left = mask_box(brain, 2, 32)
+    assert 0 <= top <= 16 and 0 <= left <= 16  # the box lies inside these 48 x 48 slices
+    k = 20
+    stack = np.stack([t1c[top:top + 32, left:left + 32, z] for z in (k - 1, k, k + 1)])
+    y = recipe.translate(torch.from_numpy(stack)[None])[0, 0].numpy()
+    scale, offset = space_of(recipe)
+    inside = brain[..., k]
+    sel = inside[top:top + 32, left:left + 32]
+    assert np.allclose(out[top:top + 32, left:left + 32, k][sel], (y * scale + offset)[sel], atol=1e-4 * scale)
+    assert (out[..., k][~inside] == 0).all()
+    box = np.zeros_like(inside)
+    box[top:top + 32, left:left + 32] = True
+    assert (out[..., k][inside & ~box] == 0).all()  # brain outside the crop is not translated
+
+    # evaluation scores the same whole-volume translation beside the centre T1c slice copied
+    from medsynth.evaluate import evaluate
+
+    result = evaluate(None, run, out=tmp_path / "ev.json", resamples=20, log=lambda *_: None)
+    flair = mr_normalise(_nifti(test / "Flair_subtrMeanDivStd.nii.gz"), brain)
+    baseline = result["translation"]["cases"]["brats_2013_pat0001_1"]["baseline_source"]["mae"]
+    assert baseline == pytest.approx(np.abs(t1c - flair)[brain].mean(), rel=1e-5)
+
+    # NRRD in, NRRD out: the input's geometry fields, the same translation
+    image = nib.load(str(src))
+    lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, :3]
+    header = {"space": "left-posterior-superior", "space directions": lps.T,
+              "space origin": np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, 3], "kinds": ["domain"] * 3}
+    nrrd.write(str(tmp_path / "t1c.nrrd"), _nifti(src), header)
+    translate(run, tmp_path / "t1c.nrrd", tmp_path / "f.nrrd", mask=mask, log=lambda *_: None)
+    back, back_header = nrrd.read(str(tmp_path / "f.nrrd"))
+    assert np.allclose(back, out, atol=1e-5) and back_header["content"].startswith("SYNTHETIC")
+    assert np.allclose(back_header["space directions"], header["space directions"])
+    assert np.allclose(back_header["space origin"], header["space origin"])
+
+    # a DICOM series (stored slice, row, column) is turned to the training orientation and back
+    write_dicom_series(tmp_path / "t1c_dcm", _nifti(src), image.affine, {"generator": "test"}, "MR")
+    write_dicom_series(tmp_path / "mask_dcm", brain.astype(np.float32), image.affine, {"generator": "test"}, "MR")
+    translate(run, tmp_path / "t1c_dcm", tmp_path / "d.nii.gz", mask=tmp_path / "mask_dcm", log=lambda *_: None)
+    from_dicom = nib.as_closest_canonical(nib.load(str(tmp_path / "d.nii.gz")))
+    from_nifti = nib.as_closest_canonical(nib.load(str(tmp_path / "f.nii.gz")))
+    assert np.allclose(from_dicom.affine, from_nifti.affine, atol=1e-3)
+    assert np.allclose(from_dicom.get_fdata(), from_nifti.get_fdata(), atol=0.02 * scale)
+
+    # another voxel size: translated at the training spacing and resampled back to the input's grid
+    coarse = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(_nifti(src), image.affine @ np.diag([1.5, 1.5, 1.0, 1.0])), str(coarse))
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), image.affine @ np.diag([1.5, 1.5, 1.0, 1.0])),
+             str(tmp_path / "coarse_mask.nii.gz"))
+    translate(run, coarse, tmp_path / "c.nii.gz", mask=tmp_path / "coarse_mask.nii.gz", log=lambda *_: None)
+    result = nib.load(str(tmp_path / "c.nii.gz"))
+    assert result.shape == BOX
+    assert "resampled back" in json.loads(result.header.extensions[0].get_content())["output_space"]["note"]
+    with pytest.raises(MedsynthError, match="give --mask"):
+        translate(run, src, tmp_path / "nomask.nii.gz")
+    with pytest.raises(MedsynthError, match="NRRD output keeps an NRRD input"):
+        translate(run, src, tmp_path / "x.nrrd", mask=mask)
+
+
+def space_of(recipe) -> tuple[float, float]:
+    """The FLAIR (target) mapping the run stored: [-1, 1] -> FLAIR units of the training data."""
+    space = recipe.cfg.model.output_space
+    return float(space["scale"][-1]), float(space["offset"][-1])

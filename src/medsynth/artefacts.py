@@ -109,11 +109,11 @@ def write_translations(recipe, splits, run_dir: Path, seed: int) -> dict:
     # background is -1 in every channel; resizing leaves it a rounding error above -1
     mask = (held.images > -1 + 1e-3).any(1, keepdim=True)
     scores = {"model": translation_scores(fake, target, mask),
-              "baseline_source": translation_scores(source[:, -1:].expand_as(target), target, mask),
+              "baseline_source": translation_scores(recipe.source_copy(source).expand_as(target), target, mask),
               "images": len(source)}
     write_text(run_dir / runs.TRANSLATION_SCORES, json.dumps(scores, indent=2))
     pick = torch.linspace(0, len(source) - 1, min(8, len(source))).long()
-    rows = torch.cat([source[pick, -1:], target[pick, :1], fake[pick, :1]])
+    rows = torch.cat([recipe.source_copy(source[pick]), target[pick, :1], fake[pick, :1]])
     save_grid(run_dir / runs.TRANSLATIONS, rows, nrow=len(pick),
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="translations (rows: real source, real "
                                               "target, synthetic translation)"))

@@ -111,7 +111,8 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
     from medsynth.data.patches import prepare_case
     from medsynth.metrics.translation import translation_scores
     from medsynth.data.cases import match_file
-    from medsynth.translate import translate_slices
+    from medsynth.data.slices import mask_slices
+    from medsynth.translate import translate_volume
 
     cfg = recipe.cfg
     contrasts, axis = list(cfg.data.contrasts), int(cfg.data.slice_axis)
@@ -128,13 +129,18 @@ def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, b
         case: Case = prepare_case(load_case(folder.name, files, None, mask_path=mask), cfg.data.mr_normalise,
                                   cfg.data.spacing)
         inside = case.mask if case.mask is not None else (case.image > -1).any(0)
-        keep = np.flatnonzero(np.moveaxis(inside, axis, 0).reshape(inside.shape[axis], -1).any(1))
-        slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.image, 1 + axis, 0)[keep]))
-        mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inside, axis, 0)[keep]))[:, None]
-        src, target = recipe.split(slices)
-        fake = translate_slices(recipe, src, batch_size)
+        sources = len(contrasts) - recipe.target_channels
+        # the whole volume translated as `medsynth translate` does, scored on the slices holding the mask
+        fake, _ = translate_volume(recipe, case.image[:sources], inside, batch_size)  # outside its box: -1
+        keep = mask_slices(inside, axis)
+
+        def slices(volume):  # C x X x Y x Z -> N x C x H x W at the kept slices
+            return torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, 1 + axis, 0)[keep]))
+
+        fake, target, copy = slices(fake), slices(case.image[sources:]), slices(case.image[sources - 1:sources])
+        mask = slices(inside[None])
         model = translation_scores(fake, target, mask)
-        baseline = translation_scores(src[:, -1:].expand_as(target), target, mask)
+        baseline = translation_scores(copy.expand_as(target), target, mask)
         cases[case.name] = {"model": model, "baseline_source": baseline, "slices": len(keep)}
         flat[case.name] = {**model, **{f"baseline_{k}": v for k, v in baseline.items()}}
         log(f"{case.name}: MAE {model['mae']:.4f} (copying the source {baseline['mae']:.4f}), SSIM {model['ssim']:.4f} "

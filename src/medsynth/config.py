@@ -51,6 +51,8 @@ class DataConfig:
     target_channels: int = 1  # the last contrasts of data.contrasts are the target
     min_mask_fraction: float = 0.3  # keep slices with at least this share of the largest mask slice
     unpaired: bool = False  # training pairs source and target slices of different patients (CycleGAN)
+    crop_to_mask: Optional[int] = None  # slices cut to this many px around the case's mask (native size, no resize)
+    neighbours: int = 0  # 2.5D: the source contrasts' slices this far above and below as extra channels
     # segmentation: the same cases with a label map, cut into class-balanced patches
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
     classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
@@ -313,6 +315,14 @@ def _check(cfg: DictConfig, source: str) -> None:
     if cfg.optim.warmup_steps < 0 or not 0 <= cfg.data.scale_range < 1 or not 0 <= cfg.data.rotate_degrees <= 180:
         raise MedsynthError(f"{source}: optim.warmup_steps must be >= 0, data.scale_range in [0, 1) and "
                             "data.rotate_degrees in [0, 180]")
+    if (cfg.data.crop_to_mask is not None or cfg.data.neighbours) and cfg.data.format != "paired_slices":
+        raise MedsynthError(f"{source}: data.crop_to_mask and data.neighbours apply to data.format=paired_slices")
+    if cfg.data.crop_to_mask is not None and (cfg.data.crop_to_mask <= 0 or cfg.data.image_size is not None):
+        raise MedsynthError(f"{source}: data.crop_to_mask={cfg.data.crop_to_mask} must be a positive size, and "
+                            "replaces data.image_size (the slices keep their native pixels): set one of them")
+    if cfg.data.neighbours < 0 or (cfg.data.neighbours and cfg.model.family == "cyclegan"):
+        raise MedsynthError(f"{source}: data.neighbours={cfg.data.neighbours} must be >= 0, and 0 for CycleGAN "
+                            "(its reverse generator and identity loss need source and target of the same channels)")
     if cfg.model.family in ("pix2pix", "cyclegan") and cfg.data.format != "paired_slices":
         raise MedsynthError(f"{source}: model.family={cfg.model.family} trains on data.format=paired_slices "
                             f"(got {cfg.data.format!r})")

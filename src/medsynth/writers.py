@@ -214,3 +214,19 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None =
             target.replace(tmp)
         finally:
             target.unlink(missing_ok=True)
+
+
+def write_nrrd(path: str | Path, array: np.ndarray, header: dict, provenance: dict | None = None) -> None:
+    """An NRRD file with an input's geometry fields (space, space directions, space origin, kinds)
+    kept from `header`; with provenance, marked SYNTHETIC in `content` and carrying the provenance
+    JSON as the key/value field `medsynth_provenance`."""
+    import nrrd
+
+    keep = ("space", "space directions", "space origin", "kinds", "space units", "measurement frame")
+    out = {k: header[k] for k in keep if k in header}
+    out["encoding"] = "gzip"
+    if provenance is not None:
+        out["content"] = "SYNTHETIC " + provenance.get("generator", "medsynth")
+        out["medsynth_provenance"] = json.dumps(provenance)
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), np.asarray(array, dtype=np.float32), out)

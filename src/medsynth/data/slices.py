@@ -58,15 +58,98 @@ def center_crop_array(images: np.ndarray, size: int) -> np.ndarray:
     return images[..., top:top + size, left:left + size]
 
 
-def read_paired_slices(data_cfg) -> dict:
+def mask_box(inside: np.ndarray, axis: int, size: int) -> list[int]:
+    """The in-plane corner (first index along each axis other than `axis`) of a size x size box
+    centred on the bounding box of `inside` (X x Y x Z bool) over all its slices; the box may reach
+    past the image's edges, which crop_in_plane pads."""
+    other = [a for a in range(3) if a != axis]
+    corner = []
+    for a in other:
+        rest = tuple(b for b in range(3) if b != a)
+        hit = np.flatnonzero(inside.any(axis=rest))
+        centre = (int(hit[0]) + int(hit[-1]) + 1) // 2 if len(hit) else inside.shape[a] // 2
+        corner.append(centre - size // 2)
+    return corner
+
+
+def crop_in_plane(slices: np.ndarray, corner: list[int], size: int, fill: float = -1.0) -> np.ndarray:
+    """... x H x W -> ... x size x size from `corner` (may be negative or reach past the edge: padded with fill)."""
+    h, w = slices.shape[-2:]
+    (top, left), lead = corner, [(0, 0)] * (slices.ndim - 2)
+    pad = [(max(0, -top), max(0, top + size - h)), (max(0, -left), max(0, left + size - w))]
+    if any(p for pair in pad for p in pair):
+        slices = np.pad(slices, lead + pad, constant_values=fill)
+        top, left = top + pad[0][0], left + pad[1][0]
+    return slices[..., top:top + size, left:left + size]
+
+
+def paste_in_plane(crops: np.ndarray, corner: list[int], shape: tuple[int, int], fill: float = -1.0) -> np.ndarray:
+    """The inverse of crop_in_plane: ... x size x size back into ... x H x W (outside the box: fill)."""
+    size = crops.shape[-1]
+    out = np.full((*crops.shape[:-2], *shape), fill, dtype=crops.dtype)
+    (top, left), (h, w) = corner, shape
+    t0, l0 = max(0, top), max(0, left)
+    t1, l1 = min(h, top + size), min(w, left + size)
+    if t1 > t0 and l1 > l0:
+        out[..., t0:t1, l0:l1] = crops[..., t0 - top:t1 - top, l0 - left:l1 - left]
+    return out
+
+
+def mask_slices(inside: np.ndarray, axis: int, min_fraction: float = 0.0) -> np.ndarray:
+    """Indices along `axis` of the slices whose mask covers at least `min_fraction` of the largest
+    mask slice (0: any of the mask)."""
+    area = inside.sum(axis=tuple(a for a in range(3) if a != axis))
+    if not area.max():
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero((area >= min_fraction * area.max()) & (area > 0))
+
+
+def slice_stacks(image: np.ndarray, keep: np.ndarray, axis: int, source_channels: int, neighbours: int = 0
+                 ) -> np.ndarray:
+    """C x X x Y x Z (source contrasts first) -> N x C' x (in-plane) slices at `keep` along `axis`:
+    per source contrast its slices k - neighbours .. k + neighbours (clamped at the volume's ends; the
+    2.5D input), then the target contrasts at k. C' = source_channels * (2 neighbours + 1) + targets."""
+    moved = np.moveaxis(image, 1 + axis, 1)  # C x D x H x W, D along the slice axis
+    last = moved.shape[1] - 1
+    offsets = range(-neighbours, neighbours + 1)
+    source = [moved[c, np.clip(keep + o, 0, last)] for c in range(source_channels) for o in offsets]
+    target = [moved[c, keep] for c in range(source_channels, len(moved))]
+    return np.ascontiguousarray(np.stack(source + target, axis=1))
+
+
+def case_slices(image: np.ndarray, inside: np.ndarray, data_cfg, source_channels: int,
+                min_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
+    """A normalised case (C x X x Y x Z in [-1, 1], `inside` its mask) as translation input:
+    (N x C' x H x W slice stacks, the slice indices along data.slice_axis, the in-plane crop corner
+    or None). Slices whose mask covers at least `min_fraction` of the largest mask slice (0: any
+    mask); with data.crop_to_mask, cut to that size around the case's mask at native resolution."""
+    axis = int(data_cfg.slice_axis)
+    keep = mask_slices(inside, axis, min_fraction)
+    stacks = slice_stacks(image, keep, axis, source_channels, int(data_cfg.neighbours))
+    corner = None
+    if data_cfg.crop_to_mask is not None:
+        corner = mask_box(inside, axis, int(data_cfg.crop_to_mask))
+        stacks = np.ascontiguousarray(crop_in_plane(stacks, corner, int(data_cfg.crop_to_mask)))
+    return stacks, keep, corner
+
+
+def read_paired_slices(data_cfg) -> tuple[dict, dict]:
     """Paired MR slices for translation (pix2pix): per split (train / validation / test case
     folders), every slice along `data.slice_axis` whose mask covers at least `data.min_mask_fraction`
     of the case's largest mask slice, with all `data.contrasts` as channels, each normalised within
-    the case's mask (`data.mr_normalise`; outside it -1). The last `data.target_channels` channels
-    are the target, the others the source. -> {split: (N x C x H x W float32, None)}."""
+    the case's mask (`data.mr_normalise`; outside it -1), 2.5D (`data.neighbours`) and cut around
+    the mask (`data.crop_to_mask`) as case_slices says. The last `data.target_channels` channels
+    are the target, the others the source.
+    -> ({split: (N x C' x H x W float32, None)}, the space: per contrast the median over training
+    cases of the normalisation's scale and offset, so a translation goes back to the target
+    contrast's units of the training data, and the first training case's orientation (axis codes)
+    and voxel spacing, which volumes to translate are turned and resampled to)."""
     from pathlib import Path
 
+    import nibabel as nib
+
     from medsynth.data.cases import SPLIT_FOLDERS, cases_from_folder
+    from medsynth.data.intensity import mr_mapping
     from medsynth.data.patches import prepare_case
 
     path = Path(data_cfg.path)
@@ -78,24 +161,35 @@ def read_paired_slices(data_cfg) -> dict:
         raise MedsynthError(f"{path}: folder of case folders not found")
     present = {s: path / d for s, d in SPLIT_FOLDERS.items() if (path / d).is_dir()}
     groups = present or {"train": path}
-    out = {}
+    source_channels = len(contrasts) - int(data_cfg.target_channels)
+    out, mappings, axcodes = {}, [], None
     for split, folder in groups.items():
         stacks = []
         for case in cases_from_folder(folder, contrasts, mask=data_cfg.mask):
+            if split == "train":
+                mappings.append([mr_mapping(ch, case.mask, data_cfg.mr_normalise) for ch in case.image])
+                if axcodes is None:  # the grid volumes to translate are brought to
+                    axcodes = list(nib.aff2axcodes(case.affine))
+                    spacing = [float(v) for v in (data_cfg.spacing or case.spacing)]
             case = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
             inside = case.mask if case.mask is not None else (case.image > -1).any(0)
-            other = tuple(a for a in range(3) if a != data_cfg.slice_axis)
-            area = inside.sum(axis=other)
-            keep = np.flatnonzero(area >= data_cfg.min_mask_fraction * area.max()) if area.max() else []
+            slices, keep, _ = case_slices(case.image, inside, data_cfg, source_channels, data_cfg.min_mask_fraction)
             if len(keep):
-                stacks.append(np.moveaxis(np.take(case.image, keep, axis=1 + data_cfg.slice_axis),
-                                          1 + data_cfg.slice_axis, 0))
+                stacks.append(slices)
         if not stacks:
             raise MedsynthError(f"{folder}: no slices with enough of the mask (data.min_mask_fraction)")
         if data_cfg.unpaired and split == "train":
-            stacks = _unpair(stacks, len(contrasts) - data_cfg.target_channels, folder)
+            stacks = _unpair(stacks, source_channels, folder)
         out[split] = (np.ascontiguousarray(np.concatenate(stacks)), None)
-    return out
+    space = None
+    if mappings:
+        space = {"units": "MR signal of the training data", "contrasts": contrasts, "axcodes": axcodes,
+                 "spacing": spacing,
+                 "scale": np.median([[m[0] for m in c] for c in mappings], 0).tolist(),
+                 "offset": np.median([[m[1] for m in c] for c in mappings], 0).tolist(),
+                 "note": f"per contrast, the median {data_cfg.mr_normalise} mapping over {len(mappings)} training "
+                         "cases: a translation is written in the target contrast's units of the training data"}
+    return out, space
 
 
 def _unpair(stacks: list[np.ndarray], source_channels: int, folder) -> list[np.ndarray]:

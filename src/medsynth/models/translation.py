@@ -44,10 +44,17 @@ class TranslationRecipe(ManualRecipe):
 
     def unet(self, in_channels: int, out_channels: int) -> UNetGenerator:
         m = self.cfg.model
-        return UNetGenerator(2, in_channels, out_channels, m.width, m.depth, m.bottleneck_blocks, m.dropout)
+        return UNetGenerator(2, in_channels, out_channels, m.width, m.depth, m.bottleneck_blocks, m.dropout,
+                             m.upsample)
 
     def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return images[:, :self.source_channels], images[:, self.source_channels:]
+
+    def source_copy(self, source: torch.Tensor) -> torch.Tensor:
+        """B x 1 x H x W: the last source contrast's own slice (the centre of its 2.5D stack), the
+        copy-the-source baseline every translation is scored beside."""
+        centre = self.source_channels - 1 - int(self.cfg.data.neighbours)
+        return source[:, centre:centre + 1]
 
     @torch.no_grad()
     def translate(self, source: torch.Tensor, reverse: bool = False) -> torch.Tensor:

@@ -6,7 +6,9 @@ stride 2; instance norm except on the first; LeakyReLU 0.2; dropout), a bottlene
 `bottleneck_blocks` convolutions at the coarsest scale in which each block's output is
 concatenated with the output of the block before it (the encoder's for the first), so the
 bottleneck keeps one shape (2C channels) however many blocks it has, and a decoder of transposed
-convolutions whose outputs are concatenated with the encoder block of the same scale. The
+convolutions whose outputs are concatenated with the encoder block of the same scale (or, with
+upsample="bilinear" / "nearest", an interpolation to twice the size then a 3x3 convolution:
+the resize-convolution of Odena et al. 2016, which has no checkerboard). The
 paper's bottleneck kernel is 4; it is 3 here, since an even kernel cannot keep the shape with
 symmetric padding. Widths are 64 * width * 2^i, so `width` < 1 makes it small enough for a CPU.
 
@@ -28,10 +30,20 @@ class UNetGenerator(nn.Module):
     """Input B x in_channels x S^d (S divisible by 2^depth) -> B x out_channels x S^d logits."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, width: float = 1.0,
-                 depth: int = 4, bottleneck_blocks: int = 4, dropout: float = 0.2):
+                 depth: int = 4, bottleneck_blocks: int = 4, dropout: float = 0.2, upsample: str = "transposed"):
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        transposed = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+
+        def up(cin: int, cout: int, *_, **__) -> nn.Module:
+            """Twice the size: a stride-2 transposed convolution (kernel 4), or resize + 3x3 conv."""
+            if upsample == "transposed":
+                return transposed(cin, cout, 4, stride=2, padding=1)
+            if upsample not in ("bilinear", "nearest"):
+                raise ValueError(f"unknown upsample mode {upsample!r}")
+            mode = "nearest" if upsample == "nearest" else ("trilinear" if spatial_dims == 3 else "bilinear")
+            extra = {} if mode == "nearest" else {"align_corners": False}
+            return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode, **extra), conv(cin, cout, 3, padding=1))
         norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         ch = widths(width, depth)
         self.depth = depth
@@ -81,7 +93,7 @@ def build_generator(m, out_channels: int) -> nn.Module:
         return UNet(spatial_dims=m.spatial_dims, in_channels=m.in_channels, out_channels=out_channels,
                     channels=ch, strides=[2] * m.depth, num_res_units=2, norm="INSTANCE", dropout=m.dropout)
     return UNetGenerator(m.spatial_dims, m.in_channels, out_channels, m.width, m.depth, m.bottleneck_blocks,
-                         m.dropout)
+                         m.dropout, m.upsample)
 
 
 def build_discriminator(m, in_channels: int) -> nn.Module:
