@@ -1,0 +1,206 @@
+"""BraTS T1c -> FLAIR at native size: pix2pix and CycleGAN against copying the T1c, scored on
+whole held-out volumes inside the brain, and the segmentation Dice lost when a segmentation model
+gets the translated FLAIR instead of the real one.
+
+    python benchmarks/translation_brats.py                      # the full benchmark (about 80 CPU minutes)
+    python benchmarks/translation_brats.py --quick              # 1 epoch each on few slices: a smoke run
+    python benchmarks/translation_brats.py --l1 100 20 --epochs 20 --cyclegan-epochs 10 --seg-epochs 60
+
+Stages (every score: MAE, PSNR and SSIM per whole volume inside the brain mask, as
+`medsynth evaluate --fake RUN` computes them, with the copy-the-T1c baseline beside):
+1. pix2pix (configs/pix2pix_brats.yaml) once per L1 weight (--l1), trained on the two training
+   cases for --epochs, scored on the two validation cases; its per-epoch validation L1 kept.
+2. The L1 weight with the lowest validation MAE is the recipe's choice; that run is scored on the
+   test pair (pat0001, pat0002), which chose nothing.
+3. CycleGAN (configs/cyclegan_brats.yaml with the same native-size slices and resize-conv
+   decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, test pair.
+4. Segmentation: MONAI's UNet (configs/unet_brats.yaml, FLAIR + T1c in) trained on train +
+   validation (four cases) for --seg-epochs, then the test pair segmented three times: with the
+   real FLAIR, with the chosen pix2pix's FLAIR (`medsynth translate` of the T1c), and with the T1c
+   copied into the FLAIR's place. Dice per region (whole tumour, core, enhancing) per case.
+
+Budgets are epochs (fixed numbers of batches), so the scores do not depend on the machine's
+speed; wall time is printed beside them. Everything trains in fp32 (the same numbers on any CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BRATS = ROOT.parent / "shared" / "data" / "brats2013"
+METRICS = ("mae", "psnr", "ssim")
+
+
+def _train(config: str, overrides: list[str], runs_dir: Path) -> Path:
+    cmd = [str(Path(sys.executable).with_name("medsynth")), "train", config, f"runs_dir={runs_dir}", *overrides]
+    print("$", " ".join(cmd[1:]), flush=True)
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"{config} failed:\n{out.stderr[-3000:]}")
+    run = Path(out.stdout.strip().splitlines()[-1])
+    print(f"  -> {run} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    return run
+
+
+def _score(run: Path, real: Path | None, out: Path) -> dict:
+    """Per case and mean translation scores (model and copy-the-source baseline)."""
+    from medsynth.evaluate import evaluate
+
+    result = evaluate(real, run, out=out, resamples=1000, log=lambda *_: None)
+    return result["translation"] if "translation" in result else result["segmentation"]
+
+
+def _val_curve(run: Path) -> list[float]:
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        return [float(r["val/l1"]) for r in csv.DictReader(f) if r.get("val/l1")]
+
+
+def _link_cases(folder: Path, cases: list[Path], replace: dict[str, Path] | None = None) -> None:
+    """Case folders of symlinks; `replace`: case name -> the file standing in for its FLAIR."""
+    for case in cases:
+        target = folder / case.name
+        target.mkdir(parents=True)
+        for f in case.iterdir():
+            if replace and f.name.startswith("Flair_"):
+                (target / f.name).symlink_to(replace[case.name].resolve())
+            else:
+                (target / f.name).symlink_to(f.resolve())
+
+
+def _row(name: str, scores: dict, key: str = "model") -> str:
+    cells = []
+    for m in METRICS:
+        mean = scores["mean"][m if key == "model" else f"baseline_{m}"]
+        lo, hi = scores["mean"].get((m if key == "model" else f"baseline_{m}") + "_interval", (np.nan, np.nan))
+        cells.append(f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if m != "psnr" else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]")
+    per_case = ", ".join(f"{c[11:18]} {s[key]['mae']:.4f}" for c, s in sorted(scores["cases"].items()))
+    return f"| {name} | " + " | ".join(cells) + f" | {per_case} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--l1", type=float, nargs="+", default=[100.0, 20.0], help="pix2pix L1 weights to try")
+    parser.add_argument("--epochs", type=int, default=20, help="pix2pix epochs")
+    parser.add_argument("--cyclegan-epochs", type=int, default=10)
+    parser.add_argument("--seg-epochs", type=int, default=60)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["cyclegan", "segmentation"])
+    parser.add_argument("--quick", action="store_true", help="1 epoch each on the largest slices only")
+    parser.add_argument("--runs-dir", default="runs/bench_translation")
+    parser.add_argument("--out", help="write every score as JSON here")
+    args = parser.parse_args()
+    runs_dir = (ROOT / args.runs_dir).resolve()
+    work = runs_dir / f"work-{time.strftime('%Y%m%d-%H%M%S')}"
+    work.mkdir(parents=True)
+    quick = ["data.min_mask_fraction=0.95"] if args.quick else []
+    epochs = [1, 1, 1] if args.quick else [args.epochs, args.cyclegan_epochs, args.seg_epochs]
+    results: dict = {"budget": {"pix2pix_epochs": epochs[0], "cyclegan_epochs": epochs[1], "seg_epochs": epochs[2]}}
+
+    # 1-2. pix2pix per L1 weight: chosen on validation, scored on test
+    chosen, best = None, np.inf
+    results["pix2pix"] = {}
+    for l1 in args.l1:
+        run = _train("configs/pix2pix_brats.yaml", [f"loss.l1_weight={l1}", f"trainer.max_epochs={epochs[0]}",
+                                                    f"name=pix2pix_l1_{l1:g}", *quick], runs_dir)
+        val = _score(run, BRATS / "validation", work / f"val_l1_{l1:g}.json")
+        summary = json.loads((run / "summary.json").read_text())
+        results["pix2pix"][f"{l1:g}"] = {"run": str(run), "validation": val, "val_l1_per_epoch": _val_curve(run),
+                                         "train_minutes": summary["train_seconds"] / 60}
+        print(f"  L1 weight {l1:g}: validation MAE {val['mean']['mae']:.4f} (copying the T1c "
+              f"{val['mean']['baseline_mae']:.4f}); val L1 per epoch "
+              + " ".join(f"{v:.3f}" for v in _val_curve(run)), flush=True)
+        if val["mean"]["mae"] < best:
+            chosen, best = f"{l1:g}", val["mean"]["mae"]
+    p2p_run = Path(results["pix2pix"][chosen]["run"])
+    results["chosen_l1"] = chosen
+    results["pix2pix_test"] = _score(p2p_run, None, work / "test_pix2pix.json")
+
+    # 3. CycleGAN at the same native size
+    if "cyclegan" not in args.skip:
+        run = _train("configs/cyclegan_brats.yaml",
+                     ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
+                      "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
+                      f"trainer.max_epochs={epochs[1]}", *quick], runs_dir)
+        summary = json.loads((run / "summary.json").read_text())
+        results["cyclegan"] = {"run": str(run), "train_minutes": summary["train_seconds"] / 60,
+                               "test": _score(run, None, work / "test_cyclegan.json")}
+
+    # 4. Segmentation with the real, translated and copied FLAIR
+    if "segmentation" not in args.skip:
+        results["segmentation"] = _segmentation(p2p_run, work, runs_dir, epochs[2], args.quick)
+
+    _print(results)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+
+
+def _segmentation(p2p_run: Path, work: Path, runs_dir: Path, epochs: int, quick: bool) -> dict:
+    from medsynth.translate import translate
+
+    test_cases = sorted((BRATS / "test").iterdir())
+    data = work / "seg_data"  # train + validation as training cases, the test pair as test
+    _link_cases(data / "train", sorted((BRATS / "train").iterdir()) + sorted((BRATS / "validation").iterdir()))
+    _link_cases(data / "test", test_cases)
+    overrides = [f"data.path={data}", f"trainer.max_epochs={epochs}", "trainer.precision=32", "name=unet_brats_4cases"]
+    if quick:
+        overrides += ["data.patches_per_epoch=4"]
+    seg_run = _train("configs/unet_brats.yaml", overrides, runs_dir)
+    translated = {}
+    for case in test_cases:
+        out = work / "translated" / f"{case.name}_flair.nii.gz"
+        translate(p2p_run, next(case.glob("T1c_*.nii.gz")), out, mask=case / "brainmask.nii.gz",
+                  log=lambda *_: None)
+        translated[case.name] = out
+    _link_cases(work / "flair_translated", test_cases, translated)
+    _link_cases(work / "flair_is_t1c", test_cases, {c.name: next(c.glob("T1c_*.nii.gz")) for c in test_cases})
+    summary = json.loads((seg_run / "summary.json").read_text())
+    out = {"run": str(seg_run), "train_minutes": summary["train_seconds"] / 60}
+    for name, folder in (("real FLAIR", data / "test"), ("pix2pix FLAIR", work / "flair_translated"),
+                         ("T1c as FLAIR", work / "flair_is_t1c")):
+        out[name] = _score(seg_run, folder, work / f"seg_{name.replace(' ', '_')}.json")
+    return out
+
+
+def _print(results: dict) -> None:
+    b = results["budget"]
+    print(f"\n## pix2pix on the validation cases ({b['pix2pix_epochs']} epochs, 2 training cases)\n")
+    print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
+    print("|---|---|---|---|---|")
+    first = next(iter(results["pix2pix"].values()))
+    print(_row("copy the T1c (baseline)", first["validation"], "baseline_source"))
+    for l1, r in results["pix2pix"].items():
+        print(_row(f"pix2pix, L1 weight {l1} ({r['train_minutes']:.1f} min)", r["validation"]))
+    print(f"\n## The test pair (chosen: L1 weight {results['chosen_l1']})\n")
+    print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
+    print("|---|---|---|---|---|")
+    print(_row("copy the T1c (baseline)", results["pix2pix_test"], "baseline_source"))
+    print(_row(f"pix2pix, L1 weight {results['chosen_l1']}", results["pix2pix_test"]))
+    if "cyclegan" in results:
+        c = results["cyclegan"]
+        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs, {c['train_minutes']:.1f} min)", c["test"]))
+    if "segmentation" in results:
+        s = results["segmentation"]
+        print(f"\n## Segmentation of the test pair (UNet, 4 training cases, {b['seg_epochs']} epochs, "
+              f"{s['train_minutes']:.1f} min)\n")
+        print("| FLAIR given | Dice WT | Dice TC | Dice ET | per case WT |")
+        print("|---|---|---|---|---|")
+        for name in ("real FLAIR", "pix2pix FLAIR", "T1c as FLAIR"):
+            m = s[name]["mean"]
+            per_case = ", ".join(f"{c[11:18]} {v['regions']['whole_tumour']['dice']:.3f}"
+                                 for c, v in sorted(s[name]["cases"].items()))
+            print(f"| {name} | " + " | ".join(f"{m.get(f'dice_{r}', np.nan):.3f}" for r in
+                                             ("whole_tumour", "tumour_core", "enhancing_tumour")) + f" | {per_case} |")
+
+
+if __name__ == "__main__":
+    main()
