@@ -32,19 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {"la_heart": ("configs/unet_la_heart.yaml", "configs/vox2vox_la_heart.yaml")}
 
 
-def _infer(run: str) -> dict:
-    """Child process: segment every test case of the run whole; seconds and peak RSS per case."""
+def _infer(run: str, split: str = "test", flips: str = "0") -> dict:
+    """Child process: segment every case of the run's `split` (test | val) whole; seconds and peak
+    RSS per case; flips "1": test-time flips (8 passes averaged)."""
     from medsynth.data.patches import load_segmentation_splits, to_values
     from medsynth.metrics.segmentation import score_label_maps
     from medsynth.models import load_run
 
     recipe = load_run(run)
     cfg = recipe.cfg
-    splits = load_segmentation_splits(cfg.data, cfg.seed, which=("test",))
+    splits = load_segmentation_splits(cfg.data, cfg.seed, which=(split,))
     rows = {}
-    for case in splits.test:
+    for case in getattr(splits, split):
         start = time.perf_counter()
-        pred = recipe.segment(case.image, case.mask)
+        pred = recipe.segment(case.image, case.mask, flips=flips == "1")
         seconds = time.perf_counter() - start
         scores = score_label_maps(to_values(pred, cfg.data.classes), to_values(case.label, cfg.data.classes),
                                   cfg.data, case.spacing)
@@ -77,6 +78,9 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/bench_seg")
     parser.add_argument("--runs", nargs=2, metavar="RUN", help="score two finished runs (baseline, model)")
     parser.add_argument("--out", help="also write the rows as JSON here")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="score on these cases (val: to choose inference settings without the test cases)")
+    parser.add_argument("--flips", action="store_true", help="test-time flips (model.test_time_flips) at inference")
     args = parser.parse_args()
     overrides = ["data.limit=2", "trainer.max_epochs=2", "data.patches_per_epoch=4"] if args.quick else []
     if args.epochs:
@@ -86,7 +90,8 @@ def main() -> None:
     results = {}
     for run in runs:
         env = dict(os.environ)
-        out = subprocess.run([sys.executable, __file__, "_infer", str(run)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, __file__, "_infer", str(run), args.split, "1" if args.flips else "0"],
+                             capture_output=True, text=True,
                              env=env, cwd=ROOT)
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
@@ -95,7 +100,8 @@ def main() -> None:
         results[run.name] = {"run": str(run), "summary": summary, **inference}
     names = list(results)
     cases = sorted(results[names[0]]["cases"])
-    print(f"\n{len(cases)} test cases; budget: the same batches for both "
+    flips = " (test-time flips)" if args.flips else ""
+    print(f"\n{len(cases)} {args.split} cases{flips}; budget: the same batches for both "
           f"({results[names[0]]['summary']['epochs']} epochs)\n")
     print("| recipe | batches | train min | precision | Dice mean [95% CI] | HD95 mm mean [95% CI] | "
           "inference s/case (max) | peak RSS MiB |")
@@ -118,7 +124,7 @@ def main() -> None:
     diff = dice[names[1]] - dice[names[0]]
     lo, hi = _interval(diff)
     print(f"\npaired Dice difference {names[1]} - {names[0]}: {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] "
-          f"(bootstrap over the {len(cases)} test cases)")
+          f"(bootstrap over the {len(cases)} {args.split} cases)")
     print("\nper case Dice: " + ", ".join(f"{c[:6]} {dice[names[0]][i]:.3f}/{dice[names[1]][i]:.3f}"
                                            for i, c in enumerate(cases)))
     if args.out:
@@ -127,6 +133,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_infer":
-        print(json.dumps(_infer(sys.argv[2])))
+        print(json.dumps(_infer(*sys.argv[2:5])))
         sys.exit(0)
     main()

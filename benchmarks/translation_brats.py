@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 BRATS = ROOT.parent / "shared" / "data" / "brats2013"
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--cyclegan-epochs", type=int, default=10)
     parser.add_argument("--seg-epochs", type=int, default=60)
     parser.add_argument("--skip", nargs="*", default=[], choices=["cyclegan", "segmentation"])
+    parser.add_argument("--pix2pix-runs", nargs="+", metavar="RUN",
+                        help="finished pix2pix runs to score instead of training them (their L1 weight from their config)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each on the largest slices only")
     parser.add_argument("--runs-dir", default="runs/bench_translation")
     parser.add_argument("--out", help="write every score as JSON here")
@@ -104,14 +107,18 @@ def main() -> None:
     work.mkdir(parents=True)
     quick = ["data.min_mask_fraction=0.95"] if args.quick else []
     epochs = [1, 1, 1] if args.quick else [args.epochs, args.cyclegan_epochs, args.seg_epochs]
+    if args.pix2pix_runs:  # the budget they were trained with
+        epochs[0] = int(OmegaConf.load(Path(args.pix2pix_runs[0]) / "config.yaml").trainer.max_epochs)
     results: dict = {"budget": {"pix2pix_epochs": epochs[0], "cyclegan_epochs": epochs[1], "seg_epochs": epochs[2]}}
 
     # 1-2. pix2pix per L1 weight: chosen on validation, scored on test
     chosen, best = None, np.inf
     results["pix2pix"] = {}
-    for l1 in args.l1:
-        run = _train("configs/pix2pix_brats.yaml", [f"loss.l1_weight={l1}", f"trainer.max_epochs={epochs[0]}",
-                                                    f"name=pix2pix_l1_{l1:g}", *quick], runs_dir)
+    given = {float(OmegaConf.load(Path(r) / "config.yaml").loss.l1_weight): Path(r) for r in args.pix2pix_runs or []}
+    for l1 in given or args.l1:
+        run = given.get(l1) or _train("configs/pix2pix_brats.yaml", [f"loss.l1_weight={l1}",
+                                                                     f"trainer.max_epochs={epochs[0]}",
+                                                                     f"name=pix2pix_l1_{l1:g}", *quick], runs_dir)
         val = _score(run, BRATS / "validation", work / f"val_l1_{l1:g}.json")
         summary = json.loads((run / "summary.json").read_text())
         results["pix2pix"][f"{l1:g}"] = {"run": str(run), "validation": val, "val_l1_per_epoch": _val_curve(run),

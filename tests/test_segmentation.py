@@ -241,3 +241,18 @@ def test_bad_segmentation_inputs(mini_brats, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:-1], label.affine), str(case / "OTMultiClass.nii.gz"))
     with pytest.raises(MedsynthError, match="OTMultiClass.nii.gz: label map of shape"):
         train("configs/vox2vox_brats.yaml", overrides(bad, tmp_path / "runs"), log=lambda *_: None)
+
+
+def test_test_time_flips_make_segmentation_flip_equivariant():
+    """With model.test_time_flips the probabilities are averaged over the 8 flips of the volume, so
+    segmenting a flipped volume gives the flipped segmentation (an untrained network is not
+    equivariant by itself: without flips the two differ)."""
+    torch.manual_seed(0)
+    recipe = build_recipe(load_config(None, [*TINY, "model.generator=monai_unet", "model.sw_overlap=0.5"]))
+    x = torch.randn(1, 24, 20, 18).numpy()
+    for axis in (1, 2, 3):
+        flipped = np.flip(x, axis).copy()
+        with_flips = recipe.segment(flipped, flips=True)
+        assert np.array_equal(with_flips, np.flip(recipe.segment(x, flips=True), axis - 1)), axis
+    plain = recipe.segment(np.flip(x, 1).copy(), flips=False)
+    assert not np.array_equal(plain, np.flip(recipe.segment(x, flips=False), 0))

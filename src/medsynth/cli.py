@@ -47,7 +47,7 @@ def _sample(args) -> None:
 def _segment(args) -> None:
     records = segment(args.run_dir, args.input, args.out, device=args.device, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, overwrite=args.overwrite,
-                      largest_component=args.largest_component, log=_log())
+                      largest_component=args.largest_component, flips=args.flips, log=_log())
     scored = {r["case"]: r["scores"].get("regions") or {k: v["dice"] for k, v in r["scores"]["classes"].items()}
               for r in records if "scores" in r}
     if scored:
@@ -185,6 +185,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only each class's largest connected component (default: the run's "
                         "model.largest_component)")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 flips of the volume (8x the time; default: the run's "
+                        "model.test_time_flips)")
     _add_device(p)
     _add_overwrite(p)
     p.set_defaults(func=_segment)

@@ -91,6 +91,7 @@ class ModelConfig:
     sw_overlap: float = 0.25  # sliding-window inference: overlap of neighbouring windows
     sw_batch_size: int = 2  # windows per forward pass
     largest_component: bool = False  # keep each foreground class's largest connected component
+    test_time_flips: bool = False  # segment: average the class probabilities over the 8 flips of the volume
     # latent diffusion, stage 1 (MONAI AutoencoderKL; model.channels are its level widths)
     latent_channels: int = 3
     num_res_blocks: int = 1

@@ -54,7 +54,7 @@ def is_case_folder(path: Path, data_cfg) -> bool:
 
 def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str = "cpu",
             overlap: float | None = None, sw_batch_size: int | None = None, overwrite: bool = False,
-            largest_component: bool | None = None, log=print) -> list[dict]:
+            largest_component: bool | None = None, flips: bool | None = None, log=print) -> list[dict]:
     """Segment a volume, a case folder, or a folder of case folders (then `out` is a folder of
     <case>_seg.nii.gz). Cases with a reference label map are scored. Returns one record per case."""
     if overlap is not None and not 0 <= overlap < 1:
@@ -84,7 +84,7 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
     records = []
     for case_path, target in jobs:
         start = time.perf_counter()
-        case, labels, geometry = segment_case(recipe, case_path, overlap, sw_batch_size, largest_component)
+        case, labels, geometry = segment_case(recipe, case_path, overlap, sw_batch_size, largest_component, flips)
         write_label_map(target, labels, geometry, case.affine, recipe, run_dir)
         record = {"case": case.name, "out": str(target), "seconds": round(time.perf_counter() - start, 2)}
         if case.label is not None:
@@ -95,7 +95,8 @@ def segment(run_dir: str | Path, input: str | Path, out: str | Path, device: str
 
 
 def segment_case(recipe, path: Path, overlap: float | None = None, sw_batch_size: int | None = None,
-                 largest_component: bool | None = None) -> tuple[Case, np.ndarray, Path]:
+                 largest_component: bool | None = None, flips: bool | None = None
+                 ) -> tuple[Case, np.ndarray, Path]:
     """One case (folder or volume) read with the run's patterns, prepared as in training and
     segmented whole -> (the case as read, its label map as label values on the case's own grid,
     the file whose geometry an output copies)."""
@@ -103,7 +104,7 @@ def segment_case(recipe, path: Path, overlap: float | None = None, sw_batch_size
     case, geometry = _read_input_case(path, data_cfg)
     case = with_source_spacing(case, data_cfg.get("source_spacing"), geometry)
     prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
-    pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component)
+    pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component, flips)
     if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid
         pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None].float(),
                                                size=case.image.shape[1:], mode="nearest")[0, 0].byte().numpy()

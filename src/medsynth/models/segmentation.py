@@ -103,13 +103,18 @@ class SegmentationRecipe(ManualRecipe):
     # --- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def segment(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | None = None, overlap: float | None = None,
-                sw_batch_size: int | None = None, largest_component: bool | None = None) -> np.ndarray:
+                sw_batch_size: int | None = None, largest_component: bool | None = None,
+                flips: bool | None = None) -> np.ndarray:
         """A whole normalised case C x D x H x W -> class indices D x H x W (uint8), by sliding
         windows of the training patch size with Gaussian-weighted overlaps. With a mask (the
         brain, when the run used data.mask), everything outside it is background: the model never
         saw patches centred there. largest_component (default model.largest_component): keep only
         each foreground class's largest connected component, for structures that are one piece
-        (the left atrium), where stray blobs are false positives far from the organ."""
+        (the left atrium), where stray blobs are false positives far from the organ. flips (default
+        model.test_time_flips): the class probabilities averaged over the volume flipped along
+        every subset of its three axes (8 passes; training flipped patches the same way)."""
+        import itertools
+
         from monai.inferers import sliding_window_inference
 
         m = self.cfg.model
@@ -117,10 +122,15 @@ class SegmentationRecipe(ManualRecipe):
         if x.shape[1] != m.in_channels:
             raise MedsynthError(f"the model takes {m.in_channels} contrasts, the volume has {x.shape[1]}")
         self.eval()
-        probs = sliding_window_inference(
-            x, roi_size=list(m.image_size), sw_batch_size=sw_batch_size or m.sw_batch_size,
-            predictor=lambda t: self.generator(t).float().softmax(dim=1),
-            overlap=m.sw_overlap if overlap is None else overlap, mode="gaussian")
+        use_flips = m.test_time_flips if flips is None else flips
+        views = [()] + ([a for r in (1, 2, 3) for a in itertools.combinations((2, 3, 4), r)] if use_flips else [])
+        probs = 0
+        for axes in views:
+            p = sliding_window_inference(
+                x.flip(axes) if axes else x, roi_size=list(m.image_size), sw_batch_size=sw_batch_size or m.sw_batch_size,
+                predictor=lambda t: self.generator(t).float().softmax(dim=1),
+                overlap=m.sw_overlap if overlap is None else overlap, mode="gaussian")
+            probs = probs + (p.flip(axes) if axes else p) / len(views)
         pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
         if mask is not None:
             pred[~np.asarray(mask, dtype=bool)] = 0
