@@ -240,3 +240,43 @@ def test_nearest_in_blocks_equals_scipy_over_all_pairs():
         d, i = nearest(a, b, chunk=64, reference_chunk=100, exclude_self=exclude)
         assert np.array_equal(i.numpy(), full.argmin(1))
         assert np.allclose(d.numpy(), full.min(1), rtol=1e-12)
+
+
+def test_checkerboard_and_sharpness_on_patterns_with_known_answers():
+    """A pure (-1)^(i+j) pattern has all its energy at Nyquist (1), a low-frequency cosine none (0),
+    their sum a^2 / (a^2 + 1/2) by Parseval; a ramp rising c per pixel has gradient magnitude c."""
+    from medsynth.metrics.texture import checkerboard_fraction, sharpness, texture_scores
+
+    i, j = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    board = torch.from_numpy((-1.0) ** (i + j))[None, None]
+    wave = torch.from_numpy(np.cos(2 * np.pi * 3 * i / 32))[None, None]
+    assert checkerboard_fraction(board)[0] == pytest.approx(1.0)
+    assert checkerboard_fraction(wave)[0] == pytest.approx(0.0, abs=1e-12)
+    a = 0.5
+    assert checkerboard_fraction(wave + a * board)[0] == pytest.approx(a ** 2 / (a ** 2 + 0.5))
+    stripes = torch.from_numpy((-1.0) ** i)[None, None]  # period 2 along one axis: Nyquist row
+    assert checkerboard_fraction(stripes)[0] == pytest.approx(1.0)
+    ramp = torch.from_numpy(0.03 * i + 0.0 * j)[None, None]
+    assert sharpness(ramp)[0] == pytest.approx(0.03)
+    diagonal = torch.from_numpy(0.03 * i + 0.04 * j)[None, None]
+    assert sharpness(diagonal)[0] == pytest.approx(0.05)  # sqrt(0.03^2 + 0.04^2)
+
+    # a real use: MedMNIST-like blobs, blurred (sharpness ratio < 1) or with a transposed
+    # convolution's stride-2 pattern added (checkerboard ratio > 1); the same set: both ratios 1
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(rng.normal(size=(64, 1, 32, 32))).float()
+    real = torch.nn.functional.avg_pool2d(real, 3, 1, 1)  # some spatial correlation
+    blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
+    up = torch.nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1, output_padding=1, bias=False)
+    torch.nn.init.constant_(up.weight, 1.0)
+    with torch.no_grad():
+        patterned = up(torch.nn.functional.avg_pool2d(real, 2))  # 16 -> 32 px by a transposed conv
+    same = texture_scores(real, real, resamples=50)
+    assert same["checkerboard"]["ratio"] == pytest.approx(1.0) and same["sharpness"]["ratio"] == pytest.approx(1.0)
+    blur = texture_scores(blurred, real, resamples=50)
+    assert blur["sharpness"]["ratio"] < 0.8 and blur["sharpness"]["ratio_interval"][1] < 1.0
+    checker = texture_scores(patterned, real, resamples=50)
+    assert checker["checkerboard"]["ratio"] > 1.3 and checker["checkerboard"]["ratio_interval"][0] > 1.0
+    resized = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(real, 2), scale_factor=2,
+                                              mode="bilinear", align_corners=False)  # resize, no pattern
+    assert texture_scores(resized, real, resamples=50)["checkerboard"]["ratio_interval"][1] < 1.0

@@ -205,6 +205,7 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     result["diversity"] = {name: diversity(_subset(sets[name].images, diversity_images, seed), seed=seed,
                                            resamples=resamples) for name in ("fake", "real")}
     result["floor"]["diversity"] = result["diversity"]["real"]
+    _texture_section(result, sets, floor_set, diversity_images, seed, resamples)
     clock.lap("diversity")
     _per_class_section(result, sets, feats, net, k, seed, resamples, diversity_images)
     clock.lap("per_class")
@@ -303,6 +304,20 @@ def _fidelity_section(result: dict, feats: dict, k: int, seed: int, resamples: i
         result["floor"]["fidelity"] = {"not_computed": "needs a second held-out real split (a data file with val "
                                                        "and test splits as --real): a floor from the training "
                                                        "split would sit in the feature network's own training data"}
+
+
+def _texture_section(result: dict, sets: dict, floor_set, n: int, seed: int, resamples: int) -> None:
+    """Checkerboard and sharpness of the synthetic set relative to the real one (2D sets), on the
+    diversity subsets; the floor: a second held-out real split against the real set."""
+    from medsynth.metrics.texture import texture_scores
+
+    if sets["fake"].images.ndim != 4:
+        result["texture"] = {"not_computed": "checkerboard and sharpness are measured on 2D images"}
+        return
+    real = _subset(sets["real"].images, n, seed)
+    result["texture"] = texture_scores(_subset(sets["fake"].images, n, seed), real, resamples, seed)
+    if floor_set is not None:
+        result["floor"]["texture"] = texture_scores(_subset(floor_set.images, n, seed), real, resamples, seed)
 
 
 def _per_class_section(result: dict, sets: dict, feats: dict, net, k: int, seed: int, resamples: int,

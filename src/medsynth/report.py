@@ -35,6 +35,11 @@ ROWS = [
      "Share of real images with a synthetic image among their nearest neighbours (robust recall)."),
     ("diversity", "ms_ssim_mean", "mean pairwise MS-SSIM", "near real",
      "Average structural similarity between pairs within a set: higher than real means mode collapse."),
+    ("texture", "sharpness.ratio", "sharpness (synthetic / real)", "~1",
+     "Mean gradient magnitude of the synthetic images over the real ones': below 1 means blurrier."),
+    ("texture", "checkerboard.ratio", "checkerboard (synthetic / real)", "~1",
+     "Share of spectral energy at period 2 (where transposed convolutions leave a grid) over the real "
+     "images' share: above 1 means a checkerboard."),
     ("class_consistency", "agreement", "class consistency", "near real",
      "Share of synthetic images the domain network classifies as the class they were drawn for."),
     ("reconstruction", "ms_ssim", "reconstruction MS-SSIM", "higher",
