@@ -195,13 +195,17 @@ def _add_segment(sub) -> None:
 
 def _add_translate(sub) -> None:
     p = sub.add_parser("translate", parents=[COMMON], help="translate images with a pix2pix or CycleGAN run (e.g. T1c -> FLAIR)",
-                       description="Translate an .npz, a folder of PNG/JPEG images, or a NIfTI volume (slice by "
-                                   "slice along the run's slice axis). Outputs keep the input's shape (and a NIfTI "
-                                   "volume its affine and header) and are marked synthetic.")
+                       description="Translate an .npz, a folder of PNG/JPEG images, or a whole volume (NIfTI, NRRD "
+                                   "or a DICOM series folder; slice by slice along the run's slice axis, turned to "
+                                   "the training orientation and spacing and back). Outputs keep the input's shape "
+                                   "and geometry, volumes in the target contrast's units of the training data, and "
+                                   "are marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of model.family=pix2pix or cyclegan")
-    p.add_argument("--input", required=True, help=".npz, image folder, or .nii/.nii.gz volume")
-    p.add_argument("--out", required=True, help="output of the same kind (.npz, folder, .nii.gz)")
-    p.add_argument("--mask", help="NIfTI inputs: a mask for the MR normalisation (e.g. the brain), as in training")
+    p.add_argument("--input", required=True, help=".npz, image folder, .nii/.nii.gz/.nrrd volume or DICOM folder")
+    p.add_argument("--out", required=True, help="output: .npz, folder, .nii.gz, .nrrd (from NRRD) or a DICOM folder "
+                                                "(a name without a suffix)")
+    p.add_argument("--mask", help="volumes: the mask for the MR normalisation (e.g. the brain), as in training; "
+                                  "needed when the run was trained with one")
     p.add_argument("--reverse", action="store_true", help="CycleGAN: translate target -> source (e.g. FLAIR -> T1c)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass (default 64)")
     _add_device(p)
