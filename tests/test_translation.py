@@ -378,6 +378,10 @@ def test_native_size_2_5d_recipe_translates_whole_volumes_in_their_own_format(mi
     assert "resampled back" in json.loads(result.header.extensions[0].get_content())["output_space"]["note"]
     with pytest.raises(MedsynthError, match="give --mask"):
         translate(run, src, tmp_path / "nomask.nii.gz")
+    shifted = tmp_path / "shifted_mask.nii.gz"  # same shape, first axis reversed: refused, not misapplied
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), image.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])), str(shifted))
+    with pytest.raises(MedsynthError, match="mask's affine differs"):
+        translate(run, src, tmp_path / "m.nii.gz", mask=shifted)
     with pytest.raises(MedsynthError, match="NRRD output keeps an NRRD input"):
         translate(run, src, tmp_path / "x.nrrd", mask=mask)
 

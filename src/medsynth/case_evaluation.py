@@ -84,7 +84,6 @@ def _means(per_case: dict[str, dict[str, float]], resamples: int, seed: int) -> 
 
 
 def evaluate_segmentation(recipe, real: Path | None, resamples: int, seed: int, log=print) -> dict:
-    from medsynth.data.patches import to_values
     from medsynth.metrics.segmentation import score_label_maps
     from medsynth.segment import is_case_folder, segment_case
 
@@ -107,11 +106,10 @@ def evaluate_segmentation(recipe, real: Path | None, resamples: int, seed: int, 
 
 def evaluate_translation(recipe, real: Path | None, resamples: int, seed: int, batch_size: int = 64,
                          log=print) -> dict:
-    from medsynth.data.cases import load_case
+    from medsynth.data.cases import load_case, match_file
     from medsynth.data.patches import prepare_case
-    from medsynth.metrics.translation import translation_scores
-    from medsynth.data.cases import match_file
     from medsynth.data.slices import mask_slices
+    from medsynth.metrics.translation import translation_scores
     from medsynth.translate import translate_volume
 
     cfg = recipe.cfg

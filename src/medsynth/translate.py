@@ -172,9 +172,14 @@ def _translate_volume_file(recipe, path: Path, out: Path, mask_path, batch_size:
                             f"'{data.mask}'; a whole volume would be normalised otherwise)")
     mask = None
     if mask_path is not None:
-        mask = require_3d(read_any_volume(Path(mask_path)), "a mask").array > 0
+        mask_volume = require_3d(read_any_volume(Path(mask_path)), "a mask")
+        mask = mask_volume.array > 0
         if mask.shape != volume.array.shape:
             raise MedsynthError(f"{mask_path}: mask of shape {mask.shape} does not match {path} {volume.array.shape}")
+        # same shape but voxel axes in another order or direction (a NIfTI mask for a DICOM series)
+        if not np.allclose(mask_volume.affine[:3, :3], volume.affine[:3, :3], atol=1e-3):
+            raise MedsynthError(f"{mask_path}: the mask's affine differs from {path}'s in its voxel axes (another "
+                                "order or direction); give the mask in the image's voxel order")
     space = recipe.cfg.model.get("output_space") or {}
     forward, backward = _orientation(volume.affine, space.get("axcodes"))
     array = volume.array if forward is None else nio.apply_orientation(volume.array, forward)

@@ -31,6 +31,16 @@ def conv_block(spatial_dims: int, cin: int, cout: int, stride: int = 1) -> nn.Se
                          norm(cout), nn.LeakyReLU(0.2, inplace=True))
 
 
+def resize_conv(spatial_dims: int, cin: int, cout: int, mode: str) -> list[nn.Module]:
+    """Twice the size without a checkerboard (Odena et al. 2016): interpolation (bilinear /
+    trilinear, or nearest) then a 3x3 convolution. A list, so callers keep their flat layer names."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"unknown resize mode {mode!r}; expected bilinear or nearest")
+    interp = mode if mode == "nearest" else ("bilinear" if spatial_dims == 2 else "trilinear")
+    extra = {} if mode == "nearest" else {"align_corners": False}
+    return [nn.Upsample(scale_factor=2, mode=interp, **extra), conv_cls(spatial_dims)(cin, cout, 3, padding=1)]
+
+
 def upsample_block(spatial_dims: int, cin: int, cout: int, mode: str) -> nn.Sequential:
     """Doubles the spatial size.
 
@@ -43,9 +53,7 @@ def upsample_block(spatial_dims: int, cin: int, cout: int, mode: str) -> nn.Sequ
         up = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[spatial_dims]
         layers = [up(cin, cout, 3, stride=2, padding=1, output_padding=1)]
     elif mode in ("bilinear", "nearest"):
-        interp = mode if mode == "nearest" else ("bilinear" if spatial_dims == 2 else "trilinear")
-        extra = {} if mode == "nearest" else {"align_corners": False}
-        layers = [nn.Upsample(scale_factor=2, mode=interp, **extra), conv_cls(spatial_dims)(cin, cout, 3, padding=1)]
+        layers = resize_conv(spatial_dims, cin, cout, mode)
     else:
         raise ValueError(f"unknown upsample mode {mode!r}; expected one of {UPSAMPLE_MODES}")
     return nn.Sequential(*layers, norm(cout), nn.LeakyReLU(0.2, inplace=True))

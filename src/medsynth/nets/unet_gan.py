@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medsynth.nets.blocks import resize_conv
+
 
 def widths(width: float, depth: int, base: int = 64) -> list[int]:
     return [max(2, int(round(base * width * 2 ** i))) for i in range(depth)]
@@ -35,15 +37,11 @@ class UNetGenerator(nn.Module):
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         transposed = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
 
-        def up(cin: int, cout: int, *_, **__) -> nn.Module:
+        def up(cin: int, cout: int) -> nn.Module:
             """Twice the size: a stride-2 transposed convolution (kernel 4), or resize + 3x3 conv."""
             if upsample == "transposed":
                 return transposed(cin, cout, 4, stride=2, padding=1)
-            if upsample not in ("bilinear", "nearest"):
-                raise ValueError(f"unknown upsample mode {upsample!r}")
-            mode = "nearest" if upsample == "nearest" else ("trilinear" if spatial_dims == 3 else "bilinear")
-            extra = {} if mode == "nearest" else {"align_corners": False}
-            return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode, **extra), conv(cin, cout, 3, padding=1))
+            return nn.Sequential(*resize_conv(spatial_dims, cin, cout, upsample))
         norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         ch = widths(width, depth)
         self.depth = depth
@@ -64,9 +62,9 @@ class UNetGenerator(nn.Module):
         prev = 2 * c if bottleneck_blocks else c
         self.up = nn.ModuleList()
         for c in reversed(ch[:-1]):
-            self.up.append(block([up(prev, c, 4, stride=2, padding=1), norm(c, affine=True)], nn.ReLU()))
+            self.up.append(block([up(prev, c), norm(c, affine=True)], nn.ReLU()))
             prev = 2 * c  # after concatenation with the encoder block of this scale
-        self.out = up(prev, out_channels, 4, stride=2, padding=1)
+        self.out = up(prev, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
