@@ -1,6 +1,7 @@
 """What the end of training writes into a run directory, by what the recipe can do:
 
-    can_sample        samples.png (conditional models cycle over their classes)
+    can_sample        samples.png (conditional models cycle over their classes; models that draw
+                      from label maps: held-out cases' maps, real image beside the drawn one)
     can_reconstruct   reconstructions.png; reconstruction scores where the recipe names a file
                       (latent diffusion: autoencoder.json, stage 1's MS-SSIM / SSIM / PSNR)
     can_translate     translations.png and translation.json (beside the copy-the-source baseline)
@@ -40,7 +41,9 @@ def write_artefacts(recipe, splits, run_dir: Path, seed: int) -> dict:
         if recipe.reconstruction_scores_file:
             figures.update(write_reconstruction_scores(recipe, splits, run_dir))
         save_reconstructions(recipe, splits, run_dir, seed)
-    if recipe.can_sample and recipe.ready_to_sample():
+    if recipe.from_label_maps:
+        save_drawn_from_maps(recipe, splits, run_dir, seed)
+    elif recipe.can_sample and recipe.ready_to_sample():
         save_samples(recipe, splits, run_dir, seed)
     if recipe.can_translate:
         figures.update(write_translations(recipe, splits, run_dir, seed))
@@ -61,6 +64,29 @@ def save_samples(recipe, splits, run_dir: Path, seed: int) -> None:
         n = len(condition)
     save_grid(run_dir / runs.SAMPLES, recipe.sample(n, condition=condition, generator=generator),
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="samples"))
+
+
+def save_drawn_from_maps(recipe, splits, run_dir: Path, seed: int, cases: int = 4) -> None:
+    """samples.png for a model that draws images from label maps: per held-out case (validation,
+    else training), a patch-sized box around its foreground: the real image, the real image with
+    its map over it, and the image drawn from that map (the axial slice with most foreground)."""
+    held = (splits.val or splits.train)[:cases]
+    size = list(recipe.cfg.model.image_size)
+    generator = torch.Generator(device=recipe.device).manual_seed(seed)
+    rows = []
+    for case in held:
+        centre = np.round(np.argwhere(case.label > 0).mean(axis=0)).astype(int) if case.label.any() else \
+            np.array(case.label.shape) // 2
+        start = [int(np.clip(c - s // 2, 0, max(0, n - s))) for c, s, n in zip(centre, size, case.label.shape)]
+        box = tuple(slice(a, a + s) for a, s in zip(start, size))
+        label = case.label[box]
+        drawn = recipe.sample(1, condition=torch.from_numpy(label[None, None].astype(np.int64)),
+                              generator=generator)[0, 0].cpu().numpy()
+        real_tiles = overlay_rows(case.image[0][box], label, label)
+        rows.append(torch.cat([real_tiles[:2], overlay_rows(drawn, label, label)[:1]]))
+    save_grid(run_dir / runs.SAMPLES, torch.cat(rows), nrow=3,
+              provenance=synthetic_provenance(recipe, run_dir, seed, kind="drawn from held-out label maps (per "
+                                              "case: real image, real image with its map, image drawn from the map)"))
 
 
 def save_reconstructions(recipe, splits, run_dir: Path, seed: int) -> None:

@@ -40,7 +40,8 @@ def _sample(args) -> None:
     out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
-                 guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite, dtype=args.dtype)
+                 guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite, dtype=args.dtype,
+                 label_maps=args.label_maps)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -70,7 +71,13 @@ def _evaluate(args) -> None:
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
                       resamples=args.resamples,
-                      overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real, log=_log())
+                      overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real,
+                      seg_config=args.seg_config, seg_overrides=args.seg_override, log=_log())
+    if result.get("task") == "segmentation_utility":
+        section = result["segmentation_utility"]
+        print(json.dumps({"dice": {arm: {k: v for k, v in s["mean"].items() if k.startswith("dice")}
+                                   for arm, s in section["arms"].items()}, "ratio": section["ratio"]}, indent=1))
+        return
     if result.get("task") in ("segmentation", "translation"):
         print(json.dumps({k: v for k, v in result[result["task"]]["mean"].items() if not k.endswith("_interval")},
                          indent=1))
@@ -137,7 +144,9 @@ def _add_sample(sub) -> None:
                        description="Write N synthetic images to an .npz (keys images, labels, provenance; "
                                    "MedMNIST layout, uint8 unless --dtype), NIfTI, a folder of PNGs or DICOM "
                                    "series, or as .npz shards with a manifest (--out-dir), and optionally a PNG "
-                                   "grid of the first 64. Every file is marked synthetic.")
+                                   "grid of the first 64. Models that draw images from label maps (spade) write "
+                                   "(image, label map) NIfTI pairs with manifest.csv into --out-dir. Every file is "
+                                   "marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `medsynth train`")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
     p.add_argument("--out", help="output: an .npz file (keys images, labels, provenance); a .nii.gz "
@@ -153,6 +162,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="sampling processes with --out-dir (default 1)")
     p.add_argument("--grid", help="also write a PNG grid of the first 64 samples here")
     p.add_argument("--label", type=int, help="class to draw (conditional models; default: cycle over classes)")
+    p.add_argument("--label-maps", help="models that draw images from label maps (spade): a map file or a folder "
+                                        "of them to draw from as given (default: the run's training maps, each "
+                                        "randomly deformed); pairs and manifest.csv go to --out-dir")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples; default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     _add_device(p)
@@ -252,6 +264,12 @@ def _add_evaluate(sub) -> None:
                    help="images per set for all-pairs MS-SSIM (default 1000)")
     p.add_argument("--utility-steps", type=int, default=300, help="training steps of each TSTR classifier")
     p.add_argument("--no-utility", action="store_true", help="skip train-on-synthetic-test-on-real")
+    p.add_argument("--seg-config", help="segmentation utility of synthetic (image, label map) pairs (--fake: their "
+                                        "folder): this segmentation recipe trained on the real cases, the pairs, "
+                                        "and both at the same budget, each scored on the real test cases")
+    p.add_argument("--seg-override", action="append", default=[], metavar="key=value",
+                   help="with --seg-config: an override for all three trainings (repeatable), e.g. "
+                        "trainer.max_epochs=50")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals of FID, "
                                                             "PRDC and diversity (default 200; 0: none)")

@@ -65,6 +65,10 @@ class DataConfig:
     augment: bool = False
     rotate_degrees: float = 15.0  # uniform in +-this about each axis
     scale_range: float = 0.1  # zoom uniform in [1 - r, 1 + r]
+    # synthetic (image, label map) pairs: a `medsynth sample` manifest.csv of a spade run, whose cases
+    # join the training split ("add") or replace it ("replace"); validation and test stay the real ones
+    synthetic: Optional[str] = None
+    synthetic_mode: str = "add"
 
 
 @dataclass
@@ -92,6 +96,9 @@ class ModelConfig:
     sw_batch_size: int = 2  # windows per forward pass
     largest_component: bool = False  # keep each foreground class's largest connected component
     test_time_flips: bool = False  # segment: average the class probabilities over the 8 flips of the volume
+    # images from label maps (model.family=spade, nets/spade.py; model.width, depth, disc_layers as above)
+    noise_channels: int = 16  # channels of the noise map at 1/2^depth of the image size
+    num_discriminators: int = 2  # PatchGANs of disc_layers x 1, 2, ... strided layers
     # latent diffusion, stage 1 (MONAI AutoencoderKL; model.channels are its level widths)
     latent_channels: int = 3
     num_res_blocks: int = 1
@@ -132,6 +139,7 @@ class LossConfig:
     dice_weight: float = 5.0  # lambda of Vox2Vox: generalized Dice (MONAI, square class weights)
     ce_weight: float = 0.0  # + this x voxel-wise cross-entropy (segmentation; Dice + CE is the common recipe)
     l1_weight: float = 100.0  # lambda of pix2pix: L1 between translation and target
+    feature_matching_weight: float = 10.0  # spade: L1 between discriminator features of real and drawn images
     cycle_weight: float = 10.0  # CycleGAN: lambda of the cycle-consistency L1
     identity_weight: float = 5.0  # CycleGAN: identity L1 (half the cycle weight in the paper); 0 switches it off
     history_pool: int = 50  # CycleGAN: earlier translations the discriminators also see (0: none)
@@ -240,10 +248,14 @@ CHOICES = {
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.channels": (None, 1, 3),
     "optim.schedule": ("constant", "cosine", "poly"),
+    "data.synthetic_mode": ("add", "replace"),
 }
+# families trained on image + label-map patches (data.format=segmentation)
+PATCH_FAMILIES = ("segmentation", "spade")
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
             "loss.discrete_capacity_steps", "model.temperature", "data.patches_per_epoch",
-            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size", "data.target_channels",
+            "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size",
+            "model.noise_channels", "model.num_discriminators", "data.target_channels",
             "model.latent_channels", "model.num_res_blocks", "diffusion.unet_res_blocks", "diffusion.num_head_channels",
             "diffusion.lr", "diffusion.num_train_timesteps", "diffusion.sampling_steps")
 
@@ -297,10 +309,10 @@ def _check(cfg: DictConfig, source: str) -> None:
     if cfg.loss.adversarial_weight < 0 or cfg.loss.dice_weight < 0 or cfg.loss.ce_weight < 0:
         raise MedsynthError(f"{source}: loss.adversarial_weight, loss.dice_weight and loss.ce_weight must be >= 0")
     scheduled = cfg.optim.schedule != "constant" or cfg.optim.warmup_steps
-    if scheduled and cfg.model.family != "segmentation":
+    if scheduled and cfg.model.family not in PATCH_FAMILIES:
         raise MedsynthError(f"{source}: optim.schedule and optim.warmup_steps are used by model.family="
-                            f"segmentation only (got {cfg.model.family!r})")
-    for key in ("splits", "source_spacing"):
+                            f"{' or '.join(PATCH_FAMILIES)} only (got {cfg.model.family!r})")
+    for key in ("splits", "source_spacing", "synthetic"):
         if cfg.data[key] is not None and cfg.data.format != "segmentation":
             raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "
                                 f"{cfg.data.format!r})")
@@ -327,9 +339,11 @@ def _check(cfg: DictConfig, source: str) -> None:
     if cfg.model.family in ("pix2pix", "cyclegan") and cfg.data.format != "paired_slices":
         raise MedsynthError(f"{source}: model.family={cfg.model.family} trains on data.format=paired_slices "
                             f"(got {cfg.data.format!r})")
-    if cfg.model.family == "segmentation" and cfg.data.format != "segmentation":
-        raise MedsynthError(f"{source}: model.family=segmentation trains on data.format=segmentation "
+    if cfg.model.family in PATCH_FAMILIES and cfg.data.format != "segmentation":
+        raise MedsynthError(f"{source}: model.family={cfg.model.family} trains on data.format=segmentation "
                             f"(got {cfg.data.format!r})")
+    if cfg.loss.feature_matching_weight < 0:
+        raise MedsynthError(f"{source}: loss.feature_matching_weight must be >= 0")
     d = cfg.diffusion
     if not 0 <= d.condition_dropout < 1:
         raise MedsynthError(f"{source}: diffusion.condition_dropout must be in [0, 1), got {d.condition_dropout}")

@@ -36,6 +36,7 @@ from medsynth.provenance import medsynth_version, synthetic_lineage
 from medsynth.tracking import flat_metrics, log_to_tracked_run
 from medsynth.runs import CONFIG, EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
+from medsynth.segmentation_utility import segmentation_utility
 from medsynth.writers import save_grid, write_text
 
 MIN_IMAGES = 10
@@ -152,7 +153,7 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
              utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
-             log=print) -> dict:
+             seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (), log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
@@ -162,13 +163,25 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     A `real` set marked synthetic by medsynth is refused unless `allow_synthetic_real` (then the
     result says so under sets.real.synthetic). A translation or segmentation run as `fake` is scored
     per held-out case instead (case_evaluation.py; `real`: case folders, default the run's held-out
-    cases; train, features, n, k and utility do not apply)."""
+    cases; train, features, n, k and utility do not apply). With `seg_config`, `fake` is a folder of
+    synthetic (image, label map) pairs and the result is their segmentation utility
+    (segmentation_utility.py: the recipe trained on real, synthetic and both, scored on the real
+    test cases; `seg_overrides` adjust the recipe for all three alike)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
         if value is not None and value < least:  # a negative -n would silently drop images
             raise MedsynthError(f"{name} must be >= {least}, got {value}")
     inputs = [real, fake, train, features]
     flag = "--out" if out is not None else "evaluation output"
+    if seg_config is not None:  # synthetic pairs' segmentation utility
+        if out is None:
+            out = Path(fake) / EVALUATION if Path(fake).is_dir() else Path("metrics.json")
+        out = check_output(out, overwrite, [real, seg_config], (".json",), flag)
+        result = _clean(segmentation_utility(fake, seg_config, list(seg_overrides), Path(out).parent / "utility_runs",
+                                             resamples, seed, log))
+        write_text(out, json.dumps(result, indent=2))
+        log(f"metrics: {out}")
+        return result
     if out is None:
         out = Path(fake) / EVALUATION if is_run(fake) else Path("metrics.json")
     out = check_output(out, overwrite, inputs, (".json",), flag)

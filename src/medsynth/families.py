@@ -13,6 +13,7 @@ FAMILIES = {
     "pix2pix": "medsynth.models.translation:Pix2PixRecipe",
     "cyclegan": "medsynth.models.translation:CycleGANRecipe",
     "segmentation": "medsynth.models.segmentation:SegmentationRecipe",
+    "spade": "medsynth.models.label_to_image:SPADERecipe",  # images from label maps
     "ldm": "medsynth.models.ldm:LatentDiffusionRecipe",
     "classifier": "medsynth.models.classifier:ClassifierRecipe",  # the domain feature network
 }

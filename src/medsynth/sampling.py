@@ -62,6 +62,9 @@ def check_samples(recipe) -> None:
     if recipe.can_segment:
         raise MedsynthError(f"a {family} model does not draw samples: segment volumes with "
                             "`medsynth segment RUN --input ... --out ...`")
+    if getattr(recipe, "from_label_maps", False):
+        raise MedsynthError(f"a {family} model draws images from label maps: write (image, label map) pairs "
+                            "with `medsynth sample RUN -n N --out-dir DIR`")
     if not recipe.can_sample:
         raise MedsynthError(f"a {family} model does not draw samples")
 
@@ -91,7 +94,8 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
            label: int | None = None, seed: int = 0, batch_size: int = 256, device: str = "cpu",
            out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
            sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-           spacing: str | None = None, overwrite: bool = False, dtype: str | None = None) -> Path:
+           spacing: str | None = None, overwrite: bool = False, dtype: str | None = None,
+           label_maps: str | Path | None = None) -> Path:
     """Write n samples to `out` or as .npz shards into `out_dir`. Existing outputs are refused
     unless `overwrite`; a run's own files always. What `out` is decides the format:
 
@@ -105,7 +109,14 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
       with dtype uint16) with labels.csv; 3D models as one DICOM series per volume, in scanner space.
 
     sampler (a name in medsynth.diffusion.SAMPLERS), steps, guidance, spacing: latent diffusion's
-    (defaults: the run's config)."""
+    (defaults: the run's config).
+
+    A run that draws images from label maps (model.family=spade) writes (image, label map) pairs
+    into `out_dir` instead (medsynth.pairs), from its deformed training maps or from `label_maps`."""
+    if label_maps is not None or draws_from_label_maps(run_dir):
+        return _sample_pairs(run_dir, n, out, out_dir, seed, label_maps, device, overwrite,
+                             label=label, grid=grid, dtype=dtype, sampler=sampler, steps=steps, guidance=guidance,
+                             spacing=spacing)
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     _check_counts(n, batch_size)
@@ -137,6 +148,30 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     if grid is not None:
         save_grid(grid, images[:64], provenance=prov)
     return out
+
+
+def draws_from_label_maps(run_dir: str | Path) -> bool:
+    """Whether a run's family draws images from label maps (read from its config, nothing loaded)."""
+    from medsynth.config import load_config
+    from medsynth.models import recipe_class
+    from medsynth.runs import CONFIG, check_run_dir
+
+    return bool(getattr(recipe_class(load_config(check_run_dir(run_dir) / CONFIG).model.family),
+                        "from_label_maps", False))
+
+
+def _sample_pairs(run_dir, n: int, out, out_dir, seed: int, label_maps, device: str, overwrite: bool,
+                  **unused) -> Path:
+    """Pairs for a label-map run, after refusing the options that do not apply to it."""
+    from medsynth.pairs import sample_pairs
+
+    if out is not None or out_dir is None:
+        raise MedsynthError("this model draws (image, label map) pairs: give --out-dir DIR (not --out)")
+    given = [k.replace("_", "-") for k, v in unused.items() if v is not None]
+    if given:
+        raise MedsynthError(f"--{', --'.join(given)}: not used when drawing (image, label map) pairs")
+    return sample_pairs(run_dir, n, out_dir, seed=seed, label_maps=label_maps, device=device, overwrite=overwrite,
+                        log=console.say)
 
 
 def _check_format(recipe, out: Path, kind: str, dtype: str | None) -> dict | None:

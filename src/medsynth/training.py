@@ -220,6 +220,8 @@ def _record_lineage(run_dir: Path, cfg: DictConfig, log) -> None:
     """When the training data carries medsynth's synthetic mark, keep its provenance in the run
     (runs.LINEAGE), so everything this model makes says it was trained on synthetic data."""
     lineage = synthetic_lineage(cfg.data.path)
+    if lineage is None and cfg.data.synthetic:  # synthetic pairs beside (or instead of) the real cases
+        lineage = synthetic_lineage(Path(cfg.data.synthetic).parent)
     if lineage is None:
         return
     write_text(run_dir / runs.LINEAGE, json.dumps(lineage, indent=2))

@@ -182,6 +182,9 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
                   for s in SPLIT_FOLDERS}
     else:
         raise MedsynthError(f"{path}: segmentation data must be a folder of split sub-folders or a manifest")
+    if data_cfg.synthetic and "train" in which:
+        made = synthetic_cases(data_cfg.synthetic, len(contrasts), classes)
+        groups["train"] = made if data_cfg.synthetic_mode == "replace" else [*groups["train"], *made]
     limit = data_cfg.limit
     out = {}
     groups = {s: (cases if s in which else []) for s, cases in groups.items()}
@@ -198,6 +201,18 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
     if "train" in which and not out["train"]:
         raise MedsynthError(f"{path}: no training cases")
     return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path))
+
+
+def pair_columns(channels: int) -> list[str]:
+    """The image columns of a synthetic pairs manifest: "image", or image_0.. for several contrasts."""
+    return ["image"] if channels == 1 else [f"image_{k}" for k in range(channels)]
+
+
+def synthetic_cases(manifest: str | Path, channels: int, classes: list[int]) -> list[Case]:
+    """The (image, label map) pairs a `medsynth sample` of a spade run lists in its manifest.csv
+    (columns case, image or image_0.., label, mask_source, seed), as cases; their label values are
+    checked against `classes` like a real case's."""
+    return cases_from_manifest(manifest, pair_columns(channels), label="label", classes=classes)
 
 
 class PatchSampler(Dataset):

@@ -47,6 +47,8 @@ class Recipe(L.LightningModule):
     - can_segment:     segment(image C x *spatial, mask=None) -> class indices
     - can_classify:    predict_scores(x) -> B x K (the domain feature network)
     - conditional:     (per instance, from model.conditional) takes class labels
+    - from_label_maps: sample() draws images from label maps (condition: B x 1 x *spatial class
+                       indices); `medsynth sample` writes (image, label map) pairs
     """
 
     can_sample = False
@@ -54,6 +56,7 @@ class Recipe(L.LightningModule):
     can_translate = False
     can_segment = False
     can_classify = False
+    from_label_maps = False
     # written at the end of training with reconstruction scores of the held-out split (None: not written)
     reconstruction_scores_file: str | None = None
 

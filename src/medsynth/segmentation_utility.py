@@ -1,0 +1,90 @@
+"""What synthetic (image, label map) pairs are worth for segmentation: one segmentation recipe
+trained three times at the same budget, and each scored on the real held-out cases.
+
+- real:            the recipe as it is (its real training cases);
+- synthetic:       the pairs alone (data.synthetic, synthetic_mode=replace);
+- real+synthetic:  the real training cases and the pairs (synthetic_mode=add).
+
+The budget is the recipe's own: trainer.max_epochs x data.patches_per_epoch patches, drawn at random
+from whatever the training set holds, so every arm sees the same number of batches; validation and
+test cases are the real ones in all three. Scores per arm: Dice and HD95 per class per test case
+(case_evaluation.evaluate_segmentation, the whole case segmented as `medsynth segment` does), means
+with bootstrap intervals over cases; and per foreground class the ratio of the synthetic arm's mean
+Dice to the real arm's, with a paired bootstrap interval (the same cases resampled for both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.case_evaluation import evaluate_segmentation
+from medsynth.errors import MedsynthError
+from medsynth.metrics.intervals import LEVEL
+from medsynth.models import load_run
+from medsynth.training import train
+
+ARMS = {"real": None, "synthetic": "replace", "real+synthetic": "add"}
+
+
+def pairs_manifest(pairs: str | Path) -> Path:
+    """A pairs folder (its manifest.csv) or the manifest itself, checked to list label maps."""
+    pairs = Path(pairs)
+    manifest = pairs / "manifest.csv" if pairs.is_dir() else pairs
+    if not manifest.is_file():
+        raise MedsynthError(f"{pairs}: no manifest.csv of (image, label map) pairs (made by `medsynth sample` "
+                            "of a model that draws from label maps)")
+    header = manifest.read_text().splitlines()[:1]
+    if not header or "label" not in header[0].split(","):
+        raise MedsynthError(f"{manifest}: has no label column: not a manifest of (image, label map) pairs")
+    return manifest
+
+
+def ratio_interval(synthetic: np.ndarray, real: np.ndarray, resamples: int, seed: int) -> list[float] | None:
+    """Percentile bootstrap interval of mean(synthetic) / mean(real), cases resampled in pairs."""
+    if resamples <= 0 or len(real) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(real), size=(resamples, len(real)))
+    ratios = synthetic[picks].mean(1) / np.maximum(real[picks].mean(1), 1e-12)
+    alpha = (1 - LEVEL) / 2
+    return [float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))]
+
+
+def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: list[str] | tuple = (),
+                         runs_dir: str | Path = "runs/utility", resamples: int = 200, seed: int = 0,
+                         log=print) -> dict:
+    """Train `seg_config` (+ `overrides`) on each arm, score each on the real test cases; the result
+    dict (evaluation.json layout: task, sets, segmentation_utility, settings)."""
+    manifest = pairs_manifest(pairs)
+    arms = {}
+    for arm, mode in ARMS.items():
+        extra = [] if mode is None else [f"data.synthetic={manifest.resolve()}", f"data.synthetic_mode={mode}"]
+        log(f"segmentation utility: training on {arm}")
+        run = train(seg_config, [*overrides, *extra, f"runs_dir={runs_dir}", f"name=utility-{arm.replace('+', '-')}"],
+                    log=lambda *_: None)
+        recipe = load_run(run)
+        if recipe.cfg.model.family != "segmentation":
+            raise MedsynthError(f"{seg_config}: model.family={recipe.cfg.model.family}; the utility trains a "
+                                "segmentation recipe")
+        scored = evaluate_segmentation(recipe, None, resamples, seed, log)
+        arms[arm] = {"run": str(run), **scored["segmentation"]}
+        test = scored["sets"]["real"]
+    budget = {"batches": int(recipe.cfg.trainer.max_epochs) * -(-int(recipe.cfg.data.patches_per_epoch)
+                                                                  // int(recipe.cfg.data.batch_size)),
+              "batch_size": int(recipe.cfg.data.batch_size), "patch_size": list(recipe.cfg.model.image_size)}
+    ratios = {}
+    for name in [str(c) for c in recipe.cfg.data.classes[1:]]:
+        key = f"dice_class_{name}"
+        cases = list(arms["real"]["cases"])
+        real = np.array([arms["real"]["cases"][c]["classes"][name]["dice"] for c in cases])
+        synthetic = np.array([arms["synthetic"]["cases"][c]["classes"][name]["dice"] for c in cases])
+        ratios[key] = {"synthetic_over_real": float(synthetic.mean() / max(real.mean(), 1e-12)),
+                       "interval": ratio_interval(synthetic, real, resamples, seed)}
+    return {"task": "segmentation_utility",
+            "sets": {"synthetic": {"source": str(manifest)}, "real": test},
+            "segmentation_utility": {"arms": arms, "ratio": ratios, "budget": budget,
+                                     "config": str(seg_config), "overrides": list(overrides)},
+            "settings": {"seed": seed, "intervals": {"level": LEVEL, "resamples": resamples,
+                                                     "method": "percentile bootstrap over cases"}}}

@@ -1,0 +1,251 @@
+"""Images drawn from label maps (SPADE) on the real LA heart cases: the generator, map checks and
+deformations, training, (image, label map) pairs from `medsynth sample`, segmentation models
+trained on the pairs (data.synthetic) and the segmentation utility of `medsynth evaluate`."""
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from medsynth.config import load_config
+from medsynth.data.label_maps import check_label_map, deform_label_map, one_hot, pad_to_multiple
+from medsynth.data.patches import load_segmentation_splits
+from medsynth.errors import MedsynthError
+from medsynth.models import build_recipe, load_run
+from medsynth.nets.spade import SPADEGenerator
+from medsynth.provenance import read_provenance
+from medsynth.segmentation_utility import ratio_interval
+from medsynth.training import build_data, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = json.loads((ROOT / "configs/splits/la_heart.json").read_text())
+SPADE = ROOT / "configs/spade_la_heart.yaml"
+UNET = ROOT / "configs/unet_la_heart.yaml"
+
+
+def tiny(runs, split_file, *extra):
+    return [f"runs_dir={runs}", f"data.splits={split_file}", "data.patch_size=[32,32,32]", "data.patches_per_epoch=4",
+            "data.val_patches=1", "model.depth=2", "model.width=0.125", "model.num_discriminators=1",
+            "trainer.max_epochs=2", *extra]
+
+
+@pytest.fixture
+def cases(tmp_path):
+    """A split file naming real cases: two for training, one each for validation and test."""
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": SPLIT["train"][:2], "validation": SPLIT["validation"][:1],
+                                "test": SPLIT["test"][:1]}))
+    return path
+
+
+@pytest.fixture
+def spade_run(cases, tmp_path):
+    return train(SPADE, tiny(tmp_path / "runs", cases), log=lambda *_: None)
+
+
+def sphere(shape=(40, 40, 40), radius=12.0) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*[np.arange(s) - s / 2 for s in shape], indexing="ij"))
+    return (np.sqrt((grid ** 2).sum(0)) < radius).astype(np.uint8)
+
+
+def dice(a, b) -> float:
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_generator_draws_any_size_its_noise_decides_and_the_map_shapes_it():
+    torch.manual_seed(0)
+    g = SPADEGenerator(3, 2, 1, width=0.125, depth=2, noise_channels=4).eval()
+    labels = torch.from_numpy(sphere((24, 32, 16)))[None, None]
+    onehot = one_hot(labels, 2)
+    assert onehot.shape == (1, 2, 24, 32, 16) and torch.equal(onehot.sum(1), torch.ones(1, 24, 32, 16))
+    noise = torch.randn(g.noise_shape(onehot.shape))
+    assert list(noise.shape) == [1, 4, 6, 8, 4]
+    out = g(onehot, noise)
+    assert out.shape == (1, 1, 24, 32, 16)
+    assert torch.equal(out, g(onehot, noise))  # deterministic given map and noise
+    assert not torch.allclose(out, g(onehot, torch.randn_like(noise)))  # the noise matters
+    assert not torch.allclose(out, g(one_hot(1 - labels, 2), noise))  # and so does the map
+    flat = SPADEGenerator(2, 3, 2, width=0.125, depth=3, noise_channels=2)
+    maps = one_hot(torch.randint(0, 3, (2, 1, 40, 24)), 3)
+    padded, keep = pad_to_multiple(maps, 8)
+    assert padded.shape == (2, 3, 40, 24) and padded[tuple(keep)].shape == maps.shape
+    odd, keep = pad_to_multiple(one_hot(torch.zeros(1, 1, 21, 13, dtype=torch.long) + 2, 3), 8)
+    assert odd.shape == (1, 3, 24, 16) and odd[0, 0, 21:].eq(1).all() and odd[0, 2, 21:].eq(0).all()
+    assert odd[tuple(keep)].shape == (1, 3, 21, 13)
+    assert flat(padded, torch.randn(flat.noise_shape(padded.shape))).shape == (2, 2, 40, 24)
+
+
+def test_bad_label_maps_get_one_clear_error():
+    good = sphere() * 4
+    assert set(np.unique(check_label_map(good, [0, 4], 3, "m.nii.gz")).tolist()) == {0, 1}
+    with pytest.raises(MedsynthError, match=r"m.nii.gz: label values \[2, 7\] are outside the model's classes"):
+        check_label_map(np.where(good > 0, 7, 2 * (np.arange(40) % 2)[:, None, None]), [0, 4], 3, "m.nii.gz")
+    with pytest.raises(MedsynthError, match=r"m.nii.gz: label map of shape \[40, 40\] is not 3D"):
+        check_label_map(good[0], [0, 4], 3, "m.nii.gz")
+    with pytest.raises(MedsynthError, match="all background"):
+        check_label_map(np.zeros((8, 8, 8)), [0, 4], 3, "m.nii.gz")
+    with pytest.raises(MedsynthError, match="non-integer"):
+        check_label_map(good + 0.5, [0, 4], 3, "m.nii.gz")
+
+
+def test_deformed_maps_keep_shape_and_classes_move_the_boundary_and_repeat():
+    truth = sphere() + sphere(radius=5)  # classes 0, 1, 2
+    elastic = deform_label_map(truth, seed=3, rotate_degrees=0, scale_range=0)
+    assert elastic.shape == truth.shape and set(np.unique(elastic).tolist()) == {0, 1, 2}
+    assert 0.75 < dice(elastic > 0, truth > 0) < 0.995  # moved, but the same structure
+    assert np.array_equal(elastic, deform_label_map(truth, seed=3, rotate_degrees=0, scale_range=0))
+    assert not np.array_equal(elastic, deform_label_map(truth, seed=4, rotate_degrees=0, scale_range=0))
+    # affine only, a zoom: the sphere's volume scales by the cube of the zoom (nearest neighbour)
+    zoomed = deform_label_map(truth, seed=0, rotate_degrees=0, scale_range=0.2, elastic=0)
+    ratio = (zoomed > 0).sum() / (truth > 0).sum()
+    assert 0.8 ** 3 * 0.9 < ratio < 1.2 ** 3 * 1.1 and abs(ratio - 1) > 0.01
+    flat = deform_label_map(sphere((48, 48, 1))[..., 0], seed=1)
+    assert flat.shape == (48, 48) and 0.5 < dice(flat > 0, sphere((48, 48, 1))[..., 0] > 0) < 1
+
+
+def test_generator_learns_the_map_to_image_relation_on_real_patches(cases, tmp_path):
+    cfg = load_config(SPADE, tiny(tmp_path, cases, "data.batch_size=2", "data.augment=false"))
+    _, data = build_data(cfg)
+    recipe = build_recipe(cfg)
+    batch = next(iter(data.train_dataloader()))
+    onehot = one_hot(batch["label"], 2)
+    noise = torch.randn(recipe.generator.noise_shape(onehot.shape), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(recipe.generator.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = (torch.tanh(recipe.generator(onehot, noise)) - batch["image"]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_spade_trains_and_writes_pairs_with_the_source_geometry(spade_run, cases, tmp_path, capsys):
+    summary = json.loads((spade_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and (spade_run / "samples.png").is_file()
+    out = tmp_path / "pairs"
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 3, "--out-dir", out, "--seed", 5)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["case"] for r in rows] == ["pair_00000", "pair_00001", "pair_00002"]
+    assert [r["seed"] for r in rows] == ["5", "6", "7"]
+    assert [r["mask_source"] for r in rows] == [f"deformed:{n}" for n in SPLIT["train"][:2] + SPLIT["train"][:1]]
+    for r in rows:
+        image, label = nib.load(out / r["image"]), nib.load(out / r["label"])
+        assert image.shape == label.shape and len(image.shape) == 3 and min(image.shape) >= 80
+        assert np.allclose(image.affine, label.affine) and np.allclose(np.diag(image.affine), [0.625] * 3 + [1])
+        values = np.asarray(label.dataobj)
+        assert set(np.unique(values).tolist()) == {0, 1}
+        data = np.asarray(image.dataobj)
+        assert np.isfinite(data).all() and -1 <= data.min() and data.max() <= 1
+        for f in (r["image"], r["label"]):
+            prov = read_provenance(out / f)
+            assert prov["synthetic"] and prov["mask_source"] == r["mask_source"] and prov["seed"] == int(r["seed"])
+    # a training case's map, deformed: same size as that case, not the same voxels
+    case = load_segmentation_splits(load_config(SPADE, [f"data.splits={cases}"]).data, which=("train",)).train[0]
+    first = np.asarray(nib.load(out / rows[0]["label"]).dataobj)
+    assert first.shape == case.label.shape and 0.5 < dice(first > 0, case.label > 0) < 0.99
+    # the same seed draws the same pair
+    again = tmp_path / "again"
+    assert run_cli(capsys, "sample", spade_run, "-n", 1, "--out-dir", again, "--seed", 5)[0] == 0
+    assert np.array_equal(np.asarray(nib.load(again / "pair_00000_image.nii.gz").dataobj),
+                          np.asarray(nib.load(out / rows[0]["image"]).dataobj))
+
+
+def test_given_maps_are_drawn_as_they_are_and_bad_ones_refused(spade_run, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    affine = np.diag([0.8, 0.8, 1.5, 1.0])
+    nib.save(nib.Nifti1Image(sphere((48, 40, 36)).astype(np.int16), affine), maps / "ball.nii.gz")
+    out = tmp_path / "pairs"
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 2, "--out-dir", out, "--label-maps", maps)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["mask_source"] for r in rows] == ["given:ball.nii.gz"] * 2
+    label = nib.load(out / rows[1]["label"])
+    assert np.array_equal(np.asarray(label.dataobj), sphere((48, 40, 36))) and np.allclose(label.affine, affine)
+    images = [np.asarray(nib.load(out / r["image"]).dataobj) for r in rows]
+    assert images[0].shape == (48, 40, 36) and not np.allclose(images[0], images[1])  # new noise per pair
+    for name, array, match in [("classes.nii.gz", sphere() * 3, r"label values \[3\] are outside the model's classes"),
+                               ("empty.nii.gz", np.zeros((16, 16, 16)), "all background"),
+                               ("flat.nii.gz", sphere((16, 16, 1))[..., 0], "needs 3D volumes")]:
+        bad = tmp_path / name
+        nib.save(nib.Nifti1Image(array.astype(np.int16), np.eye(4)), bad)
+        target = tmp_path / f"out-{name}"
+        code, err = run_cli(capsys, "sample", spade_run, "-n", 1, "--out-dir", target, "--label-maps", bad)
+        assert code == 2 and name in err and len(re_lines(err)) == 1 and match.split(r"\[")[0] in err, err
+        assert not target.exists()
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 1, "--out", tmp_path / "x.npz")
+    assert code == 2 and "--out-dir" in err
+    recipe = load_run(spade_run)
+    with pytest.raises(MedsynthError, match="draws images from label maps"):
+        recipe.sample(2)
+
+
+def re_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_synthetic_pairs_join_or_replace_the_training_cases(spade_run, cases, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert run_cli(capsys, "sample", spade_run, "-n", 2, "--out-dir", out)[0] == 0
+    base = [f"data.splits={cases}"]
+    added = load_segmentation_splits(load_config(UNET, [*base, f"data.synthetic={out / 'manifest.csv'}"]).data)
+    assert [c.name for c in added.train] == [*SPLIT["train"][:2], "pair_00000", "pair_00001"]
+    assert [c.name for c in added.test] == SPLIT["test"][:1] and [c.name for c in added.val] == SPLIT["validation"][:1]
+    replaced = load_segmentation_splits(load_config(UNET, [*base, f"data.synthetic={out / 'manifest.csv'}",
+                                                           "data.synthetic_mode=replace"]).data)
+    assert [c.name for c in replaced.train] == ["pair_00000", "pair_00001"]
+    assert [c.name for c in replaced.test] == SPLIT["test"][:1]
+    pair = replaced.train[0]
+    assert pair.spacing == (0.625, 0.625, 0.625) and set(np.unique(pair.label).tolist()) <= {0, 1}
+    # a model trained on the pairs records that its data was synthetic
+    run = train(UNET, [f"runs_dir={tmp_path / 'seg'}", *base, f"data.synthetic={out / 'manifest.csv'}",
+                       "data.synthetic_mode=replace", "data.patch_size=[32,32,16]", "data.patches_per_epoch=2",
+                       "model.depth=2", "model.width=0.125", "trainer.max_epochs=1", "optim.warmup_steps=1"],
+                log=lambda *_: None)
+    lineage = json.loads((run / "lineage.json").read_text())
+    assert lineage["synthetic"] and lineage["family"] == "spade"
+    with pytest.raises(MedsynthError, match="synthetic_mode"):
+        load_config(UNET, ["data.synthetic_mode=instead"])
+    with pytest.raises(MedsynthError, match="manifest not found"):
+        load_segmentation_splits(load_config(UNET, [*base, f"data.synthetic={tmp_path / 'none.csv'}"]).data)
+
+
+def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, cases, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert run_cli(capsys, "sample", spade_run, "-n", 2, "--out-dir", out)[0] == 0
+    seg = [f"data.splits={cases}", "data.patch_size=[32,32,16]", "data.patches_per_epoch=2", "model.depth=2",
+           "model.width=0.125", "trainer.max_epochs=1", "optim.warmup_steps=1", "model.sw_overlap=0"]
+    code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--resamples", 20,
+                        *[a for o in seg for a in ("--seg-override", o)])
+    assert code == 0, err
+    result = json.loads((out / "evaluation.json").read_text())
+    section = result["segmentation_utility"]
+    assert result["task"] == "segmentation_utility" and list(section["arms"]) == ["real", "synthetic", "real+synthetic"]
+    assert section["budget"]["batches"] == 1
+    for arm in section["arms"].values():
+        assert list(arm["cases"]) == SPLIT["test"][:1] and 0 <= arm["mean"]["dice_class_1"] <= 1
+    runs = {arm: load_run(a["run"]).cfg.data for arm, a in section["arms"].items()}
+    assert runs["real"].synthetic is None and runs["synthetic"].synthetic_mode == "replace"
+    assert runs["real+synthetic"].synthetic_mode == "add"
+    ratio = section["ratio"]["dice_class_1"]["synthetic_over_real"]
+    expected = section["arms"]["synthetic"]["mean"]["dice_class_1"] / section["arms"]["real"]["mean"]["dice_class_1"]
+    assert ratio == pytest.approx(expected)
+    code, err = run_cli(capsys, "evaluate", "--fake", tmp_path, "--seg-config", UNET)
+    assert code == 2 and "no manifest.csv" in err
+
+
+def test_ratio_interval_is_a_paired_bootstrap():
+    real = np.array([0.8, 0.9, 0.7, 0.85])
+    low, high = ratio_interval(0.5 * real, real, 200, 0)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # the same cases resampled in both
+    low, high = ratio_interval(np.array([0.4, 0.9, 0.2, 0.85]), real, 500, 0)
+    assert low < (0.4 + 0.9 + 0.2 + 0.85) / real.sum() < high
+    assert ratio_interval(real[:1], real[:1], 100, 0) is None
