@@ -19,7 +19,7 @@ from medsynth.errors import MedsynthError
 from medsynth.models import build_recipe, load_run
 from medsynth.nets.spade import SPADEGenerator
 from medsynth.provenance import read_provenance
-from medsynth.segmentation_utility import ratio_interval
+from medsynth.segmentation_utility import foreground_box, ratio_interval
 from medsynth.training import build_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,8 +238,23 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
     ratio = section["ratio"]["dice_class_1"]["synthetic_over_real"]
     expected = section["arms"]["synthetic"]["mean"]["dice_class_1"] / section["arms"]["real"]["mean"]["dice_class_1"]
     assert ratio == pytest.approx(expected)
+    privacy = result["privacy"]
+    assert privacy["box"] == [32, 32, 16] and 0 <= privacy["pixel"]["rate"] <= 1
+    assert {c["synthetic"] for c in privacy["closest"]} <= {"pair_00000", "pair_00001"}
+    assert {c["train"] for c in privacy["closest"]} <= set(SPLIT["train"][:2])
     code, err = run_cli(capsys, "evaluate", "--fake", tmp_path, "--seg-config", UNET)
     assert code == 2 and "no manifest.csv" in err
+
+
+def test_foreground_box_centres_the_structure_and_pads_small_volumes():
+    label = np.zeros((30, 20, 10), dtype=np.uint8)
+    label[20:24, 5:9, 2:6] = 1
+    image = np.arange(6000, dtype=np.float32).reshape(1, 30, 20, 10)
+    box = foreground_box(image, label, [8, 8, 8])
+    assert box.shape == (1, 8, 8, 8)
+    assert np.array_equal(box[0, :, :, :8], image[0, 18:26, 3:11, 0:8])  # shifted to stay inside along z
+    small = foreground_box(image[:, :4], label[:4], [8, 8, 8])  # no foreground: centred; padded with 0
+    assert np.array_equal(small[0, :4], image[0, :4, 6:14, 1:9]) and not small[0, 4:].any()
 
 
 def test_ratio_interval_is_a_paired_bootstrap():
@@ -249,3 +264,60 @@ def test_ratio_interval_is_a_paired_bootstrap():
     low, high = ratio_interval(np.array([0.4, 0.9, 0.2, 0.85]), real, 500, 0)
     assert low < (0.4 + 0.9 + 0.2 + 0.85) / real.sum() < high
     assert ratio_interval(real[:1], real[:1], 100, 0) is None
+
+
+BRATS2D = ROOT / "configs/spade_brats2d.yaml"
+
+
+def brats2d(data, runs, *extra):
+    return [f"data.path={data}", f"runs_dir={runs}", "data.patch_size=[32,32]", "data.patches_per_epoch=4",
+            "data.val_patches=1", "data.batch_size=2", "model.depth=2", "model.width=0.125",
+            "model.num_discriminators=1", "trainer.max_epochs=2", *extra]
+
+
+def test_2d_patches_are_slices_of_the_volumes_augmented_in_their_plane(mini_brats, tmp_path):
+    cfg = load_config(BRATS2D, brats2d(mini_brats, tmp_path))
+    splits, data = build_data(cfg)
+    assert splits.patch_size == [32, 32, 1] and splits.image_size == [32, 32] and cfg.model.image_size == [32, 32]
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (2, 2, 32, 32) and batch["label"].shape == (2, 1, 32, 32)
+    assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 3, 4}
+    plain = load_config(BRATS2D, brats2d(mini_brats, tmp_path, "data.augment=false"))
+    _, data = build_data(plain)
+    item = data.val_set[0]
+    # a validation patch is a slice of a case's volumes: found among its axial slices
+    case = next(c for c in splits.val)
+    found = any(np.allclose(case.image[:, x:x + 32, y:y + 32, z], item["image"].numpy())
+                for z in range(case.image.shape[3]) for x in range(case.image.shape[1] - 31)
+                for y in range(case.image.shape[2] - 31) if case.label[x + 16, y + 16, z] == item["label"][0, 16, 16])
+    assert found
+    with pytest.raises(MedsynthError, match=r"2D models take \[H, W\] patches"):
+        load_config(BRATS2D, brats2d(mini_brats, tmp_path, "model.spatial_dims=3"))
+    with pytest.raises(MedsynthError, match="2D patches"):
+        load_config(UNET, ["data.patch_size=[32,32]", "model.spatial_dims=2"])
+
+
+def test_2d_spade_draws_pairs_of_slices_with_their_masks(mini_brats, tmp_path, capsys):
+    run = train(BRATS2D, brats2d(mini_brats, tmp_path / "runs"), log=lambda *_: None)
+    assert (run / "samples.png").is_file()
+    out = tmp_path / "pairs"
+    code, err = run_cli(capsys, "sample", run, "-n", 5, "--out-dir", out, "--seed", 2)
+    assert code == 0, err
+    with np.load(out / "pairs.npz") as f:
+        images, masks = f["images"], f["masks"]
+        prov = json.loads(str(f["provenance"]))
+    assert images.shape == (5, 48, 48, 2) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+    assert masks.shape == (5, 48, 48) and set(np.unique(masks).tolist()) <= {0, 1, 2, 3, 4} and masks.any(axis=(1, 2)).all()
+    assert prov["synthetic"] and prov["family"] == "spade"
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["seed"] for r in rows] == ["2", "3", "4", "5", "6"]
+    assert all(r["mask_source"].startswith("deformed:brats_2013_pat000") and ":slice" in r["mask_source"] for r in rows)
+    given = tmp_path / "maps.npz"
+    np.savez(given, masks=masks[:2])
+    again = tmp_path / "again"
+    assert run_cli(capsys, "sample", run, "-n", 2, "--out-dir", again, "--label-maps", given)[0] == 0
+    with np.load(again / "pairs.npz") as f:
+        assert np.array_equal(f["masks"], masks[:2])
+    np.savez(given, labels=masks[:2])
+    code, err = run_cli(capsys, "sample", run, "-n", 1, "--out-dir", tmp_path / "bad", "--label-maps", given)
+    assert code == 2 and "no `masks` array" in err and not (tmp_path / "bad").exists()

@@ -71,18 +71,23 @@ def save_drawn_from_maps(recipe, splits, run_dir: Path, seed: int, cases: int = 
     else training), a patch-sized box around its foreground: the real image, the real image with
     its map over it, and the image drawn from that map (the axial slice with most foreground)."""
     held = (splits.val or splits.train)[:cases]
-    size = list(recipe.cfg.model.image_size)
+    size, flat = list(splits.patch_size), splits.flat_axis  # 3D box; 2D models: one voxel thick along flat
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     rows = []
     for case in held:
         centre = np.round(np.argwhere(case.label > 0).mean(axis=0)).astype(int) if case.label.any() else \
             np.array(case.label.shape) // 2
+        if flat is not None:  # the slice with most foreground
+            centre[flat] = int(np.argmax((case.label > 0).sum(axis=tuple(a for a in range(3) if a != flat))))
         start = [int(np.clip(c - s // 2, 0, max(0, n - s))) for c, s, n in zip(centre, size, case.label.shape)]
         box = tuple(slice(a, a + s) for a, s in zip(start, size))
-        label = case.label[box]
-        drawn = recipe.sample(1, condition=torch.from_numpy(label[None, None].astype(np.int64)),
-                              generator=generator)[0, 0].cpu().numpy()
-        real_tiles = overlay_rows(case.image[0][box], label, label)
+        label, image = case.label[box], case.image[0][box]
+        if flat is not None:  # H x W x 1, as overlay_rows takes 3D tiles
+            label, image = np.moveaxis(label, flat, -1), np.moveaxis(image, flat, -1)
+        condition = torch.from_numpy((label[..., 0] if flat is not None else label)[None, None].astype(np.int64))
+        drawn = recipe.sample(1, condition=condition, generator=generator)[0, 0].cpu().numpy()
+        drawn = drawn[..., None] if flat is not None else drawn
+        real_tiles = overlay_rows(image, label, label)
         rows.append(torch.cat([real_tiles[:2], overlay_rows(drawn, label, label)[:1]]))
     save_grid(run_dir / runs.SAMPLES, torch.cat(rows), nrow=3,
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="drawn from held-out label maps (per "

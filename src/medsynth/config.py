@@ -57,7 +57,7 @@ class DataConfig:
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
     classes: List[int] = field(default_factory=list)  # label values, background 0 first (BraTS: [0,1,2,3,4])
     regions: Optional[str] = None  # also score these label groups: brats (whole tumour, core, enhancing)
-    patch_size: Any = 64  # training patches of patch_size^3 voxels, or [D, H, W]
+    patch_size: Any = 64  # training patches of patch_size^3 voxels, [D, H, W], or [H, W] (2D slices along slice_axis)
     patches_per_epoch: int = 64  # fresh random patches drawn each epoch
     val_patches: int = 4  # fixed patches per validation case (val_loss)
     class_ratios: Optional[List[float]] = None  # patch-centre class ratios; None: every class alike
@@ -323,8 +323,14 @@ def _check(cfg: DictConfig, source: str) -> None:
                             "trainer.max_epochs or trainer.max_steps (a run bounded only by trainer.max_time has none)")
     patch = cfg.data.patch_size
     sizes = list(patch) if isinstance(patch, ListConfig) else [patch]
-    if len(sizes) not in (1, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-        raise MedsynthError(f"{source}: data.patch_size must be a positive int or [D, H, W], got {patch!r}")
+    if len(sizes) not in (1, 2, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise MedsynthError(f"{source}: data.patch_size must be a positive int, [D, H, W], or [H, W] for 2D "
+                            f"slices, got {patch!r}")
+    if cfg.data.format == "segmentation" and (len(sizes) == 2) != (cfg.model.spatial_dims == 2):
+        raise MedsynthError(f"{source}: data.patch_size={patch!r} with model.spatial_dims={cfg.model.spatial_dims}: "
+                            "2D models take [H, W] patches (slices along data.slice_axis), 3D models [D, H, W]")
+    if len(sizes) == 2 and cfg.model.family != "spade":
+        raise MedsynthError(f"{source}: 2D patches ([H, W]) are for model.family=spade; segmentation models are 3D")
     if cfg.optim.warmup_steps < 0 or not 0 <= cfg.data.scale_range < 1 or not 0 <= cfg.data.rotate_degrees <= 180:
         raise MedsynthError(f"{source}: optim.warmup_steps must be >= 0, data.scale_range in [0, 1) and "
                             "data.rotate_degrees in [0, 180]")

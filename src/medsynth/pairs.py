@@ -2,12 +2,16 @@
 images from label maps (model.family=spade).
 
 Maps come from the run's own training cases, each randomly deformed (data/label_maps.py: affine
-+ elastic, seeded per pair), or from `label_maps` (a map file or a folder of them) used as given.
-Every pair is written as NIfTI with the source map's affine: pair_00000_image.nii.gz (one file per
-contrast, _image_0, _image_1, .. for several) and pair_00000_label.nii.gz (label values), both
-marked synthetic with their provenance (seed, mask source). manifest.csv lists case, image
-column(s), label, mask_source and seed; it is what `data.synthetic` reads to train a segmentation
-model on the pairs. The folder is staged and renamed into place: a failure leaves no half set.
++ elastic, seeded per pair), or from `label_maps` used as given (3D: a map file or a folder of
+them; 2D: an .npz with `masks`, N x H x W). 3D pairs are written as NIfTI with the source map's
+affine: pair_00000_image.nii.gz (one file per contrast, _image_0, _image_1, .. for several) and
+pair_00000_label.nii.gz (label values), both marked synthetic with their provenance (seed, mask
+source); manifest.csv lists case, image column(s), label, mask_source and seed, and is what
+`data.synthetic` reads to train a segmentation model on the pairs. 2D pairs (slices along
+data.slice_axis that hold foreground) go to pairs.npz in medsynth's .npz layout (`images` N x H x W,
+or N x H x W x C for several contrasts, float32 0..1 for the model's [-1, 1]; `masks` N x H x W
+label values; `provenance`) with manifest.csv (index, mask_source, seed). The folder is
+staged and renamed into place: a failure leaves no half set.
 
 Images are in the training images' normalised units (each case's contrasts z-scored inside the
 case, mapped to [-1, 1] as data.mr_normalise does), which is also how a segmentation model
@@ -46,6 +50,8 @@ class SourceMap:
 
 
 def _given_maps(path: Path, classes: list[int], dims: int) -> list[SourceMap]:
+    if dims == 2:
+        return _given_flat_maps(path, classes)
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.name.lower().endswith(MAP_SUFFIXES)) \
         if path.is_dir() else []
     if not files:
@@ -58,10 +64,58 @@ def _given_maps(path: Path, classes: list[int], dims: int) -> list[SourceMap]:
     return maps
 
 
-def _training_maps(cfg) -> list[SourceMap]:
+def _given_flat_maps(path: Path, classes: list[int]) -> list[SourceMap]:
+    """2D maps: the `masks` (N x H x W) of an .npz file."""
+    if not (path.is_file() and path.name.lower().endswith(".npz")):
+        raise MedsynthError(f"{path}: 2D label maps are given as an .npz file with `masks` (N x H x W)")
+    with np.load(path, allow_pickle=False) as f:
+        if "masks" not in f.files:
+            raise MedsynthError(f"{path}: no `masks` array (it has {sorted(f.files)})")
+        masks = f["masks"]
+    if masks.ndim != 3:
+        raise MedsynthError(f"{path}: `masks` of shape {list(masks.shape)}: expected N x H x W")
+    return [SourceMap(f"given:{path.name}:{i}", check_label_map(m, classes, 2, f"{path} masks[{i}]"), np.eye(4),
+                      deform=False) for i, m in enumerate(masks)]
+
+
+def _training_maps(cfg, flat: int | None) -> list[SourceMap]:
+    """The training cases' maps (3D), or for 2D models their slices along `flat` that hold foreground."""
     splits = load_segmentation_splits(cfg.data, cfg.seed, which=("train",))
-    return [SourceMap(f"deformed:{c.name}", c.label.astype(np.uint8), np.asarray(c.affine), deform=True)
-            for c in splits.train]
+    if flat is None:
+        return [SourceMap(f"deformed:{c.name}", c.label.astype(np.uint8), np.asarray(c.affine), deform=True)
+                for c in splits.train]
+    maps = []
+    for c in splits.train:
+        label = np.moveaxis(c.label.astype(np.uint8), flat, 0)
+        maps += [SourceMap(f"deformed:{c.name}:slice{k}", label[k], np.eye(4), deform=True)
+                 for k in np.flatnonzero(label.reshape(len(label), -1).any(1))]
+    if len({m.indices.shape for m in maps}) > 1:
+        raise MedsynthError("the training cases' slices differ in size; give 2D maps of one size with --label-maps")
+    return maps
+
+
+def _write_flat_pairs(staging: Path, recipe, run_dir, maps: list[SourceMap], n: int, seed: int, log) -> str:
+    """2D pairs into pairs.npz; returns manifest.csv's text."""
+    from medsynth.data.patches import to_values
+    from medsynth.writers import save_npz
+
+    classes = list(recipe.cfg.data.classes)
+    images, masks, rows = [], [], ["index,mask_source,seed"]
+    for i in range(n):
+        source, pair_seed = maps[i % len(maps)], seed + i
+        indices = deform_label_map(source.indices, pair_seed) if source.deform else source.indices
+        indices = indices if indices.any() else source.indices
+        generator = torch.Generator(device=recipe.device).manual_seed(pair_seed)
+        images.append(recipe.sample(1, condition=torch.from_numpy(indices[None, None].astype(np.int64)),
+                                    generator=generator)[0].cpu())
+        masks.append(to_values(indices, classes))
+        rows.append(f"{i},{source.name},{pair_seed}")
+        log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
+    prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, units=UNITS,
+                                mask_sources=sorted({r.split(",")[1] for r in rows[1:]}))
+    save_npz(staging / "pairs.npz", torch.stack(images), provenance=prov, dtype="float32",
+             extra={"masks": np.stack(masks)})
+    return "\n".join(rows) + "\n"
 
 
 def sample_pairs(run_dir: str | Path, n: int, out_dir: str | Path, seed: int = 0, label_maps: str | Path | None = None,
@@ -74,11 +128,14 @@ def sample_pairs(run_dir: str | Path, n: int, out_dir: str | Path, seed: int = 0
     if not getattr(recipe, "from_label_maps", False):
         raise MedsynthError(f"{run_dir}: a {recipe.cfg.model.family} model does not draw images from label maps")
     cfg = recipe.cfg
-    if cfg.model.spatial_dims != 3:
-        raise MedsynthError(f"{run_dir}: pairs are written for 3D models (this one is {cfg.model.spatial_dims}D)")
-    classes = list(cfg.data.classes)
-    maps = _given_maps(Path(label_maps), classes, 3) if label_maps else _training_maps(cfg)
+    classes, dims = list(cfg.data.classes), int(cfg.model.spatial_dims)
+    flat = int(cfg.data.slice_axis) if dims == 2 else None
+    maps = _given_maps(Path(label_maps), classes, dims) if label_maps else _training_maps(cfg, flat)
     log(f"drawing {n} pair(s) from {len(maps)} {'given' if label_maps else 'deformed training'} map(s)")
+    if dims == 2:
+        with staged_folder(out_dir, overwrite) as staging:
+            write_text(staging / "manifest.csv", _write_flat_pairs(staging, recipe, run_dir, maps, n, seed, log))
+        return Path(out_dir) / "manifest.csv"
     columns = pair_columns(int(cfg.model.in_channels))
     buffer = io.StringIO()
     writer = csv.writer(buffer)

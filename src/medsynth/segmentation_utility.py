@@ -11,6 +11,13 @@ test cases are the real ones in all three. Scores per arm: Dice and HD95 per cla
 (case_evaluation.evaluate_segmentation, the whole case segmented as `medsynth segment` does), means
 with bootstrap intervals over cases; and per foreground class the ratio of the synthetic arm's mean
 Dice to the real arm's, with a paired bootstrap interval (the same cases resampled for both).
+
+Beside it, the audit's nearest-neighbour privacy check on the volumes (metrics/privacy.py): every
+synthetic image, and every real test image as the reference, cut to the recipe's patch size
+around its foreground's centre (cases differ in size; the box holds the structure the map
+describes), its voxel-space RMS distance to the nearest real training case cut the same way;
+memorised share (synthetic closer than the 5th percentile of the real test cases' distances),
+authenticity and near copies.
 """
 
 from __future__ import annotations
@@ -52,6 +59,48 @@ def ratio_interval(synthetic: np.ndarray, real: np.ndarray, resamples: int, seed
     return [float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))]
 
 
+def foreground_box(image: np.ndarray, label: np.ndarray, size: list[int]) -> np.ndarray:
+    """C x D x H x W -> C x *size around the label's foreground centre (the volume's centre when it
+    has none), shifted to stay inside, zero-padded where the volume is smaller."""
+    centre = np.argwhere(label > 0).mean(axis=0) if label.any() else np.array(label.shape) / 2
+    out = np.zeros((image.shape[0], *size), dtype=np.float32)
+    src, dst = [], []
+    for c, s, n in zip(centre, size, label.shape):
+        start = int(np.clip(np.floor(c - s / 2 + 0.5), 0, max(0, n - s)))
+        length = min(s, n)
+        src.append(slice(start, start + length))
+        dst.append(slice(0, length))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def pair_privacy(cfg, manifest: Path) -> dict:
+    """The nearest-neighbour privacy check of the synthetic images against the real training cases
+    of the segmentation recipe `cfg`, with its real test cases as the reference (module docstring)."""
+    import copy
+
+    import torch
+
+    from medsynth.data.patches import load_segmentation_splits
+    from medsynth.metrics.privacy import privacy_report
+
+    real_data, pairs_data = copy.deepcopy(cfg.data), copy.deepcopy(cfg.data)
+    real_data.synthetic = None
+    pairs_data.synthetic, pairs_data.synthetic_mode = str(manifest), "replace"
+    real = load_segmentation_splits(real_data, cfg.seed, which=("train", "test"))
+    fake = load_segmentation_splits(pairs_data, cfg.seed, which=("train",)).train
+    size = list(cfg.model.image_size)
+
+    def boxes(cases):
+        return torch.from_numpy(np.stack([foreground_box(c.image, c.label, size) for c in cases]))
+
+    report, closest = privacy_report(boxes(fake), boxes(real.train), boxes(real.test))
+    report["box"] = size
+    report["closest"] = [{"synthetic": fake[int(i)].name, "train": real.train[int(j)].name}
+                         for i, j in closest[:5].tolist()]
+    return report
+
+
 def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: list[str] | tuple = (),
                          runs_dir: str | Path = "runs/utility", resamples: int = 200, seed: int = 0,
                          log=print) -> dict:
@@ -86,5 +135,6 @@ def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: l
             "sets": {"synthetic": {"source": str(manifest)}, "real": test},
             "segmentation_utility": {"arms": arms, "ratio": ratios, "budget": budget,
                                      "config": str(seg_config), "overrides": list(overrides)},
+            "privacy": pair_privacy(recipe.cfg, manifest),
             "settings": {"seed": seed, "intervals": {"level": LEVEL, "resamples": resamples,
                                                      "method": "percentile bootstrap over cases"}}}

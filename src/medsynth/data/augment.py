@@ -15,19 +15,23 @@ import math
 import torch
 
 
-def patch_augmentation(rotate_degrees: float, scale_range: float, seed: int, p_affine: float = 0.5):
+def patch_augmentation(rotate_degrees: float, scale_range: float, seed: int, p_affine: float = 0.5,
+                       flat_axis: int | None = None):
     """A callable {"image": C x D x H x W, "label": 1 x D x H x W float} -> the same keys, augmented;
-    seeded, so a run's patches repeat."""
+    seeded, so a run's patches repeat. flat_axis: the patches are 2D slices one voxel thick along
+    this axis, so they are flipped and zoomed in their plane only and rotated about this axis."""
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
     keys = ["image", "label"]
     angle = math.radians(rotate_degrees)
-    transforms = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    in_plane = [a for a in range(3) if a != flat_axis]
+    transforms = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in in_plane]
     if angle > 0 or scale_range > 0:
-        transforms.append(RandAffined(keys, prob=p_affine, rotate_range=[angle] * 3,
-                                      scale_range=[scale_range] * 3, mode=("bilinear", "nearest"),
-                                      padding_mode="border"))
+        rotate = [angle if flat_axis is None or a == flat_axis else 0.0 for a in range(3)]
+        scale = [scale_range if a in in_plane else 0.0 for a in range(3)]
+        transforms.append(RandAffined(keys, prob=p_affine, rotate_range=rotate, scale_range=scale,
+                                      mode=("bilinear", "nearest"), padding_mode="border"))
     transforms += [RandScaleIntensityd("image", factors=0.1, prob=1.0),
                    RandShiftIntensityd("image", offsets=0.1, prob=1.0),
                    RandGaussianNoised("image", prob=0.15, std=0.05)]

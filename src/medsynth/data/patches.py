@@ -37,9 +37,10 @@ class SegmentationSplits:
     val: list[Case]
     test: list[Case]
     classes: list[int]
-    patch_size: list[int]  # D, H, W
+    patch_size: list[int]  # D, H, W (1 along flat_axis for 2D patches)
     source: str
     multilabel: bool = False
+    flat_axis: int | None = None  # 2D patches: the volume axis they are one voxel thick along
 
     @property
     def in_channels(self) -> int:
@@ -47,7 +48,8 @@ class SegmentationSplits:
 
     @property
     def image_size(self) -> list[int]:
-        return list(self.patch_size)
+        """What the model sees: the patch, without its flat axis for 2D patches."""
+        return [s for i, s in enumerate(self.patch_size) if i != self.flat_axis]
 
     @property
     def num_classes(self) -> int:
@@ -61,10 +63,19 @@ def to_indices(label: np.ndarray, classes: list[int]) -> np.ndarray:
     return lut[label]
 
 
-def patch_shape(patch_size) -> list[int]:
-    """data.patch_size (an int for a cube, or [D, H, W]) -> [D, H, W]."""
+def patch_shape(patch_size, slice_axis: int = 2) -> list[int]:
+    """data.patch_size (an int for a cube, [D, H, W], or [H, W] for 2D patches: slices one voxel thick
+    along `slice_axis`) -> [D, H, W]."""
     sizes = [int(v) for v in patch_size] if hasattr(patch_size, "__len__") else [int(patch_size)]
+    if len(sizes) == 2:
+        sizes.insert(slice_axis, 1)
     return sizes * 3 if len(sizes) == 1 else sizes
+
+
+def flat_axis(data_cfg) -> int | None:
+    """The axis 2D patches are one voxel thick along (data.slice_axis), or None for 3D patches."""
+    patch = data_cfg.patch_size
+    return int(data_cfg.slice_axis) if hasattr(patch, "__len__") and len(patch) == 2 else None
 
 
 def with_source_spacing(case: Case, spacing, source) -> Case:
@@ -156,7 +167,7 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
         raise MedsynthError(f"data.classes={list(data_cfg.classes)}: expected distinct values 0..255 "
                             "starting with 0 (the background)")
     contrasts = list(data_cfg.contrasts)
-    patch = patch_shape(data_cfg.patch_size)
+    patch = patch_shape(data_cfg.patch_size, data_cfg.slice_axis)
     named = read_split_file(data_cfg.splits) if data_cfg.splits else None
     if named is not None and data_cfg.limit is not None:  # a quick run reads only the cases it uses
         named = {split: names[:data_cfg.limit] for split, names in named.items()}
@@ -200,7 +211,8 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
         out[split] = prepared
     if "train" in which and not out["train"]:
         raise MedsynthError(f"{path}: no training cases")
-    return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path))
+    return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path),
+                              flat_axis=flat_axis(data_cfg))
 
 
 def pair_columns(channels: int) -> list[str]:
@@ -216,18 +228,20 @@ def synthetic_cases(manifest: str | Path, channels: int, classes: list[int]) -> 
 
 
 class PatchSampler(Dataset):
-    """`length` class-balanced random patches per epoch: {"image": C x P^3, "label": 1 x P^3 (long)}.
+    """`length` class-balanced random patches per epoch: {"image": C x P^3, "label": 1 x P^3 (long)}
+    (2D patches, `flat`: the patch's flat axis squeezed out, C x H x W).
 
     Randomness comes from a seeded generator, so runs repeat; with a fixed `seed` and
     `fixed=True` the same patches come back every epoch (the validation set).
     """
 
     def __init__(self, cases: list[Case], patch: list[int], num_classes: int, length: int, seed: int = 0,
-                 ratios: list[float] | None = None, fixed: bool = False, augment=None):
+                 ratios: list[float] | None = None, fixed: bool = False, augment=None, flat: int | None = None):
         from monai.transforms import RandCropByLabelClasses
         from monai.transforms.utils import map_classes_to_indices
 
         self.cases, self.length, self.seed, self.fixed, self.augment = cases, length, seed, fixed, augment
+        self.flat = flat
         # image and label cropped together, as one volume with the label as a last channel
         self.volumes = [torch.cat([torch.from_numpy(c.image), torch.from_numpy(c.label[None].astype(np.float32))])
                         for c in cases]
@@ -251,6 +265,8 @@ class PatchSampler(Dataset):
         item = {"image": patch[:-1].contiguous(), "label": patch[-1:].contiguous()}
         if self.augment is not None:
             item = self.augment(item)
+        if self.flat is not None:
+            item = {k: v.squeeze(1 + self.flat) for k, v in item.items()}
         return {"image": item["image"], "label": item["label"].round().long()}
 
     def __getitem__(self, i: int) -> dict:
@@ -267,9 +283,10 @@ class PatchDataModule(L.LightningDataModule):
         super().__init__()
         self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
         k, p = splits.num_classes, splits.patch_size
-        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios, augment=augment)
+        flat = splits.flat_axis
+        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios, augment=augment, flat=flat)
         held = splits.val or splits.train
-        self.val_set = PatchSampler(held, p, k, val_patches * len(held), seed + 1, ratios, fixed=True)
+        self.val_set = PatchSampler(held, p, k, val_patches * len(held), seed + 1, ratios, fixed=True, flat=flat)
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,

@@ -1,0 +1,142 @@
+"""What left-atrium MRI drawn from label maps (SPADE) is worth for segmentation, on the 10 held-out
+LA heart cases:
+
+1. train configs/spade_la_heart.yaml on the 26 training cases;
+2. draw as many (image, label map) pairs as there are training cases from their deformed maps, in a
+   child process (pairs per second, peak RSS of its own);
+3. `medsynth evaluate --fake PAIRS --seg-config configs/unet_la_heart.yaml`: the UNet trained on the
+   real cases, on the pairs alone and on both, the same number of batches each, scored on the test
+   cases, with the nearest-neighbour privacy check of the pairs;
+4. the few-cases experiment: the same with only the first 5 training cases (SPADE trained on those
+   5, pairs from their maps): does real + synthetic beat the 5 real cases alone?
+
+    python benchmarks/label_to_image_la.py --quick          # 2 cases a split, tiny budgets: a smoke run
+    python benchmarks/label_to_image_la.py --spade-epochs 100 --seg-epochs 150 --out runs/bench_l2i/result.json
+
+The split is configs/splits/la_heart.json (nothing tuned on its test cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT / "configs/splits/la_heart.json"
+
+
+def _medsynth(*args: str) -> str:
+    cmd = [str(Path(sys.executable).with_name("medsynth")), *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"medsynth {args[0]} failed:\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def _draw(run: str, n: str, out_dir: str) -> None:
+    """Child process: draw the pairs; prints seconds and its own peak RSS as JSON."""
+    from medsynth.pairs import sample_pairs
+
+    start = time.perf_counter()
+    sample_pairs(run, int(n), out_dir, log=lambda *_: None)
+    print(json.dumps({"seconds": time.perf_counter() - start,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _split(path: Path, train: int | None, limit: int | None) -> Path:
+    names = json.loads(SPLIT.read_text())
+    cut = {"train": names["train"][:train or limit], "validation": names["validation"][:limit],
+           "test": names["test"][:limit]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cut, indent=1))
+    return path
+
+
+def experiment(name: str, split: Path, args, spade: list[str], seg: list[str]) -> dict:
+    runs = Path(args.runs_dir) / name
+    start = time.perf_counter()
+    run = _medsynth("train", "configs/spade_la_heart.yaml", f"runs_dir={runs}", f"data.splits={split}",
+                    *spade).strip().splitlines()[-1]
+    spade_minutes = (time.perf_counter() - start) / 60
+    cases = len(json.loads(split.read_text())["train"])
+    pairs = runs / "pairs"
+    drawn = subprocess.run([sys.executable, __file__, "_draw", run, str(args.pairs or cases), str(pairs)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if drawn.returncode:
+        raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
+    speed = json.loads(drawn.stdout.strip().splitlines()[-1])
+    _medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml",
+              *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
+    result = json.loads((pairs / "evaluation.json").read_text())
+    return {"spade_run": run, "spade_minutes": spade_minutes, "train_cases": cases,
+            "pairs": args.pairs or cases, "pairs_per_second": (args.pairs or cases) / speed["seconds"],
+            "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
+            "utility": result["segmentation_utility"], "privacy": result["privacy"]}
+
+
+def table(results: dict) -> str:
+    lines = ["| experiment | training set | Dice mean [95% CI] | HD95 mm mean | synthetic / real Dice |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        ratio = r["utility"]["ratio"]["dice_class_1"]
+        for arm, s in r["utility"]["arms"].items():
+            m = s["mean"]
+            interval = m.get("dice_class_1_interval") or [float("nan")] * 2
+            extra = (f"{ratio['synthetic_over_real']:.2f}" + (" [{:.2f}, {:.2f}]".format(*ratio["interval"])
+                                                             if ratio["interval"] else "")) if arm == "synthetic" else ""
+            lines.append(f"| {name} ({r['train_cases']} real cases) | {arm} | {m['dice_class_1']:.3f} "
+                         f"[{interval[0]:.3f}, {interval[1]:.3f}] | {m.get('hd95_class_1', float('nan')):.2f} | {extra} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_draw":
+        return _draw(*sys.argv[2:5])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 cases a split, tiny patches and budgets")
+    parser.add_argument("--spade-epochs", type=int, help="SPADE trainer.max_epochs (default: the config's)")
+    parser.add_argument("--seg-epochs", type=int, help="UNet trainer.max_epochs for every arm (default: the config's)")
+    parser.add_argument("--pairs", type=int, help="pairs to draw (default: as many as the real training cases)")
+    parser.add_argument("--few", type=int, default=5, help="real training cases of the few-cases experiment")
+    parser.add_argument("--skip-few", action="store_true")
+    parser.add_argument("--runs-dir", default="runs/bench_l2i")
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args = parser.parse_args()
+    spade, seg = [], []
+    limit = None
+    if args.quick:
+        limit = 2
+        spade = ["data.patch_size=[32,32,32]", "model.depth=2", "model.num_discriminators=1", "data.patches_per_epoch=4",
+                 "trainer.max_epochs=2"]
+        seg = ["data.patch_size=[32,32,16]", "model.depth=2", "model.width=0.125", "data.patches_per_epoch=4",
+               "trainer.max_epochs=2", "optim.warmup_steps=1", "model.sw_overlap=0"]
+    if args.spade_epochs:
+        spade.append(f"trainer.max_epochs={args.spade_epochs}")
+    if args.seg_epochs:
+        seg.append(f"trainer.max_epochs={args.seg_epochs}")
+    runs = Path(args.runs_dir)
+    results = {"all": experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg)}
+    if not args.skip_few:
+        few = 1 if args.quick else args.few
+        results[f"few{few}"] = experiment(f"few{few}", _split(runs / f"split_few{few}.json", few, limit), args,
+                                          spade, seg)
+    print(table(results))
+    for name, r in results.items():
+        p = r["privacy"]["pixel"]
+        print(f"{name}: SPADE {r['spade_minutes']:.1f} min; {r['pairs']} pairs at {r['pairs_per_second']:.2f} pairs/s, "
+              f"peak RSS {r['draw_peak_rss_mib']:.0f} MiB; memorised share {p['rate']:.2f}, authenticity "
+              f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); budget "
+              f"{r['utility']['budget']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
