@@ -238,6 +238,8 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
     ratio = section["ratio"]["dice_class_1"]["synthetic_over_real"]
     expected = section["arms"]["synthetic"]["mean"]["dice_class_1"] / section["arms"]["real"]["mean"]["dice_class_1"]
     assert ratio == pytest.approx(expected)
+    agreement = result["map_agreement"]
+    assert list(agreement["pairs"]) == ["pair_00000", "pair_00001"] and 0 <= agreement["mean"]["dice_class_1"] <= 1
     privacy = result["privacy"]
     assert privacy["box"] == [32, 32, 16] and 0 <= privacy["pixel"]["rate"] <= 1
     assert {c["synthetic"] for c in privacy["closest"]} <= {"pair_00000", "pair_00001"}

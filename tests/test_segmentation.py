@@ -256,3 +256,20 @@ def test_test_time_flips_make_segmentation_flip_equivariant():
         assert np.array_equal(with_flips, np.flip(recipe.segment(x, flips=True), axis - 1)), axis
     plain = recipe.segment(np.flip(x, 1).copy(), flips=False)
     assert not np.array_equal(plain, np.flip(recipe.segment(x, flips=False), 0))
+
+
+def test_dataloader_workers_draw_different_patches(mini_brats):
+    """Each worker holds a copy of the sampler; reseeded per worker, their patches differ (before,
+    worker 1 repeated worker 0's patches batch for batch), and a seeded run draws the same ones again."""
+
+    def batches():
+        L.seed_everything(0, workers=True, verbose=False)
+        cfg = load_config("configs/vox2vox_brats.yaml", overrides(mini_brats, "unused", "data.num_workers=2",
+                                                                  "data.patches_per_epoch=8", "data.augment=true"))
+        _, data = build_data(cfg)
+        return [b["image"] for b in data.train_dataloader()]
+
+    first = batches()
+    assert len(first) == 4
+    assert all(not torch.equal(a, b) for i, a in enumerate(first) for b in first[i + 1:])
+    assert all(torch.equal(a, b) for a, b in zip(first, batches()))

@@ -17,7 +17,8 @@ synthetic image, and every real test image as the reference, cut to the recipe's
 around its foreground's centre (cases differ in size; the box holds the structure the map
 describes), its voxel-space RMS distance to the nearest real training case cut the same way;
 memorised share (synthetic closer than the 5th percentile of the real test cases' distances),
-authenticity and near copies.
+authenticity and near copies. And whether the images follow their maps: the real arm's model
+segments every synthetic image, Dice of its labels to the pair's map (`map_agreement`).
 """
 
 from __future__ import annotations
@@ -74,21 +75,45 @@ def foreground_box(image: np.ndarray, label: np.ndarray, size: list[int]) -> np.
     return out
 
 
+def _cases(cfg, manifest: Path | None, which: tuple[str, ...]):
+    """The segmentation recipe's cases prepared as in its training: the real ones (manifest None) or
+    the synthetic pairs as its training split."""
+    import copy
+
+    from medsynth.data.patches import load_segmentation_splits
+
+    data = copy.deepcopy(cfg.data)
+    data.synthetic, data.synthetic_mode = (str(manifest), "replace") if manifest else (None, "add")
+    return load_segmentation_splits(data, cfg.seed, which=which)
+
+
+def map_agreement(recipe, manifest: Path) -> dict:
+    """Does each drawn image show its map's structure where the map says? The segmentation model
+    trained on the real cases segments every synthetic image whole; Dice of its labels to the pair's
+    map, per foreground class, per pair and mean."""
+    from medsynth.data.patches import to_values
+    from medsynth.metrics.segmentation import score_label_maps
+
+    cfg, classes = recipe.cfg, list(recipe.cfg.data.classes)
+    per_pair = {}
+    for case in _cases(cfg, manifest, ("train",)).train:
+        pred = recipe.segment(case.image, case.mask)
+        scores = score_label_maps(to_values(pred, classes), to_values(case.label, classes), cfg.data, case.spacing)
+        per_pair[case.name] = {f"dice_class_{k}": v["dice"] for k, v in scores["classes"].items() if k != "0"}
+    keys = sorted({k for s in per_pair.values() for k in s})
+    return {"pairs": per_pair, "mean": {k: float(np.mean([s[k] for s in per_pair.values()])) for k in keys},
+            "model": "the real arm's segmentation run"}
+
+
 def pair_privacy(cfg, manifest: Path) -> dict:
     """The nearest-neighbour privacy check of the synthetic images against the real training cases
     of the segmentation recipe `cfg`, with its real test cases as the reference (module docstring)."""
-    import copy
-
     import torch
 
-    from medsynth.data.patches import load_segmentation_splits
     from medsynth.metrics.privacy import privacy_report
 
-    real_data, pairs_data = copy.deepcopy(cfg.data), copy.deepcopy(cfg.data)
-    real_data.synthetic = None
-    pairs_data.synthetic, pairs_data.synthetic_mode = str(manifest), "replace"
-    real = load_segmentation_splits(real_data, cfg.seed, which=("train", "test"))
-    fake = load_segmentation_splits(pairs_data, cfg.seed, which=("train",)).train
+    real = _cases(cfg, None, ("train", "test"))
+    fake = _cases(cfg, manifest, ("train",)).train
     size = list(cfg.model.image_size)
 
     def boxes(cases):
@@ -135,6 +160,7 @@ def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: l
             "sets": {"synthetic": {"source": str(manifest)}, "real": test},
             "segmentation_utility": {"arms": arms, "ratio": ratios, "budget": budget,
                                      "config": str(seg_config), "overrides": list(overrides)},
+            "map_agreement": map_agreement(load_run(arms["real"]["run"]), manifest),
             "privacy": pair_privacy(recipe.cfg, manifest),
             "settings": {"seed": seed, "intervals": {"level": LEVEL, "resamples": resamples,
                                                      "method": "percentile bootstrap over cases"}}}

@@ -43,4 +43,5 @@ def patch_augmentation(rotate_degrees: float, scale_range: float, seed: int, p_a
         return {k: (v.as_tensor() if hasattr(v, "as_tensor") else torch.as_tensor(v)).contiguous()
                 for k, v in out.items()}
 
+    apply.reseed = compose.set_random_state  # a DataLoader worker's own stream (data/patches.py)
     return apply

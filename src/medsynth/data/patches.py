@@ -272,6 +272,21 @@ class PatchSampler(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self._fixed_items[i] if self.fixed else self._draw(i)
 
+    def reseed(self, seed: int) -> None:
+        """New random streams for case picks, crops and augmentation (each DataLoader worker gets a
+        copy of this sampler: without this, every worker would draw the same patches)."""
+        self.rng = np.random.default_rng(seed)
+        self.cropper.set_random_state(seed)
+        if self.augment is not None and hasattr(self.augment, "reseed"):
+            self.augment.reseed(seed)
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the worker's own seed (torch's base seed + worker id, set by the
+    seeded run) for its copy of the PatchSampler."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(int(info.seed % 2 ** 32))
+
 
 class PatchDataModule(L.LightningDataModule):
     """Training: `patches_per_epoch` fresh class-balanced patches each epoch; validation: a fixed set
@@ -290,7 +305,8 @@ class PatchDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=_reseed_worker if self.num_workers > 0 else None)
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
