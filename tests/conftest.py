@@ -94,6 +94,20 @@ def mini_brats(tmp_path_factory):
     return root
 
 
+LA_SPLIT = ROOT / "configs/splits/la_heart.json"
+
+
+def la_split_file(path: Path, train: int = 1) -> Path:
+    """A split file at `path` naming real LA heart cases: the shipped split's first `train` training
+    cases and its first validation and test case."""
+    import json
+
+    split = json.loads(LA_SPLIT.read_text())
+    path.write_text(json.dumps({"train": split["train"][:train], "validation": split["validation"][:1],
+                                "test": split["test"][:1]}))
+    return path
+
+
 OLD_RUNS = Path(__file__).parent / "data" / "old_runs"
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import la_split_file
 from medsynth.config import load_config
 from medsynth.data.augment import patch_augmentation
 from medsynth.data.patches import load_segmentation_splits, read_split_file
@@ -34,10 +35,7 @@ def tiny(runs, split_file, *extra):
 @pytest.fixture
 def three_cases(tmp_path):
     """A split file naming one real case per split (the shipped split's first of each)."""
-    path = tmp_path / "split.json"
-    path.write_text(json.dumps({"train": SPLIT["train"][:1], "validation": SPLIT["validation"][:1],
-                                "test": SPLIT["test"][:1]}))
-    return path
+    return la_split_file(tmp_path / "split.json")
 
 
 def test_shipped_split_is_disjoint_and_covers_the_40_cases():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import la_split_file, run_cli
 from medsynth.config import load_config
 from medsynth.data.label_maps import check_label_map, deform_label_map, one_hot, pad_to_multiple
 from medsynth.data.patches import load_segmentation_splits
@@ -37,10 +37,7 @@ def tiny(runs, split_file, *extra):
 @pytest.fixture
 def cases(tmp_path):
     """A split file naming real cases: two for training, one each for validation and test."""
-    path = tmp_path / "split.json"
-    path.write_text(json.dumps({"train": SPLIT["train"][:2], "validation": SPLIT["validation"][:1],
-                                "test": SPLIT["test"][:1]}))
-    return path
+    return la_split_file(tmp_path / "split.json", train=2)
 
 
 @pytest.fixture
