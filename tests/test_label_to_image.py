@@ -320,3 +320,14 @@ def test_2d_spade_draws_pairs_of_slices_with_their_masks(mini_brats, tmp_path, c
     np.savez(given, labels=masks[:2])
     code, err = run_cli(capsys, "sample", run, "-n", 1, "--out-dir", tmp_path / "bad", "--label-maps", given)
     assert code == 2 and "no `masks` array" in err and not (tmp_path / "bad").exists()
+
+
+def test_pairs_of_resampled_cases_carry_the_resampled_grid():
+    from medsynth.data.cases import Case
+    from medsynth.pairs import grid_affine
+
+    affine = np.array([[0, -0.9, 0, 10], [1.1, 0, 0, -5], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    case = Case("c", np.zeros((1, 4, 4, 4), np.float32), None, affine, (1.1, 0.9, 3.0))
+    assert np.array_equal(grid_affine(case, None), affine)
+    out = grid_affine(case, [2.0, 2.0, 2.0])
+    assert np.allclose(out, [[0, -2, 0, 10], [2, 0, 0, -5], [0, 0, 2, 7], [0, 0, 0, 1]])

@@ -64,6 +64,18 @@ def _given_maps(path: Path, classes: list[int], dims: int) -> list[SourceMap]:
     return maps
 
 
+def grid_affine(case, spacing) -> np.ndarray:
+    """The affine of a prepared case's arrays: its file's, or with data.spacing (the arrays were
+    resampled to it) each axis's direction kept and its step set to that spacing; the first voxel
+    stays where it was (scipy's zoom keeps the corner voxels' centres; the exact step differs from
+    the target by under one voxel over the volume's extent)."""
+    affine = np.asarray(case.affine, dtype=np.float64).copy()
+    if spacing is not None:
+        axes = affine[:3, :3]
+        affine[:3, :3] = axes / np.linalg.norm(axes, axis=0) * np.asarray(list(spacing), dtype=np.float64)
+    return affine
+
+
 def _given_flat_maps(path: Path, classes: list[int]) -> list[SourceMap]:
     """2D maps: the `masks` (N x H x W) of an .npz file."""
     if not (path.is_file() and path.name.lower().endswith(".npz")):
@@ -82,7 +94,7 @@ def _training_maps(cfg, flat: int | None) -> list[SourceMap]:
     """The training cases' maps (3D), or for 2D models their slices along `flat` that hold foreground."""
     splits = load_segmentation_splits(cfg.data, cfg.seed, which=("train",))
     if flat is None:
-        return [SourceMap(f"deformed:{c.name}", c.label.astype(np.uint8), np.asarray(c.affine), deform=True)
+        return [SourceMap(f"deformed:{c.name}", c.label.astype(np.uint8), grid_affine(c, cfg.data.spacing), deform=True)
                 for c in splits.train]
     maps = []
     for c in splits.train:
