@@ -331,3 +331,29 @@ def test_pairs_of_resampled_cases_carry_the_resampled_grid():
     assert np.array_equal(grid_affine(case, None), affine)
     out = grid_affine(case, [2.0, 2.0, 2.0])
     assert np.allclose(out, [[0, -2, 0, 10], [2, 0, 0, -5], [0, 0, 2, 7], [0, 0, 0, 1]])
+
+
+def test_a_model_of_label_maps_draws_a_new_map_for_every_pair(spade_run, cases, tmp_path, capsys):
+    from medsynth.data.label_maps import label_map_set, maps_from_images
+
+    cfg = load_config(ROOT / "configs/vae_la_maps.yaml", [f"data.splits={cases}", "data.patch_size=[32,32,32]",
+                                                          "data.image_size=16"])
+    sets = label_map_set(cfg.data)
+    images = sets["train"][0]
+    assert images.shape == (2, 2, 16, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert np.allclose(images.sum(1), 0, atol=1e-5)  # two one-hot channels in [-1, 1] sum to 0
+    back = maps_from_images(torch.from_numpy(images), [32, 32, 32])
+    truth = load_segmentation_splits(cfg.data, which=("train",)).train[0].label
+    assert back.shape == (2, 32, 32, 32) and back[0].any() and 0.3 < back[0].mean() <= 1 and truth.any()
+    maps = train(ROOT / "configs/vae_la_maps.yaml", [f"runs_dir={tmp_path / 'maps'}", f"data.splits={cases}",
+                                                    "data.patch_size=[32,32,32]", "data.image_size=16",
+                                                    "trainer.max_epochs=1"], log=lambda *_: None)
+    out = tmp_path / "pairs"
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 3, "--out-dir", out, "--label-maps", maps)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["mask_source"] for r in rows] == [f"model:{maps.name}:{i}" for i in range(3)]
+    label = nib.load(out / rows[0]["label"])
+    assert label.shape == (32, 32, 32) and np.allclose(np.diag(label.affine), [0.625] * 3 + [1])
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 1, "--out-dir", tmp_path / "x", "--label-maps", spade_run)
+    assert code == 2 and "not a model of label maps" in err

@@ -26,7 +26,8 @@ DEFAULT_DATA = "../shared/data/medmnist/pneumoniamnist.npz"
 @dataclass
 class DataConfig:
     path: str = DEFAULT_DATA
-    format: str = "auto"  # auto | npz | folder | ct_slices (CT + label map -> 2.5D slices) | volumes
+    format: str = "auto"  # auto | npz | folder | ct_slices (CT + label map -> 2.5D slices) | volumes | paired_slices
+    # | segmentation (image + label patches) | label_maps (segmentation cases' maps as one-hot images)
     image_size: Optional[int] = None  # resize (e.g. 28 -> 64); None keeps the file's size
     channels: Optional[int] = None  # image folders: 1 (grayscale) or 3 (RGB); None = as stored
     labels_csv: Optional[str] = None  # image folders: CSV with columns filename,label
@@ -232,7 +233,7 @@ class Config:
 
 
 CHOICES = {
-    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation"),
+    "data.format": ("auto", "npz", "folder", "ct_slices", "volumes", "paired_slices", "segmentation", "label_maps"),
     "data.regions": (None, "brats"),
     "model.family": tuple(FAMILIES),
     "diffusion.schedule": ("linear_beta", "scaled_linear_beta", "cosine"),
@@ -313,7 +314,7 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: optim.schedule and optim.warmup_steps are used by model.family="
                             f"{' or '.join(PATCH_FAMILIES)} only (got {cfg.model.family!r})")
     for key in ("splits", "source_spacing", "synthetic"):
-        if cfg.data[key] is not None and cfg.data.format != "segmentation":
+        if cfg.data[key] is not None and cfg.data.format not in ("segmentation", "label_maps"):
             raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "
                                 f"{cfg.data.format!r})")
     if cfg.data.augment and cfg.data.format != "segmentation":

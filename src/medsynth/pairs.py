@@ -2,8 +2,9 @@
 images from label maps (model.family=spade).
 
 Maps come from the run's own training cases, each randomly deformed (data/label_maps.py: affine
-+ elastic, seeded per pair), or from `label_maps` used as given (3D: a map file or a folder of
-them; 2D: an .npz with `masks`, N x H x W). 3D pairs are written as NIfTI with the source map's
++ elastic, seeded per pair), or from `label_maps`: maps used as given (3D: a map file or a folder
+of them; 2D: an .npz with `masks`, N x H x W), or a model of label maps (a run trained with
+data.format=label_maps, e.g. a 3D VAE) that draws a new map for every pair: anatomy no patient had. 3D pairs are written as NIfTI with the source map's
 affine: pair_00000_image.nii.gz (one file per contrast, _image_0, _image_1, .. for several) and
 pair_00000_label.nii.gz (label values), both marked synthetic with their provenance (seed, mask
 source); manifest.csv lists case, image column(s), label, mask_source and seed, and is what
@@ -34,7 +35,7 @@ from medsynth.data.patches import load_segmentation_splits, pair_columns, to_val
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import synthetic_provenance
-from medsynth.runs import check_output
+from medsynth.runs import check_output, is_run
 from medsynth.writers import staged_folder, write_nifti, write_text
 
 MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".h5", ".hdf5")
@@ -106,28 +107,83 @@ def _training_maps(cfg, flat: int | None) -> list[SourceMap]:
     return maps
 
 
+def _model_maps(run: Path, n: int, seed: int, classes: list[int], device: str) -> list[SourceMap]:
+    """n new maps drawn from a model of label maps (a run trained with data.format=label_maps), each
+    resized back to the box its training maps were cut to; one per pair, used as drawn. Their grid:
+    the map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
+    patient's position)."""
+    from medsynth.data.label_maps import maps_from_images
+
+    model = load_run(run, device)
+    c = model.cfg
+    if c.data.format != "label_maps" or not model.can_sample or model.from_label_maps:
+        raise MedsynthError(f"{run}: not a model of label maps (a run trained with data.format=label_maps)")
+    if list(c.data.classes) != classes:
+        raise MedsynthError(f"{run}: draws maps of classes {list(c.data.classes)}; this model takes {classes}")
+    if model.conditional:
+        raise MedsynthError(f"{run}: a conditional model of maps; draw its maps yourself and give them as files")
+    spacing = c.data.spacing or c.data.source_spacing or [1.0, 1.0, 1.0]
+    affine = np.diag([*(float(s) for s in spacing), 1.0])
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():
+        drawn = torch.cat([model.sample(min(16, n - i), generator=generator).cpu() for i in range(0, n, 16)])
+    box = list(c.model.output_space["box"])
+    return [SourceMap(f"model:{Path(run).name}:{i}", m, affine, deform=False)
+            for i, m in enumerate(maps_from_images(drawn, box))]
+
+
+def draw_pair(recipe, source: SourceMap, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices *spatial, image C x *spatial in [-1, 1]) from one source map: deformed with
+    `seed` when it is a training map (kept as it was when a deformation pushed every structure out
+    of the volume), the image drawn with noise from `seed`."""
+    indices = deform_label_map(source.indices, seed) if source.deform else source.indices
+    if not indices.any():
+        indices = source.indices
+    generator = torch.Generator(device=recipe.device).manual_seed(seed)
+    image = recipe.sample(1, condition=torch.from_numpy(indices[None, None].astype(np.int64)), generator=generator)
+    return indices, image[0].cpu().numpy()
+
+
 def _write_flat_pairs(staging: Path, recipe, run_dir, maps: list[SourceMap], n: int, seed: int, log) -> str:
     """2D pairs into pairs.npz; returns manifest.csv's text."""
-    from medsynth.data.patches import to_values
     from medsynth.writers import save_npz
 
     classes = list(recipe.cfg.data.classes)
     images, masks, rows = [], [], ["index,mask_source,seed"]
     for i in range(n):
         source, pair_seed = maps[i % len(maps)], seed + i
-        indices = deform_label_map(source.indices, pair_seed) if source.deform else source.indices
-        indices = indices if indices.any() else source.indices
-        generator = torch.Generator(device=recipe.device).manual_seed(pair_seed)
-        images.append(recipe.sample(1, condition=torch.from_numpy(indices[None, None].astype(np.int64)),
-                                    generator=generator)[0].cpu())
+        indices, image = draw_pair(recipe, source, pair_seed)
+        images.append(torch.from_numpy(image))
         masks.append(to_values(indices, classes))
         rows.append(f"{i},{source.name},{pair_seed}")
         log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, units=UNITS,
-                                mask_sources=sorted({r.split(",")[1] for r in rows[1:]}))
+                                mask_sources="manifest.csv (per pair, with its seed)")
     save_npz(staging / "pairs.npz", torch.stack(images), provenance=prov, dtype="float32",
              extra={"masks": np.stack(masks)})
     return "\n".join(rows) + "\n"
+
+
+def _write_volume_pairs(staging: Path, recipe, run_dir, maps: list[SourceMap], n: int, seed: int, log) -> str:
+    """3D pairs as NIfTI files; returns manifest.csv's text."""
+    classes = list(recipe.cfg.data.classes)
+    columns = pair_columns(int(recipe.cfg.model.in_channels))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case", *columns, "label", "mask_source", "seed"])
+    for i in range(n):
+        source, pair_seed = maps[i % len(maps)], seed + i
+        indices, image = draw_pair(recipe, source, pair_seed)
+        case = f"pair_{i:05d}"
+        prov = synthetic_provenance(recipe, Path(run_dir), pair_seed, index=i, mask_source=source.name, units=UNITS)
+        names = [f"{case}_{c}.nii.gz" for c in columns]
+        for k, name in enumerate(names):
+            write_nifti(staging / name, image[k], source.affine, provenance={**prov, "role": columns[k]})
+        write_nifti(staging / f"{case}_label.nii.gz", to_values(indices, classes), source.affine,
+                    provenance={**prov, "role": "label"}, dtype=np.int16)
+        writer.writerow([case, *names, f"{case}_label.nii.gz", source.name, pair_seed])
+        log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
+    return buffer.getvalue()
 
 
 def sample_pairs(run_dir: str | Path, n: int, out_dir: str | Path, seed: int = 0, label_maps: str | Path | None = None,
@@ -142,34 +198,16 @@ def sample_pairs(run_dir: str | Path, n: int, out_dir: str | Path, seed: int = 0
     cfg = recipe.cfg
     classes, dims = list(cfg.data.classes), int(cfg.model.spatial_dims)
     flat = int(cfg.data.slice_axis) if dims == 2 else None
-    maps = _given_maps(Path(label_maps), classes, dims) if label_maps else _training_maps(cfg, flat)
-    log(f"drawing {n} pair(s) from {len(maps)} {'given' if label_maps else 'deformed training'} map(s)")
-    if dims == 2:
-        with staged_folder(out_dir, overwrite) as staging:
-            write_text(staging / "manifest.csv", _write_flat_pairs(staging, recipe, run_dir, maps, n, seed, log))
-        return Path(out_dir) / "manifest.csv"
-    columns = pair_columns(int(cfg.model.in_channels))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["case", *columns, "label", "mask_source", "seed"])
+    if label_maps and is_run(label_maps):
+        if dims != 3:
+            raise MedsynthError(f"--label-maps {label_maps}: maps from a model of maps are for 3D models")
+        maps, kind = _model_maps(Path(label_maps), n, seed, classes, device), "drawn"
+    elif label_maps:
+        maps, kind = _given_maps(Path(label_maps), classes, dims), "given"
+    else:
+        maps, kind = _training_maps(cfg, flat), "deformed training"
+    log(f"drawing {n} pair(s) from {len(maps)} {kind} map(s)")
+    write = _write_flat_pairs if dims == 2 else _write_volume_pairs
     with staged_folder(out_dir, overwrite) as staging:
-        for i in range(n):
-            source, pair_seed = maps[i % len(maps)], seed + i
-            indices = deform_label_map(source.indices, pair_seed) if source.deform else source.indices
-            if not indices.any():  # a deformation can push a small structure out of the volume
-                indices = source.indices
-            generator = torch.Generator(device=recipe.device).manual_seed(pair_seed)
-            image = recipe.sample(1, condition=torch.from_numpy(indices[None, None].astype(np.int64)),
-                                  generator=generator)[0].cpu().numpy()
-            case = f"pair_{i:05d}"
-            prov = synthetic_provenance(recipe, Path(run_dir), pair_seed, index=i, mask_source=source.name,
-                                        units=UNITS)
-            names = [f"{case}_{c}.nii.gz" for c in columns]
-            for k, name in enumerate(names):
-                write_nifti(staging / name, image[k], source.affine, provenance={**prov, "role": columns[k]})
-            write_nifti(staging / f"{case}_label.nii.gz", to_values(indices, classes), source.affine,
-                        provenance={**prov, "role": "label"}, dtype=np.int16)
-            writer.writerow([case, *names, f"{case}_label.nii.gz", source.name, pair_seed])
-            log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
-        write_text(staging / "manifest.csv", buffer.getvalue())
+        write_text(staging / "manifest.csv", write(staging, recipe, run_dir, maps, n, seed, log))
     return Path(out_dir) / "manifest.csv"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from medsynth.case_evaluation import evaluate_segmentation
+from medsynth.data.label_maps import foreground_box
 from medsynth.errors import MedsynthError
 from medsynth.metrics.intervals import LEVEL
 from medsynth.models import load_run
@@ -58,21 +59,6 @@ def ratio_interval(synthetic: np.ndarray, real: np.ndarray, resamples: int, seed
     ratios = synthetic[picks].mean(1) / np.maximum(real[picks].mean(1), 1e-12)
     alpha = (1 - LEVEL) / 2
     return [float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))]
-
-
-def foreground_box(image: np.ndarray, label: np.ndarray, size: list[int]) -> np.ndarray:
-    """C x D x H x W -> C x *size around the label's foreground centre (the volume's centre when it
-    has none), shifted to stay inside, zero-padded where the volume is smaller."""
-    centre = np.argwhere(label > 0).mean(axis=0) if label.any() else np.array(label.shape) / 2
-    out = np.zeros((image.shape[0], *size), dtype=np.float32)
-    src, dst = [], []
-    for c, s, n in zip(centre, size, label.shape):
-        start = int(np.clip(np.floor(c - s / 2 + 0.5), 0, max(0, n - s)))
-        length = min(s, n)
-        src.append(slice(start, start + length))
-        dst.append(slice(0, length))
-    out[(slice(None), *dst)] = image[(slice(None), *src)]
-    return out
 
 
 def _cases(cfg, manifest: Path | None, which: tuple[str, ...]):

@@ -76,6 +76,13 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> tuple[dict[str, tu
         from medsynth.data.slices import read_paired_slices
 
         return read_paired_slices(data_cfg)
+    if fmt == "label_maps":
+        from medsynth.data.label_maps import label_map_set
+
+        return label_map_set(data_cfg), {"units": "one-hot label map (channel k: class k of data.classes)",
+                                         "classes": list(data_cfg.classes),
+                                         "box": [int(v) for v in data_cfg.patch_size]
+                                         if hasattr(data_cfg.patch_size, "__len__") else [int(data_cfg.patch_size)] * 3}
     if fmt == "ct_slices":
         from medsynth.data.intensity import ct_mapping
         from medsynth.data.slices import read_ct_slices
@@ -170,7 +177,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     if with_labels and with_labels != set(raw):
         raise MedsynthError(f"{source}: labels given for splits {sorted(with_labels)} but not for all of {sorted(raw)}")
     names = list(raw)
-    if data_cfg.format in ("ct_slices", "volumes", "paired_slices"):  # already mapped into [-1, 1]
+    if data_cfg.format in ("ct_slices", "volumes", "paired_slices", "label_maps"):  # already mapped into [-1, 1]
         scaled = [raw[s][0] for s in names]
     else:
         scaled = to_unit_range([raw[s][0] for s in names], source, [f"{s} images" for s in names])
@@ -190,7 +197,7 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
             num_classes = int(max(int(labels_np[s].max(initial=0)) for s in names)) + 1
             labels = {s: torch.from_numpy(labels_np[s][:, 0].astype(np.int64)) for s in names}
 
-    if data_cfg.image_size is not None and data_cfg.format not in ("folder", "volumes"):
+    if data_cfg.image_size is not None and data_cfg.format not in ("folder", "volumes", "label_maps"):
         images = {s: resize(im, data_cfg.image_size) for s, im in images.items()}
 
     sets = {s: ImageSet(images[s], labels[s]) for s in names}

@@ -82,3 +82,50 @@ def deform_label_map(indices: np.ndarray, seed: int, rotate_degrees: float = 10.
     out = transform(torch.from_numpy(np.ascontiguousarray(indices[None]).astype(np.float32)))
     out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
     return out[0].round().to(torch.uint8).numpy()
+
+
+def foreground_box(image: np.ndarray, label: np.ndarray, size: list[int]) -> np.ndarray:
+    """C x D x H x W -> C x *size around the label's foreground centre (the volume's centre when it
+    has none), shifted to stay inside, zero-padded where the volume is smaller."""
+    centre = np.argwhere(label > 0).mean(axis=0) if label.any() else np.array(label.shape) / 2
+    out = np.zeros((image.shape[0], *size), dtype=np.float32)
+    src, dst = [], []
+    for c, s, n in zip(centre, size, label.shape):
+        start = int(np.clip(np.floor(c - s / 2 + 0.5), 0, max(0, n - s)))
+        length = min(s, n)
+        src.append(slice(start, start + length))
+        dst.append(slice(0, length))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def label_map_set(data_cfg, seed: int = 0) -> dict[str, tuple[np.ndarray, None]]:
+    """data.format=label_maps: the label maps of segmentation cases (data.path, data.splits,
+    data.label, data.classes as for data.format=segmentation) as images, for a model that draws new
+    maps: each map cut to data.patch_size around its foreground's centre, as K one-hot channels,
+    resized to data.image_size^3 (trilinear on the one-hot channels), in [-1, 1]. Split name ->
+    (N x K x S^3 float32, None)."""
+    from medsynth.data.patches import load_segmentation_splits
+
+    if data_cfg.image_size is None:
+        raise MedsynthError("data.format=label_maps needs data.image_size (maps are resized to size^3)")
+    splits = load_segmentation_splits(data_cfg, seed)
+    size, k = list(splits.patch_size), splits.num_classes
+    out = {}
+    for name in ("train", "val", "test"):
+        cases = getattr(splits, name)
+        if not cases:
+            continue
+        boxes = torch.stack([one_hot(torch.from_numpy(foreground_box(c.label[None].astype(np.float32), c.label,
+                                                                     size)).long()[None], k)[0] for c in cases])
+        resized = F.interpolate(boxes, size=(int(data_cfg.image_size),) * 3, mode="trilinear", align_corners=False)
+        out[name] = ((resized * 2 - 1).numpy().astype(np.float32), None)
+    return out
+
+
+def maps_from_images(images: torch.Tensor, size: list[int]) -> np.ndarray:
+    """Drawn one-hot maps N x K x S^3 (any values; [-1, 1] as a model of maps draws them) -> class
+    indices N x *size: resized back to the box the maps were cut to (trilinear), then the class of
+    the largest channel per voxel."""
+    resized = F.interpolate(images.float(), size=tuple(size), mode="trilinear", align_corners=False)
+    return resized.argmax(1).to(torch.uint8).numpy()
