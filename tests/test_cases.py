@@ -93,3 +93,22 @@ def test_json_manifest_mask_and_spacing(tmp_path):
     s = load_splits(cfg.data, 3)
     assert s.train.images.shape == (2, 1, 16, 16, 16)
     assert s.train.images.min() == -1.0  # outside the brain mask -> -1
+
+
+def test_a_nifti_label_map_of_a_dicom_series_is_put_on_the_series_grid():
+    """The shared CT: a DICOM series read as (slice, row, column) and its TotalSegmentator map as a
+    NIfTI (x, y, z). The map is permuted and flipped onto the series' voxels; checked voxel by voxel
+    through world coordinates with the two files' own affines."""
+    from medsynth.data.cases import load_case
+    from medsynth.data.volumes import read_nifti
+
+    ct = DATA / "ct_example"
+    case = load_case("ct", [ct / "dicom"], ct / "example_seg_dicom.nii.gz")
+    raw = read_nifti(ct / "example_seg_dicom.nii.gz")
+    assert case.image.shape[1:] == case.label.shape == (20, 512, 512) and raw.array.shape == (512, 512, 20)
+    rng = np.random.default_rng(0)
+    picks = np.argwhere(raw.array > 0)[rng.choice(int((raw.array > 0).sum()), 200, replace=False)]
+    world = raw.affine @ np.c_[picks, np.ones(len(picks))].T
+    voxels = np.round(np.linalg.solve(case.affine, world)[:3].T).astype(int)
+    assert np.array_equal(case.label[tuple(voxels.T)], raw.array[tuple(picks.T)].astype(np.int64))
+    assert (case.label > 0).sum() == (raw.array > 0).sum()

@@ -103,12 +103,7 @@ def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
             raise MedsynthError(f"{p}: affine differs from {contrast_paths[0].name}'s")
     label = None
     if label_path is not None:
-        lab = read_volume(label_path)
-        if lab.array.shape != first.array.shape:
-            raise MedsynthError(f"{label_path}: label map of shape {lab.array.shape} does not match the image "
-                                f"{first.array.shape}")
-        if not np.allclose(lab.affine, first.affine, atol=1e-3):
-            raise MedsynthError(f"{label_path}: label map affine differs from the image's")
+        lab = on_image_grid(read_volume(label_path), first, label_path, "label map")
         if not np.allclose(lab.array, np.round(lab.array)):
             raise MedsynthError(f"{label_path}: label map holds non-integer values")
         label = np.round(lab.array).astype(np.int64)
@@ -118,12 +113,30 @@ def load_case(name: str, contrast_paths: list[Path], label_path: Path | None,
                 raise MedsynthError(f"{label_path}: labels {extra[:10]} are outside the declared classes {classes}")
     mask = None
     if mask_path is not None:
-        m = read_volume(mask_path)
-        if m.array.shape != first.array.shape:
-            raise MedsynthError(f"{mask_path}: mask of shape {m.array.shape} does not match the image {first.array.shape}")
-        mask = m.array > 0
+        mask = on_image_grid(read_volume(mask_path), first, mask_path, "mask").array > 0
     image = np.stack([v.array for v in volumes]).astype(np.float32)
     return Case(name, image, label, first.affine, first.spacing, mask)
+
+
+def on_image_grid(volume, image, path: Path, what: str):
+    """`volume` (a label map or mask) on the voxel grid of `image`: as it is when shapes and affines
+    agree; with its voxel axes permuted and flipped (nibabel orientations) when it holds the same
+    grid in another axis order, e.g. a NIfTI label map (x, y, z) of a DICOM series read as (slice,
+    row, column); otherwise one error naming the file."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    from medsynth.data.volumes import Volume
+
+    array, affine = volume.array, np.asarray(volume.affine, dtype=np.float64)
+    if array.shape != image.array.shape and sorted(array.shape) == sorted(image.array.shape):
+        turn = ornt_transform(io_orientation(affine), io_orientation(np.asarray(image.affine, dtype=np.float64)))
+        array, affine = apply_orientation(array, turn), affine @ inv_ornt_aff(turn, array.shape)
+    if array.shape != image.array.shape:
+        raise MedsynthError(f"{path}: {what} of shape {volume.array.shape} does not match the image "
+                            f"{image.array.shape}")
+    if not np.allclose(affine, image.affine, atol=1e-3):
+        raise MedsynthError(f"{path}: {what} affine differs from the image's")
+    return Volume(np.ascontiguousarray(array), affine, image.spacing, volume.source) if array is not volume.array else volume
 
 
 def cases_from_folder(root: str | Path, contrasts: list[str], label: str | None = None,
