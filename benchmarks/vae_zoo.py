@@ -1,0 +1,169 @@
+"""The VAE zoo's claims, measured: every shipped 2D VAE-family recipe, with DCGAN, the conditional
+GAN and latent diffusion, trained at the same budget on PneumoniaMNIST and BreastMNIST, each
+audited against the real test split and put side by side with `medsynth compare`.
+
+    python benchmarks/vae_zoo.py --quick                     # PneumoniaMNIST, 1 epoch on 256 images: a smoke run
+    python benchmarks/vae_zoo.py --epochs 20 --out runs/bench_zoo/zoo.json --figures benchmarks/figures/zoo
+
+Budget: every recipe trains `--epochs` epochs over the same training split (so each sees as many
+images; GANs update G and D once per batch, latent diffusion gives a quarter of the epochs to its
+autoencoder and the rest to its diffusion UNet); the configs' own model sizes and batch sizes.
+Audit: `medsynth evaluate` with a domain feature network trained per dataset and image size (28 or
+64 px) on that dataset's training split; FID / KID / PRDC, diversity (mean pairwise MS-SSIM),
+memorisation and authenticity, and train-on-synthetic-test-on-real AUC for the class-conditional
+models, each with its 95% interval, beside the real-vs-real floor.
+
+The goals of the issue are checked on PneumoniaMNIST for the best run by FID: FID within 2x of
+the floor, diversity within 3% of the real test set's, memorised share (pixels) no higher than the
+real held-out images' 0.05, TSTR AUC >= 0.95 x train-on-real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {"pneumoniamnist": ROOT / "../shared/data/medmnist/pneumoniamnist.npz",
+            "breastmnist": ROOT / "../shared/data/medmnist/breastmnist.npz"}
+# recipe -> (family, the claim it bears on)
+RECIPES = {
+    "vae_pneumonia": ("vanilla VAE", "blurry"),
+    "beta_vae_pneumonia": ("beta-VAE", ""),
+    "beta_vae_capacity_pneumonia": ("capacity beta-VAE", ""),
+    "cvae_pneumonia": ("conditional VAE", ""),
+    "msssim_vae_pneumonia": ("MS-SSIM VAE (64 px)", "MS-SSIM helps"),
+    "jointvae_pneumonia": ("JointVAE", ""),
+    "vaegan_pneumonia": ("VAE-GAN (28 px)", "best samples"),
+    "vaegan_pneumonia64": ("VAE-GAN (64 px)", "best samples"),
+    "dcgan_pneumonia": ("DCGAN", ""),
+    "cgan_pneumonia": ("conditional GAN (64 px)", ""),
+    "ldm_pneumonia": ("latent diffusion (64 px)", ""),
+}
+
+
+def medsynth(*args: str) -> str:
+    cmd = [str(Path(sys.executable).with_name("medsynth")), *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"medsynth {' '.join(args[:2])} failed:\n{out.stderr[-3000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def image_size(recipe: str) -> int:
+    from medsynth.config import load_config
+
+    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")
+    return int(cfg.data.image_size or 28)
+
+
+def budget_overrides(recipe: str, epochs: int) -> list[str]:
+    """The same epochs for every recipe; latent diffusion gives a quarter (at least 1) to its
+    autoencoder and the rest, at least 1, to its diffusion UNet."""
+    if recipe.startswith("ldm"):
+        autoencoder = max(1, epochs // 4)
+        return [f"trainer.max_epochs={max(epochs, autoencoder + 1)}", f"diffusion.autoencoder_epochs={autoencoder}"]
+    return [f"trainer.max_epochs={epochs}"]
+
+
+def row(ev: dict) -> dict:
+    """The numbers the table and the goals use, from one evaluation.json."""
+    f, floor = ev["fidelity"], ev["floor"]["fidelity"]
+    div = ev["diversity"]
+    priv = ev.get("privacy", {}).get("pixel", {})
+    util = ev.get("utility", {})
+    return {"fid": f["fid"], "fid_interval": f.get("fid_interval"), "fid_floor": floor["fid"],
+            "kid": f["kid"], "precision": f["precision"], "recall": f["recall"],
+            "ms_ssim": div["fake"]["ms_ssim_mean"], "ms_ssim_interval": div["fake"].get("ms_ssim_mean_interval"),
+            "ms_ssim_real": div["real"]["ms_ssim_mean"], "memorised": priv.get("rate"),
+            "authenticity": priv.get("authenticity"), "heldout_authenticity": priv.get("heldout_authenticity"),
+            "tstr_auc": util.get("synthetic", {}).get("auc"), "trtr_auc": util.get("real", {}).get("auc"),
+            "auc_ratio": util.get("auc_ratio")}
+
+
+def goals(r: dict) -> dict:
+    """The issue's four goals for one row: met or not, with the gap."""
+    out = {"fid_within_2x_floor": r["fid"] <= 2 * r["fid_floor"],
+           "diversity_within_3pct": abs(r["ms_ssim"] - r["ms_ssim_real"]) <= 0.03 * r["ms_ssim_real"],
+           "memorised_at_most_heldout": r["memorised"] is not None and r["memorised"] <= 0.05}
+    out["tstr_auc_at_least_95pct"] = r["auc_ratio"] is not None and r["auc_ratio"] >= 0.95
+    return out
+
+
+def fmt(v, digits=3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def table(rows: dict) -> str:
+    lines = ["| recipe | family | train min | FID [95% CI] (floor) | KID | precision / recall | MS-SSIM synthetic "
+             "(real) | memorised share | authenticity (real held-out) | TSTR AUC / TRTR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ci = " [{:.2f}, {:.2f}]".format(*r["fid_interval"]) if r.get("fid_interval") else ""
+        lines.append(f"| {name} | {RECIPES[name][0]} | {r['minutes']:.1f} | {r['fid']:.2f}{ci} ({r['fid_floor']:.2f}) | "
+                     f"{r['kid']:.4f} | {r['precision']:.2f} / {r['recall']:.2f} | {r['ms_ssim']:.3f} "
+                     f"({r['ms_ssim_real']:.3f}) | {fmt(r['memorised'], 2)} | {fmt(r['authenticity'], 2)} "
+                     f"({fmt(r['heldout_authenticity'], 2)}) | {fmt(r['tstr_auc'])} / {fmt(r['trtr_auc'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="PneumoniaMNIST only, 1 epoch (latent diffusion 2) on 256 "
+                                                             "training images, 200 images audited without intervals")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs for every recipe (default 20)")
+    parser.add_argument("--datasets", nargs="*", choices=sorted(DATASETS), help="default: both (quick: pneumoniamnist)")
+    parser.add_argument("--only", nargs="*", choices=sorted(RECIPES), help="recipes to run (default: all)")
+    parser.add_argument("--runs-dir", default="runs/bench_zoo")
+    parser.add_argument("--figures", help="copy each run's samples.png here as <dataset>_<recipe>.png")
+    parser.add_argument("--out", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    datasets = args.datasets or (["pneumoniamnist"] if args.quick else sorted(DATASETS))
+    recipes = args.only or list(RECIPES)
+    epochs = 1 if args.quick else args.epochs
+    extra_train = ["data.limit=256"] if args.quick else []
+    audit = ["-n", "200", "--resamples", "0", "--utility-steps", "50"] if args.quick else []
+    results: dict = {}
+    for dataset in datasets:
+        data = str(DATASETS[dataset].resolve())
+        runs_dir = Path(args.runs_dir) / dataset
+        features: dict[int, str] = {}
+        rows = {}
+        for recipe in recipes:
+            size = image_size(recipe)
+            if size not in features:
+                features[size] = medsynth("features", "train", "--data", data, f"runs_dir={runs_dir}",
+                                          f"name=features{size}", *([f"data.image_size={size}"] if size != 28 else []),
+                                          *extra_train)
+            start = time.perf_counter()
+            run = medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
+                           *budget_overrides(recipe, epochs), *extra_train)
+            minutes = (time.perf_counter() - start) / 60
+            medsynth("evaluate", "--real", data, "--fake", run, "--features", features[size],
+                     *(["--image-size", str(size)] if size != 28 else []), *audit)
+            rows[recipe] = {"run": run, "minutes": minutes,
+                            **row(json.loads((Path(run) / "evaluation.json").read_text()))}
+            if args.figures:
+                Path(args.figures).mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(run) / "samples.png", Path(args.figures) / f"{dataset}_{recipe}.png")
+        compare_page = Path(args.runs_dir) / f"compare_{dataset}.html"
+        print(subprocess.run([str(Path(sys.executable).with_name("medsynth")), "compare",
+                              *[r["run"] for r in rows.values()], "--out", str(compare_page), "--overwrite"],
+                             cwd=ROOT, capture_output=True, text=True).stdout)
+        best = min(rows, key=lambda k: rows[k]["fid"])
+        results[dataset] = {"rows": rows, "best_by_fid": best, "goals": goals(rows[best]), "compare": str(compare_page),
+                            "budget": {"epochs": epochs, "quick": args.quick}}
+        print(f"\n{dataset} ({epochs} epochs each)\n{table(rows)}\nbest by FID: {best}; goals: {goals(rows[best])}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
