@@ -26,17 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _cli import ROOT, medsynth
 SPLIT = ROOT / "configs/splits/la_heart.json"
-
-
-def _medsynth(*args: str) -> str:
-    cmd = [str(Path(sys.executable).with_name("medsynth")), *args]
-    print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode:
-        raise SystemExit(f"medsynth {args[0]} failed:\n{out.stderr[-3000:]}")
-    return out.stdout
 
 
 def _draw(run: str, n: str, out_dir: str) -> None:
@@ -61,8 +52,7 @@ def _split(path: Path, train: int | None, limit: int | None) -> Path:
 def experiment(name: str, split: Path, args, spade: list[str], seg: list[str]) -> dict:
     runs = Path(args.runs_dir) / name
     start = time.perf_counter()
-    run = _medsynth("train", "configs/spade_la_heart.yaml", f"runs_dir={runs}", f"data.splits={split}",
-                    *spade).strip().splitlines()[-1]
+    run = medsynth("train", "configs/spade_la_heart.yaml", f"runs_dir={runs}", f"data.splits={split}", *spade)
     spade_minutes = (time.perf_counter() - start) / 60
     cases = len(json.loads(split.read_text())["train"])
     pairs = runs / "pairs"
@@ -71,7 +61,7 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str]) -
     if drawn.returncode:
         raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
     speed = json.loads(drawn.stdout.strip().splitlines()[-1])
-    _medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml",
+    medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml",
               *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
     result = json.loads((pairs / "evaluation.json").read_text())
     return {"spade_run": run, "spade_minutes": spade_minutes, "train_cases": cases,

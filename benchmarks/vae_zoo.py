@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _cli import ROOT, medsynth
 DATASETS = {"pneumoniamnist": ROOT / "../shared/data/medmnist/pneumoniamnist.npz",
             "breastmnist": ROOT / "../shared/data/medmnist/breastmnist.npz"}
 # recipe -> (family, the claim it bears on)
@@ -45,15 +45,6 @@ RECIPES = {
     "cgan_pneumonia": ("conditional GAN (64 px)", ""),
     "ldm_pneumonia": ("latent diffusion (64 px)", ""),
 }
-
-
-def medsynth(*args: str) -> str:
-    cmd = [str(Path(sys.executable).with_name("medsynth")), *args]
-    print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode:
-        raise SystemExit(f"medsynth {' '.join(args[:2])} failed:\n{out.stderr[-3000:]}")
-    return out.stdout.strip().splitlines()[-1]
 
 
 def image_size(recipe: str) -> int:

@@ -77,6 +77,23 @@ def test_generator_draws_any_size_its_noise_decides_and_the_map_shapes_it():
     assert flat(padded, torch.randn(flat.noise_shape(padded.shape))).shape == (2, 2, 40, 24)
 
 
+def test_every_shipped_spade_recipe_builds_and_a_too_small_patch_is_refused(tmp_path):
+    """The discriminators must fit the patch: each shipped recipe's networks run a forward pass on its
+    own patch size (the check once refused spade_la_heart's 48-voxel axis)."""
+    for name, channels, classes in (("spade_la_heart", 1, 2), ("spade_brats3d", 2, 5), ("spade_brats2d", 2, 5)):
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        size = list(cfg.data.patch_size) if hasattr(cfg.data.patch_size, "__len__") else [cfg.data.patch_size] * 3
+        cfg.model.in_channels, cfg.model.num_classes, cfg.model.image_size = channels, classes, size
+        recipe = build_recipe(cfg)
+        onehot = one_hot(torch.zeros(1, 1, *size, dtype=torch.long), classes)
+        outs, _ = recipe.discriminator(torch.cat([torch.zeros(1, channels, *size), onehot], 1))
+        assert all(o.shape[2:].numel() > 1 for o in outs), name
+    cfg = load_config(SPADE)
+    cfg.model.in_channels, cfg.model.num_classes, cfg.model.image_size = 1, 2, [64, 64, 32]
+    with pytest.raises(MedsynthError, match=r"too small for 2 discriminator\(s\) of up to 4 strided layers \(needs >= 48"):
+        build_recipe(cfg)
+
+
 def test_bad_label_maps_get_one_clear_error():
     good = sphere() * 4
     assert set(np.unique(check_label_map(good, [0, 4], 3, "m.nii.gz")).tolist()) == {0, 1}

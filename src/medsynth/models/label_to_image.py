@@ -45,11 +45,11 @@ class SPADERecipe(ManualRecipe):
         self.generator = SPADEGenerator(m.spatial_dims, m.num_classes, m.in_channels, m.width, m.depth,
                                         m.noise_channels)
         deepest = m.disc_layers * m.num_discriminators
-        # MONAI's PatchGAN halves the size in its first layer and in each of its layers, and instance
-        # norm needs more than one voxel at the deepest
-        if min(m.image_size) < 2 ** (deepest + 2):
+        # each strided layer of MONAI's PatchGAN halves the size and its instance norm needs more than
+        # one voxel after the deepest: measured, 48 works with 4 layers (48 -> 3), 40 does not (-> 2)
+        if min(m.image_size) < 3 * 2 ** deepest:
             raise MedsynthError(f"patch size {list(m.image_size)} is too small for {m.num_discriminators} "
-                                f"discriminator(s) of up to {deepest} strided layers (needs >= {2 ** (deepest + 2)} "
+                                f"discriminator(s) of up to {deepest} strided layers (needs >= {3 * 2 ** deepest} "
                                 "along every axis): lower model.num_discriminators or model.disc_layers")
         self.discriminator = MultiScalePatchDiscriminator(
             num_d=m.num_discriminators, num_layers_d=m.disc_layers, spatial_dims=m.spatial_dims,
