@@ -16,8 +16,8 @@ FLOORS = [
     ["losses", "features", "metrics"],
     ["models"],
     ["feature_runs", "artefacts"],
-    ["training", "sampling", "translate", "segment"],
-    ["evaluate", "case_evaluation", "report", "compare"],
+    ["training", "sampling", "translate", "segment", "pairs"],
+    ["evaluate", "case_evaluation", "segmentation_utility", "report", "compare"],
     ["cli", ""],  # "" is the package itself (medsynth/__init__.py re-exports the API)
 ]
 
