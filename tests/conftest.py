@@ -97,6 +97,17 @@ def mini_brats(tmp_path_factory):
 LA_SPLIT = ROOT / "configs/splits/la_heart.json"
 
 
+# shipped recipes that name a run only a user can make: the overrides that let them load
+NEEDS_A_RUN = {"ct_vae_perceptual": ["loss.perceptual_net=FEATURE_RUN"],
+               "ct_vae_perceptual_bilinear": ["loss.perceptual_net=FEATURE_RUN"]}
+
+
+def tiny_la(runs, split_file, patch: str, *extra) -> list[str]:
+    """Overrides for a seconds-long run of an LA heart recipe on the cases of `split_file`."""
+    return [f"runs_dir={runs}", f"data.splits={split_file}", f"data.patch_size={patch}", "data.patches_per_epoch=4",
+            "data.val_patches=1", "model.depth=2", "model.width=0.125", "trainer.max_epochs=2", *extra]
+
+
 def la_split_file(path: Path, train: int = 1) -> Path:
     """A split file at `path` naming real LA heart cases: the shipped split's first `train` training
     cases and its first validation and test case."""

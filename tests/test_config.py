@@ -53,5 +53,10 @@ def test_shipped_recipes_load():
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert len(recipes) >= 6
+    from conftest import NEEDS_A_RUN
+
     for recipe in recipes:
-        load_config(recipe)
+        load_config(recipe, NEEDS_A_RUN.get(recipe.stem))
+        if recipe.stem in NEEDS_A_RUN:  # refused without the feature run, by name
+            with pytest.raises(MedsynthError, match="needs loss.perceptual_net"):
+                load_config(recipe)

@@ -72,7 +72,7 @@ def test_bad_ct_slice_inputs(tmp_path):
         load_splits(ct_cfg("data.crop_size=128").data)
     seg = read_nifti(CT / "example_seg.nii.gz")
     write_nifti(tmp_path / "short.nii.gz", seg.array[:, :, :20], seg.affine)
-    with pytest.raises(MedsynthError, match="does not match the CT"):
+    with pytest.raises(MedsynthError, match="does not match the image"):
         load_splits(ct_cfg(f"data.label_path={tmp_path / 'short.nii.gz'}").data)
     with pytest.raises(MedsynthError, match="needs data.label_path"):
         load_splits(ct_cfg("data.label_path=null").data)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import la_split_file
+from conftest import la_split_file, tiny_la
 from medsynth.config import load_config
 from medsynth.data.augment import patch_augmentation
 from medsynth.data.patches import load_segmentation_splits, read_split_file
@@ -27,9 +27,7 @@ SPLIT = json.loads((ROOT / "configs/splits/la_heart.json").read_text())
 
 
 def tiny(runs, split_file, *extra):
-    return [f"runs_dir={runs}", f"data.splits={split_file}", "data.patch_size=[32,32,16]", "data.patches_per_epoch=4",
-            "data.val_patches=1", "model.depth=2", "model.width=0.125", "trainer.max_epochs=2",
-            "optim.warmup_steps=1", *extra]
+    return tiny_la(runs, split_file, "[32,32,16]", "optim.warmup_steps=1", *extra)
 
 
 @pytest.fixture

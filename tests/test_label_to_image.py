@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import la_split_file, run_cli
+from conftest import la_split_file, run_cli, tiny_la
 from medsynth.config import load_config
 from medsynth.data.label_maps import check_label_map, deform_label_map, one_hot, pad_to_multiple
 from medsynth.data.patches import load_segmentation_splits
@@ -29,9 +29,7 @@ UNET = ROOT / "configs/unet_la_heart.yaml"
 
 
 def tiny(runs, split_file, *extra):
-    return [f"runs_dir={runs}", f"data.splits={split_file}", "data.patch_size=[32,32,32]", "data.patches_per_epoch=4",
-            "data.val_patches=1", "model.depth=2", "model.width=0.125", "model.num_discriminators=1",
-            "trainer.max_epochs=2", *extra]
+    return tiny_la(runs, split_file, "[32,32,32]", "model.num_discriminators=1", *extra)
 
 
 @pytest.fixture

@@ -46,5 +46,21 @@ def test_brats_regions_and_empty_structures():
     assert s["regions"]["enhancing_tumour"]["dice"] == pytest.approx(1.0)
     assert s["regions"]["tumour_core"]["dice"] == pytest.approx(1.0)
     assert s["regions"]["whole_tumour"]["dice"] == pytest.approx(2 * 4 / (4 + 8))
+    pred[6:8, 0:2] = 3  # only the prediction has class 3: Dice 0 (MONAI's default would give NaN)
+    s = segmentation_scores(pred, target, classes=[3])
+    assert s["classes"]["3"]["dice"] == 0.0 and s["classes"]["3"]["hd95"] is None
     with pytest.raises(MedsynthError, match="differ"):
         segmentation_scores(pred, target[:4])
+
+
+def test_foreground_threshold_against_a_direct_rule():
+    import torch
+
+    from medsynth.models.segmentation import foreground_classes
+
+    probs = torch.tensor([[0.45, 0.3, 0.7, 0.2], [0.35, 0.6, 0.2, 0.1], [0.2, 0.1, 0.1, 0.7]])  # K=3 x 4 voxels
+    assert foreground_classes(probs).tolist() == [0, 1, 0, 2]  # the argmax
+    # foreground where 1 - p(background) > t: voxel 0 (0.55) passes 0.5, not 0.6
+    assert foreground_classes(probs, 0.5).tolist() == [1, 1, 0, 2]
+    assert foreground_classes(probs, 0.6).tolist() == [0, 1, 0, 2]
+    assert foreground_classes(probs, 0.75).tolist() == [0, 0, 0, 2]

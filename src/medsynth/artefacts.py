@@ -6,7 +6,7 @@
                       (latent diffusion: autoencoder.json, stage 1's MS-SSIM / SSIM / PSNR)
     can_translate     translations.png and translation.json (beside the copy-the-source baseline)
     can_segment       segmentation.png and segmentation.json (Dice / HD95 per held-out case)
-    can_classify      features.json (the feature network's test scores and weights hash)
+    is_feature_network features.json (the feature network's test scores and weights hash)
 
 One place for every family, through the writers and the file names of `medsynth.runs`; each
 returns the figures that go into summary.json.
@@ -49,7 +49,7 @@ def write_artefacts(recipe, splits, run_dir: Path, seed: int) -> dict:
         figures.update(write_translations(recipe, splits, run_dir, seed))
     if recipe.can_segment:
         figures.update(write_segmentations(recipe, splits, run_dir, seed))
-    if recipe.can_classify:
+    if recipe.is_feature_network:
         figures.update(write_classifier_scores(recipe, splits, run_dir, seed))
     return figures
 
@@ -207,7 +207,7 @@ def write_classifier_scores(recipe, splits, run_dir: Path, seed: int) -> dict:
     name, held = splits.held_out()
     result = recipe.test_scores(held.images, held.labels, seed)
     info = {"task": recipe.task, "sha256": file_sha256(run_dir / runs.WEIGHTS), "embed_dim": recipe.net.embed_dim,
-            "image_size": list(recipe.cfg.model.image_size), "in_channels": recipe.cfg.model.in_channels,
+            "image_size": list(recipe.cfg.model.image_size), "in_channels": recipe.input_channels,
             "test_split": name, "test_images": len(held), **result}
     write_text(run_dir / runs.FEATURES, json.dumps(info, indent=2))
     return {f"test_{k}": v for k, v in result.items()}

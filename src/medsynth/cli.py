@@ -13,6 +13,7 @@ from medsynth.writers import OUTPUT_DTYPES
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
 from medsynth.models.classifier import FEATURE_DEFAULTS
+from medsynth.models.fcn import SEGMENTATION_FEATURE_DEFAULTS
 from medsynth.compare import compare
 from medsynth.report import report
 from medsynth.sampling import sample
@@ -62,7 +63,18 @@ def _translate(args) -> None:
 
 
 def _features_train(args) -> None:
-    base = [] if args.config else list(FEATURE_DEFAULTS)
+    from pathlib import Path
+
+    if args.task == "segmentation":
+        if not args.labels:
+            raise MedsynthError("features train --task segmentation needs --labels (the CT's label map)")
+        base = [] if args.config else list(SEGMENTATION_FEATURE_DEFAULTS)
+        # a DICOM folder is read as (slice, row, column): its slices lie along axis 0
+        base += [f"data.label_path={args.labels}", *(["data.slice_axis=0"] if Path(args.data).is_dir() else [])]
+    else:
+        if args.labels:
+            raise MedsynthError("--labels is for --task segmentation (classes come with the images)")
+        base = [] if args.config else list(FEATURE_DEFAULTS)
     print(train(args.config, [*base, f"data.path={args.data}", *args.overrides], log=_log()))
 
 
@@ -234,7 +246,14 @@ def _add_features(sub) -> None:
                         description="Train a VGG-style classifier on --data (labels: its classes; no labels: "
                                     "rotation prediction). The run directory holds model.safetensors and "
                                     "features.json (test accuracy / ROC AUC, SHA-256 of the weights).")
-    f.add_argument("--data", required=True, help="training data (.npz or image folder)")
+    f.add_argument("--data", required=True, help="training data (.npz or image folder; with --task segmentation "
+                                                 "a CT volume: NIfTI, NRRD or a DICOM folder)")
+    f.add_argument("--task", choices=("classes", "segmentation"), default="classes",
+                   help="classes (default): a VGG-style classifier on the images' classes (none: rotation "
+                        "prediction); segmentation: a VGG-like fully convolutional network learning the organs "
+                        "of --labels on 2.5D CT slices (the abdominal-CT tutorial's perceptual network; settings "
+                        "of configs/features_ct_seg.yaml)")
+    f.add_argument("--labels", help="--task segmentation: the CT's label map (NIfTI; TotalSegmentator labels)")
     f.add_argument("--config", help="feature recipe YAML (default: the settings of configs/features_pneumonia.yaml)")
     f.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=3")
     f.set_defaults(func=_features_train)

@@ -36,8 +36,11 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 0
     # ct_slices: the abdominal-CT tutorial's 2.5D dataset
-    label_path: Optional[str] = None  # label map of data.path (NIfTI)
+    label_path: Optional[str] = None  # label map of data.path (NIfTI; data.path may be a DICOM folder)
     organ: Optional[int] = None  # keep slices holding this label (pancreas = 7 in TotalSegmentator)
+    organ_margin: int = 0  # ... and this many slices beyond the first and last of them
+    segment: Optional[List[int]] = None  # labels to segment (class k = k-th entry; others background): the
+    # label channel a segmentation feature network (model.family=fcn) learns from
     window: Any = "abdomen"  # CT window preset (abdomen, lung, bone, brain) or [level, width] in HU
     slice_axis: int = 2
     crop_size: Optional[int] = None  # random crops in training, centre crops otherwise
@@ -52,7 +55,8 @@ class DataConfig:
     target_channels: int = 1  # the last contrasts of data.contrasts are the target
     min_mask_fraction: float = 0.3  # keep slices with at least this share of the largest mask slice
     unpaired: bool = False  # training pairs source and target slices of different patients (CycleGAN)
-    crop_to_mask: Optional[int] = None  # slices cut to this many px around the case's mask (native size, no resize)
+    crop_to_mask: Optional[int] = None  # slices cut to this many px around the case's mask (ct_slices: the organ)
+    # (native size, no resize)
     neighbours: int = 0  # 2.5D: the source contrasts' slices this far above and below as extra channels
     # segmentation: the same cases with a label map, cut into class-balanced patches
     label: Optional[str] = None  # file pattern (folder) or manifest column of the label map
@@ -97,6 +101,8 @@ class ModelConfig:
     sw_batch_size: int = 2  # windows per forward pass
     largest_component: bool = False  # keep each foreground class's largest connected component
     test_time_flips: bool = False  # segment: average the class probabilities over the 8 flips of the volume
+    foreground_threshold: Optional[float] = None  # segment: None takes the argmax; a number makes a voxel
+    # foreground when 1 - p(background) exceeds it (then its most probable foreground class)
     # images from label maps (model.family=spade, nets/spade.py; model.width, depth, disc_layers as above)
     noise_channels: int = 16  # channels of the noise map at 1/2^depth of the image size
     num_discriminators: int = 2  # PatchGANs of disc_layers x 1, 2, ... strided layers
@@ -134,6 +140,7 @@ class LossConfig:
     perceptual_weight: float = 0.0  # 0 switches it off
     perceptual_layers: List[int] = field(default_factory=lambda: [2, 5, 9])
     perceptual_layer_weights: Optional[List[float]] = None  # None: 1 for each layer
+    perceptual_distance: str = "mse"  # between tapped feature maps: mse | l1 (the abdominal-CT tutorial's)
     # Adversarial models
     adversarial: str = "least_squares"  # least_squares | bce | hinge (MONAI PatchAdversarialLoss)
     adversarial_weight: float = 1.0  # 0: no discriminator at all (e.g. the plain UNet baseline)
@@ -246,6 +253,7 @@ CHOICES = {
     "model.spatial_dims": (2, 3),
     "model.upsample": ("transposed", "bilinear", "nearest"),
     "loss.reconstruction": ("l1", "mse", "bce", "msssim"),
+    "loss.perceptual_distance": ("mse", "l1"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "data.channels": (None, 1, 3),
     "optim.schedule": ("constant", "cosine", "poly"),
@@ -332,11 +340,22 @@ def _check(cfg: DictConfig, source: str) -> None:
                             "2D models take [H, W] patches (slices along data.slice_axis), 3D models [D, H, W]")
     if len(sizes) == 2 and cfg.model.family != "spade":
         raise MedsynthError(f"{source}: 2D patches ([H, W]) are for model.family=spade; segmentation models are 3D")
+    if cfg.model.foreground_threshold is not None and not 0 < cfg.model.foreground_threshold < 1:
+        raise MedsynthError(f"{source}: model.foreground_threshold={cfg.model.foreground_threshold} must lie in (0, 1)")
     if cfg.optim.warmup_steps < 0 or not 0 <= cfg.data.scale_range < 1 or not 0 <= cfg.data.rotate_degrees <= 180:
         raise MedsynthError(f"{source}: optim.warmup_steps must be >= 0, data.scale_range in [0, 1) and "
                             "data.rotate_degrees in [0, 180]")
-    if (cfg.data.crop_to_mask is not None or cfg.data.neighbours) and cfg.data.format != "paired_slices":
-        raise MedsynthError(f"{source}: data.crop_to_mask and data.neighbours apply to data.format=paired_slices")
+    if cfg.data.neighbours and cfg.data.format != "paired_slices":
+        raise MedsynthError(f"{source}: data.neighbours applies to data.format=paired_slices")
+    if cfg.data.crop_to_mask is not None and cfg.data.format not in ("paired_slices", "ct_slices"):
+        raise MedsynthError(f"{source}: data.crop_to_mask applies to data.format=paired_slices or ct_slices")
+    if (cfg.data.segment is not None or cfg.data.organ_margin) and cfg.data.format != "ct_slices":
+        raise MedsynthError(f"{source}: data.segment and data.organ_margin apply to data.format=ct_slices")
+    if cfg.data.organ_margin < 0:
+        raise MedsynthError(f"{source}: data.organ_margin={cfg.data.organ_margin} must be >= 0")
+    if (cfg.model.family == "fcn") != (cfg.data.segment is not None) and cfg.data.format == "ct_slices":
+        raise MedsynthError(f"{source}: model.family=fcn (a segmentation feature network) and data.segment (the "
+                            "labels it learns) go together")
     if cfg.data.crop_to_mask is not None and (cfg.data.crop_to_mask <= 0 or cfg.data.image_size is not None):
         raise MedsynthError(f"{source}: data.crop_to_mask={cfg.data.crop_to_mask} must be a positive size, and "
                             "replaces data.image_size (the slices keep their native pixels): set one of them")

@@ -16,4 +16,5 @@ FAMILIES = {
     "spade": "medsynth.models.label_to_image:SPADERecipe",  # images from label maps
     "ldm": "medsynth.models.ldm:LatentDiffusionRecipe",
     "classifier": "medsynth.models.classifier:ClassifierRecipe",  # the domain feature network
+    "fcn": "medsynth.models.fcn:FCNRecipe",  # the domain feature network trained to segment (CT organs)
 }

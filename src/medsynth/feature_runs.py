@@ -40,7 +40,7 @@ def load_feature_net(source: str | Path, device: str = "cpu", precision: str = "
 
 def _from_run(run_dir: Path, device: str) -> FeatureNet:
     recipe = load_run(run_dir, device)
-    if recipe.cfg.model.family != "classifier":
+    if not recipe.is_feature_network:
         raise MedsynthError(f"{run_dir}: is a {recipe.cfg.model.family} run, not a feature network")
     meta_path = run_dir / FEATURES
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -48,9 +48,10 @@ def _from_run(run_dir: Path, device: str) -> FeatureNet:
             file_sha256(run_dir / WEIGHTS), "task": meta.get("task"),
             "test_accuracy": meta.get("accuracy"), "test_auc": meta.get("auc")}
     classes = meta.get("task") == "classes"
-    return FeatureNet(recipe.net, recipe.net.embed, recipe.net.embed_dim, info,
-                      list(recipe.cfg.model.image_size), recipe.cfg.model.in_channels,
-                      classify_fn=recipe.net if classes else None)
+    # a segmenting network is fully convolutional: it takes any size its poolings allow
+    size = None if meta.get("task") == "segmentation" else list(recipe.cfg.model.image_size)
+    return FeatureNet(recipe.net, recipe.net.embed, recipe.net.embed_dim, info, size, recipe.input_channels,
+                      classify_fn=recipe.net if classes else None, min_size=2 ** (len(recipe.cfg.model.channels) - 1))
 
 
 def perceptual_loss(cfg) -> PerceptualLoss | None:
@@ -62,4 +63,5 @@ def perceptual_loss(cfg) -> PerceptualLoss | None:
     net = load_feature_net(lc.perceptual_net)
     net.check(torch.zeros(1, m.in_channels, *m.image_size))
     return PerceptualLoss(net, list(lc.perceptual_layers),
-                          None if lc.perceptual_layer_weights is None else list(lc.perceptual_layer_weights))
+                          None if lc.perceptual_layer_weights is None else list(lc.perceptual_layer_weights),
+                          lc.perceptual_distance)

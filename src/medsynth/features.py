@@ -158,11 +158,13 @@ def load_densenet121(path: Path, device: str = "cpu") -> FeatureNet:
 
 
 class PerceptualLoss(nn.Module):
-    """sum_l w_l * mean((phi_l(x_hat) - phi_l(x))^2) per sample, over taps `layers` of a frozen
-    feature network's `features` sequence (forward hooks), scaled by the pixel count so it sits on
-    the same per-image scale as the summed reconstruction errors."""
+    """sum_l w_l * mean(d(phi_l(x_hat), phi_l(x))) per sample, over taps `layers` of a frozen
+    feature network's `features` sequence (forward hooks), d the squared ("mse") or absolute
+    ("l1", the abdominal-CT tutorial's) difference, scaled by the pixel count so it sits on the
+    same per-image scale as the summed reconstruction errors."""
 
-    def __init__(self, net: FeatureNet, layers: list[int], weights: list[float] | None = None):
+    def __init__(self, net: FeatureNet, layers: list[int], weights: list[float] | None = None,
+                 distance: str = "mse"):
         super().__init__()
         features = getattr(net.module, "features", None)
         if not isinstance(features, nn.Sequential):
@@ -179,6 +181,9 @@ class PerceptualLoss(nn.Module):
         self.features = features.eval().requires_grad_(False)
         self.layers = list(layers)
         self.weights = list(weights) if weights is not None else [1.0] * len(layers)
+        if distance not in ("mse", "l1"):
+            raise MedsynthError(f"perceptual distance {distance!r}: expected mse or l1")
+        self.distance = distance
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the tapped layers, caught by forward hooks while `features` runs."""
@@ -199,5 +204,6 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             ref = self.taps(target)
         for w, a, b in zip(self.weights, self.taps(recon), ref):
-            total = total + w * (a.float() - b.float()).pow(2).flatten(1).mean(1)
+            diff = a.float() - b.float()
+            total = total + w * (diff.abs() if self.distance == "l1" else diff.pow(2)).flatten(1).mean(1)
         return total * pixels

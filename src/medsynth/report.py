@@ -202,7 +202,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, evaluation: str |
         section("Segmentations", [paragraph("Per held-out case: the image, the reference labels and the model's "
                                             "labels on the slice with most reference foreground."), *text],
                 [png_image(run_dir / runs.SEGMENTATIONS, "segmentations")], [tab])
-    if capable.get("can_classify"):
+    if capable.get("is_feature_network"):
         section("Feature network", tables=[_scores_table(run_dir / runs.FEATURES, "Held-out scores")])
     curves = loss_curves(run_dir / runs.METRICS)
     section("Loss curves", [paragraph("Per epoch. Train terms carry the warm-up / capacity schedule in force at "
@@ -247,7 +247,7 @@ def _capabilities(cfg: dict) -> dict:
     except MedsynthError:
         return {}
     return {name: bool(getattr(cls, name, False)) for name in
-            ("can_sample", "can_reconstruct", "can_translate", "can_segment", "can_classify")}
+            ("can_sample", "can_reconstruct", "can_translate", "can_segment", "can_classify", "is_feature_network")}
 
 
 def _run_summary(run_dir: Path, cfg: dict) -> dict:

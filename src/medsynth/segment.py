@@ -101,14 +101,21 @@ def segment_case(recipe, path: Path, overlap: float | None = None, sw_batch_size
     segmented whole -> (the case as read, its label map as label values on the case's own grid,
     the file whose geometry an output copies)."""
     data_cfg = recipe.cfg.data
-    case, geometry = _read_input_case(path, data_cfg)
-    case = with_source_spacing(case, data_cfg.get("source_spacing"), geometry)
-    prepared = prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing)
+    case, prepared, geometry = prepared_case(recipe, path)
     pred = recipe.segment(prepared.image, prepared.mask, overlap, sw_batch_size, largest_component, flips)
     if pred.shape != case.image.shape[1:]:  # the run resampled to a spacing: back to the input's grid
         pred = torch.nn.functional.interpolate(torch.from_numpy(pred)[None, None].float(),
                                                size=case.image.shape[1:], mode="nearest")[0, 0].byte().numpy()
     return case, to_values(pred, list(data_cfg.classes)), geometry
+
+
+def prepared_case(recipe, path: Path) -> tuple[Case, Case, Path]:
+    """One case (folder or volume) read with the run's patterns -> (the case as read, the case
+    normalised and resampled as in training, the file whose geometry an output copies)."""
+    data_cfg = recipe.cfg.data
+    case, geometry = _read_input_case(path, data_cfg)
+    case = with_source_spacing(case, data_cfg.get("source_spacing"), geometry)
+    return case, prepare_case(case, data_cfg.mr_normalise, data_cfg.spacing), geometry
 
 
 def write_label_map(path: Path, labels: np.ndarray, geometry: Path, affine: np.ndarray, recipe, run_dir) -> None:

@@ -91,8 +91,7 @@ def read_source(data_cfg, spatial_dims: int | None = None) -> tuple[dict[str, tu
         scale, offset = ct_mapping(window)
         space = {"units": "HU", "scale": [scale] * 3, "offset": [offset] * 3,
                  "note": f"CT window {window}: HU outside it were clipped to its edges"}
-        return {"train": (read_ct_slices(path, data_cfg.label_path, data_cfg.organ, window,
-                                         data_cfg.slice_axis), None)}, space
+        return {"train": (read_ct_slices(data_cfg), None)}, space
     if fmt == "auto":
         if path.is_dir():
             fmt = "folder"

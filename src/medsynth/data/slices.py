@@ -10,10 +10,11 @@ third dimension. Random crops of `crop_size` are drawn per batch in training
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from medsynth.data.intensity import ct_window
-from medsynth.data.volumes import read_nifti, require_3d
 from medsynth.errors import MedsynthError
 
 
@@ -30,24 +31,53 @@ def stack_2_5d(volume: np.ndarray, indices: np.ndarray, axis: int = 2) -> np.nda
     return np.stack([np.stack([moved[max(k - 1, 0)], moved[k], moved[min(k + 1, last)]]) for k in indices])
 
 
-def read_ct_slices(ct_path, label_path, organ: int, window, axis: int = 2) -> np.ndarray:
-    """Windowed 2.5D stacks (float32 in [-1, 1], N x 3 x H x W) of the slices where `organ` is labelled."""
-    if label_path is None or organ is None:
+def read_ct_slices(data_cfg) -> np.ndarray:
+    """Windowed 2.5D stacks (float32 in [-1, 1], N x 3 x H x W) of the CT at data.path (NIfTI,
+    NRRD or a DICOM folder) along data.slice_axis: the slices where data.organ is labelled in
+    data.label_path, widened by data.organ_margin slices each way. With data.crop_to_mask, each
+    is cut to that many px around the organ's in-plane bounding box (over all its slices). With
+    data.segment, a 4th channel holds the centre slice's class index (k for the k-th label of
+    data.segment, 0 for every other label) as float: the target of a segmentation network."""
+    from medsynth.data.cases import on_image_grid, read_volume
+
+    d = data_cfg
+    if d.label_path is None or d.organ is None:
         raise MedsynthError("data.format=ct_slices needs data.label_path (the label map) and data.organ")
-    use = "data.format=ct_slices"
-    ct, labels = require_3d(read_nifti(ct_path), use), require_3d(read_nifti(label_path), use)
-    if ct.array.shape != labels.array.shape:
-        raise MedsynthError(f"{label_path}: label map of shape {labels.array.shape} does not match the CT "
-                            f"{ct_path} of shape {ct.array.shape}")
-    if not np.allclose(ct.affine, labels.affine, atol=1e-3):
-        raise MedsynthError(f"{label_path}: label map affine differs from the CT's ({ct_path})")
-    if not np.allclose(labels.array, np.round(labels.array)) or labels.array.min() < 0:
-        raise MedsynthError(f"{label_path}: label map holds values that are not non-negative integers")
-    indices = organ_slices(labels.array, organ, axis)
+    axis = int(d.slice_axis)
+    window = d.window if isinstance(d.window, str) else list(d.window)
+    ct = read_volume(Path(d.path))
+    labels = on_image_grid(read_volume(Path(d.label_path)), ct, Path(d.label_path), "label map").array
+    if not np.allclose(labels, np.round(labels)) or labels.min() < 0:
+        raise MedsynthError(f"{d.label_path}: label map holds values that are not non-negative integers")
+    labels = np.round(labels).astype(np.int64)
+    organ = labels == int(d.organ)
+    indices = organ_slices(labels, int(d.organ), axis)
     if len(indices) == 0:
-        present = sorted(int(v) for v in np.unique(labels.array))[:20]
-        raise MedsynthError(f"{label_path}: organ label {organ} appears in no slice (labels present: {present})")
-    return stack_2_5d(ct_window(ct.array, window), indices, axis)
+        present = sorted(int(v) for v in np.unique(labels))[:20]
+        raise MedsynthError(f"{d.label_path}: organ label {d.organ} appears in no slice (labels present: {present})")
+    margin = int(d.organ_margin)
+    indices = np.arange(max(0, indices[0] - margin), min(labels.shape[axis], indices[-1] + margin + 1))
+    stacks = stack_2_5d(ct_window(ct.array, window), indices, axis)
+    if d.segment is not None:
+        stacks = np.concatenate([stacks, class_slices(labels, list(d.segment), indices, axis, d.label_path)], 1)
+    if d.crop_to_mask is not None:
+        size, corner = int(d.crop_to_mask), mask_box(organ, axis, int(d.crop_to_mask))
+        image = crop_in_plane(stacks[:, :3], corner, size)
+        stacks = np.concatenate([image, crop_in_plane(stacks[:, 3:], corner, size, fill=0.0)], 1)
+    return np.ascontiguousarray(stacks, dtype=np.float32)
+
+
+def class_slices(labels: np.ndarray, segment: list[int], indices: np.ndarray, axis: int, source) -> np.ndarray:
+    """N x 1 x H x W float class indices of the label map's slices `indices`: k + 1 where it holds
+    segment[k], 0 elsewhere (labels not listed, e.g. TotalSegmentator's other organs, are background)."""
+    if not segment or len(set(segment)) != len(segment) or min(segment) <= 0:
+        raise MedsynthError(f"data.segment={segment}: give distinct positive labels to segment (0 is background)")
+    missing = sorted(set(segment) - set(np.unique(labels).tolist()))
+    if missing:
+        raise MedsynthError(f"{source}: data.segment labels {missing} do not occur in the label map")
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.float32)
+    lookup[segment] = np.arange(1, len(segment) + 1)
+    return lookup[np.moveaxis(labels, axis, 0)[indices]][:, None]
 
 
 def center_crop_array(images: np.ndarray, size: int) -> np.ndarray:

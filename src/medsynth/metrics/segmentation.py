@@ -25,7 +25,8 @@ def _scores(pred: np.ndarray, target: np.ndarray, spacing) -> dict:
         return {"dice": 1.0, "hd95": 0.0, "voxels_pred": 0, "voxels_target": 0}
     pt = torch.from_numpy(p)[None, None].float()
     tt = torch.from_numpy(t)[None, None].float()
-    dice = float(compute_dice(pt, tt, include_background=True).item())
+    # ignore_empty=False: MONAI's default gives NaN, not 0, for a structure only the prediction has
+    dice = float(compute_dice(pt, tt, include_background=True, ignore_empty=False).item())
     if p.any() and t.any():
         hd = float(compute_hausdorff_distance(pt, tt, include_background=True, percentile=95,
                                               spacing=list(spacing)).item())

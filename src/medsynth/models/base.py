@@ -45,7 +45,9 @@ class Recipe(L.LightningModule):
     - can_reconstruct: reconstruct(x, condition=None) and encode(x, condition=None)
     - can_translate:   translate(x, reverse=False) and split(images) -> (source, target)
     - can_segment:     segment(image C x *spatial, mask=None) -> class indices
-    - can_classify:    predict_scores(x) -> B x K (the domain feature network)
+    - can_classify:    predict_scores(x) -> B x K (the domain feature network trained on classes)
+    - is_feature_network: a domain feature network (classifier or segmenter): `net.features` for
+                       perceptual taps, `net.embed`, input_channels, task and test_scores(x, y, seed)
     - conditional:     (per instance, from model.conditional) takes class labels
     - from_label_maps: sample() draws images from label maps (condition: B x 1 x *spatial class
                        indices); `medsynth sample` writes (image, label map) pairs
@@ -56,6 +58,7 @@ class Recipe(L.LightningModule):
     can_translate = False
     can_segment = False
     can_classify = False
+    is_feature_network = False
     from_label_maps = False
     # written at the end of training with reconstruction scores of the held-out split (None: not written)
     reconstruction_scores_file: str | None = None

@@ -35,6 +35,7 @@ def rotate_batch(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.T
 
 class ClassifierRecipe(Recipe):
     can_classify = True
+    is_feature_network = True
 
     def __init__(self, cfg: DictConfig | dict):
         super().__init__(cfg)
@@ -95,6 +96,11 @@ class ClassifierRecipe(Recipe):
             logits = self.net(x[i:i + batch_size].to(self.device)).float()
             out.append(torch.sigmoid(logits) if self.multilabel else logits.softmax(1))
         return torch.cat(out).cpu()
+
+    @property
+    def input_channels(self) -> int:
+        """The image channels the network takes."""
+        return int(self.cfg.model.in_channels)
 
     @property
     def task(self) -> str:

@@ -112,7 +112,24 @@ class SegmentationRecipe(ManualRecipe):
         each foreground class's largest connected component, for structures that are one piece
         (the left atrium), where stray blobs are false positives far from the organ. flips (default
         model.test_time_flips): the class probabilities averaged over the volume flipped along
-        every subset of its three axes (8 passes; training flipped patches the same way)."""
+        every subset of its three axes (8 passes; training flipped patches the same way).
+        model.foreground_threshold (None: the argmax): foreground where 1 - p(background) exceeds
+        it, as its most probable foreground class."""
+        m = self.cfg.model
+        probs = self.class_probabilities(image, overlap, sw_batch_size, flips)
+        pred = foreground_classes(probs, m.get("foreground_threshold"))
+        if mask is not None:
+            pred[~np.asarray(mask, dtype=bool)] = 0
+        if m.largest_component if largest_component is None else largest_component:
+            pred = keep_largest_components(pred, m.num_classes)
+        return pred
+
+
+    @torch.no_grad()
+    def class_probabilities(self, image: np.ndarray | torch.Tensor, overlap: float | None = None,
+                            sw_batch_size: int | None = None, flips: bool | None = None) -> torch.Tensor:
+        """A whole normalised case C x D x H x W -> softmax probabilities K x D x H x W (CPU float32),
+        the sliding-window (and flip) average that segment() takes the argmax of."""
         import itertools
 
         from monai.inferers import sliding_window_inference
@@ -131,12 +148,19 @@ class SegmentationRecipe(ManualRecipe):
                 predictor=lambda t: self.generator(t).float().softmax(dim=1),
                 overlap=m.sw_overlap if overlap is None else overlap, mode="gaussian")
             probs = probs + (p.flip(axes) if axes else p) / len(views)
-        pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
-        if mask is not None:
-            pred[~np.asarray(mask, dtype=bool)] = 0
-        if m.largest_component if largest_component is None else largest_component:
-            pred = keep_largest_components(pred, m.num_classes)
-        return pred
+        return probs[0].cpu()
+
+
+def foreground_classes(probs: torch.Tensor, threshold: float | None = None) -> np.ndarray:
+    """Class probabilities K x *spatial -> class indices (uint8): the argmax without a threshold;
+    with one, 0 where 1 - p(background) <= threshold, elsewhere the most probable foreground class
+    (with two classes: p(foreground) > threshold). A threshold above 0.5 cuts voxels the model is
+    unsure of, e.g. a neighbouring chamber joined to the left atrium at p 0.5-0.6."""
+    if threshold is None:
+        return probs.argmax(0).to(torch.uint8).numpy()
+    pred = probs[1:].argmax(0) + 1
+    pred[(1 - probs[0]) <= threshold] = 0
+    return pred.to(torch.uint8).numpy()
 
 
 def keep_largest_components(pred: np.ndarray, num_classes: int) -> np.ndarray:
