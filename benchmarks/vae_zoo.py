@@ -121,6 +121,7 @@ def main() -> None:
     extra_train = ["data.limit=256"] if args.quick else []
     audit = ["-n", "200", "--resamples", "0", "--utility-steps", "50"] if args.quick else []
     results: dict = {}
+    failed: dict = {}
     for dataset in datasets:
         data = str(DATASETS[dataset].resolve())
         runs_dir = Path(args.runs_dir) / dataset
@@ -133,13 +134,19 @@ def main() -> None:
                                           f"name=features{size}", *([f"data.image_size={size}"] if size != 28 else []),
                                           *extra_train)
             start = time.perf_counter()
-            run = medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
-                           *budget_overrides(recipe, epochs), *extra_train)
-            minutes = (time.perf_counter() - start) / 60
-            medsynth("evaluate", "--real", data, "--fake", run, "--features", features[size],
-                     *(["--image-size", str(size)] if size != 28 else []), *audit)
+            try:
+                run = medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
+                               *budget_overrides(recipe, epochs), *extra_train)
+                minutes = (time.perf_counter() - start) / 60
+                medsynth("evaluate", "--real", data, "--fake", run, "--features", features[size],
+                         *(["--image-size", str(size)] if size != 28 else []), *audit)
+            except SystemExit as failure:  # one recipe failing must not lose the rows already measured
+                print(failure, flush=True)
+                failed[f"{dataset}/{recipe}"] = str(failure)[-2000:]
+                continue
             rows[recipe] = {"run": run, "minutes": minutes,
                             **row(json.loads((Path(run) / "evaluation.json").read_text()))}
+            write_out(args.out, {**results, dataset: {"rows": rows, "partial": True}}, failed)
             if args.figures:
                 Path(args.figures).mkdir(parents=True, exist_ok=True)
                 shutil.copy(Path(run) / "samples.png", Path(args.figures) / f"{dataset}_{recipe}.png")
@@ -151,9 +158,16 @@ def main() -> None:
         results[dataset] = {"rows": rows, "best_by_fid": best, "goals": goals(rows[best]), "compare": str(compare_page),
                             "budget": {"epochs": epochs, "quick": args.quick}}
         print(f"\n{dataset} ({epochs} epochs each)\n{table(rows)}\nbest by FID: {best}; goals: {goals(rows[best])}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_out(args.out, results, failed)
+    if failed:
+        raise SystemExit(f"{len(failed)} recipe(s) failed: {', '.join(failed)}")
+
+
+def write_out(path: str | None, results: dict, failed: dict) -> None:
+    """The rows so far (and any failures) as JSON, rewritten after every run."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({**results, "failed": failed}, indent=2))
 
 
 if __name__ == "__main__":
