@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import ROOT, medsynth
+from _cli import ROOT, grids_side_by_side, medsynth
 
 DICOM = ROOT / "../shared/data/ct_example/dicom"
 LABELS = ROOT / "../shared/data/ct_example/example_seg_dicom.nii.gz"
@@ -121,23 +121,6 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def side_by_side(runs: dict, path: str) -> None:
-    """The three runs' samples.png next to each other, titled, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.6))
-    for ax, (name, run) in zip(np.atleast_1d(axes), runs.items()):
-        ax.imshow(plt.imread(Path(run) / "samples.png"))
-        ax.set_title(RECIPES[name].split(",")[0] + ("" if "bilinear" not in name else ", bilinear"), fontsize=10)
-        ax.axis("off")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 feature epochs, 2 VAE epochs, 16 samples, no intervals")
@@ -176,7 +159,8 @@ def main() -> None:
     print(f"\nsegmentation network {features}: held-out Dice {json.dumps({k: round(v, 3) for k, v in feature_scores.items() if k.startswith('dice')})}")
     print(f"\n{epochs} epochs each\n{table(rows)}\nclaims: {verdict}")
     if args.figure:
-        side_by_side(runs, args.figure)
+        grids_side_by_side({RECIPES[name].split(",")[0] + (", bilinear" if "bilinear" in name else ""):
+                            Path(run) / "samples.png" for name, run in runs.items()}, args.figure, columns=3, inches=4)
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "claims": verdict, "features": features,
                                               "feature_scores": feature_scores,
