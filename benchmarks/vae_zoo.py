@@ -15,8 +15,9 @@ models, each with its 95% interval, beside the real-vs-real floor.
 
 The goals of the issue are checked on PneumoniaMNIST for the best run by FID over its floor (28 and
 64 px models are scored in different feature spaces, so raw FIDs do not compare): FID within 2x of
-the floor, diversity within 3% of the real test set's, memorised share (pixels) no higher than the
-real held-out images' 0.05, TSTR AUC >= 0.95 x train-on-real.
+the floor, diversity within 3% of the real test set's, memorised share (pixels) no higher than
+real held-out images get (the floor's: real val images in place of the synthetic set), TSTR AUC
+>= 0.95 x train-on-real.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def row(ev: dict) -> dict:
     util = ev.get("utility", {})
     return {"fid": f["fid"], "fid_interval": f.get("fid_interval"), "fid_floor": floor["fid"],
             "kid": f["kid"], "precision": f["precision"], "recall": f["recall"],
-            "ms_ssim": div["fake"]["ms_ssim_mean"], "ms_ssim_interval": div["fake"].get("ms_ssim_mean_interval"),
+            "ms_ssim": div["fake"]["ms_ssim_mean"], "ms_ssim_interval": div["fake"].get("ms_ssim_interval"),
             "ms_ssim_real": div["real"]["ms_ssim_mean"], "memorised": priv.get("rate"),
+            "memorised_floor": ev["floor"].get("privacy", {}).get("pixel", {}).get("rate"),
             "authenticity": priv.get("authenticity"), "heldout_authenticity": priv.get("heldout_authenticity"),
             "tstr_auc": util.get("synthetic", {}).get("auc"), "trtr_auc": util.get("real", {}).get("auc"),
             "auc_ratio": util.get("auc_ratio")}
@@ -82,7 +84,8 @@ def goals(r: dict) -> dict:
     """The issue's four goals for one row: met or not, with the gap."""
     out = {"fid_within_2x_floor": r["fid"] <= 2 * r["fid_floor"],
            "diversity_within_3pct": abs(r["ms_ssim"] - r["ms_ssim_real"]) <= 0.03 * r["ms_ssim_real"],
-           "memorised_at_most_heldout": r["memorised"] is not None and r["memorised"] <= 0.05}
+           "memorised_at_most_heldout": r["memorised"] is not None and r["memorised_floor"] is not None
+                                        and r["memorised"] <= r["memorised_floor"]}
     out["tstr_auc_at_least_95pct"] = r["auc_ratio"] is not None and r["auc_ratio"] >= 0.95
     return out
 
@@ -99,7 +102,7 @@ def table(rows: dict) -> str:
         ci = " [{:.2f}, {:.2f}]".format(*r["fid_interval"]) if r.get("fid_interval") else ""
         lines.append(f"| {name} | {RECIPES[name][0]} | {r['minutes']:.1f} | {r['fid']:.2f}{ci} ({r['fid_floor']:.2f}) | "
                      f"{r['kid']:.4f} | {r['precision']:.2f} / {r['recall']:.2f} | {r['ms_ssim']:.3f} "
-                     f"({r['ms_ssim_real']:.3f}) | {fmt(r['memorised'], 2)} | {fmt(r['authenticity'], 2)} "
+                     f"({r['ms_ssim_real']:.3f}) | {fmt(r['memorised'], 2)} ({fmt(r.get('memorised_floor'), 2)}) | {fmt(r['authenticity'], 2)} "
                      f"({fmt(r['heldout_authenticity'], 2)}) | {fmt(r['tstr_auc'])} / {fmt(r['trtr_auc'])} |")
     return "\n".join(lines)
 
@@ -124,7 +127,10 @@ def main() -> None:
         done = json.loads(Path(args.summarise).read_text())
         for dataset, result in done.items():
             if dataset != "failed" and result.get("rows"):
-                summarise(dataset, result["rows"], args, result.get("budget", {}).get("epochs", args.epochs))
+                rows = {k: {"run": r["run"], "minutes": r["minutes"],
+                            **row(json.loads((Path(r["run"]) / "evaluation.json").read_text()))}
+                        for k, r in result["rows"].items()}
+                summarise(dataset, rows, args, result.get("budget", {}).get("epochs", args.epochs))
         return
     datasets = args.datasets or (["pneumoniamnist"] if args.quick else sorted(DATASETS))
     recipes = args.only or list(RECIPES)
