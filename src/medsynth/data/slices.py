@@ -38,14 +38,15 @@ def read_ct_slices(data_cfg) -> np.ndarray:
     is cut to that many px around the organ's in-plane bounding box (over all its slices). With
     data.segment, a 4th channel holds the centre slice's class index (k for the k-th label of
     data.segment, 0 for every other label) as float: the target of a segmentation network."""
-    from medsynth.data.cases import on_image_grid, read_volume
+    from medsynth.data.cases import on_image_grid, read_any_volume, read_volume
+    from medsynth.data.volumes import require_3d
 
     d = data_cfg
     if d.label_path is None or d.organ is None:
         raise MedsynthError("data.format=ct_slices needs data.label_path (the label map) and data.organ")
     axis = int(d.slice_axis)
     window = d.window if isinstance(d.window, str) else list(d.window)
-    ct = read_volume(Path(d.path))
+    ct = require_3d(read_any_volume(Path(d.path)), "data.format=ct_slices")
     labels = on_image_grid(read_volume(Path(d.label_path)), ct, Path(d.label_path), "label map").array
     if not np.allclose(labels, np.round(labels)) or labels.min() < 0:
         raise MedsynthError(f"{d.label_path}: label map holds values that are not non-negative integers")
