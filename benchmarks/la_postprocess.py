@@ -62,8 +62,12 @@ def postprocess(foreground: np.ndarray, threshold: float, radius: int, largest: 
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * (pred & truth).sum() / total)
+    """Dice of two binary maps (1 when both are empty), by the segmentation recipe's own patch_dice."""
+    import torch
+
+    from medsynth.models.segmentation import patch_dice
+
+    return float(patch_dice(torch.from_numpy(pred.astype(np.uint8)), torch.from_numpy(truth.astype(np.uint8)), 2))
 
 
 def main() -> None:

@@ -93,8 +93,7 @@ def test_segmentation_feature_network_trains_and_gives_the_vae_its_perceptual_lo
     assert (info["dice_mean"] is None) == (not dice)
     summary = json.loads((feature_run / "summary.json").read_text())
     assert summary["status"] == "finished"
-    history = load_run(feature_run)
-    assert history.task == "segmentation"
+    assert load_run(feature_run).task == "segmentation"
     net = load_feature_net(feature_run)
     assert net.image_size is None and net.in_channels == 3  # fully convolutional: any crop size
     assert net.embed(torch.zeros(2, 3, 64, 64)).shape == (2, 128)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from medsynth import __version__, console
 from medsynth.diffusion import SAMPLERS, SPACINGS
@@ -63,8 +64,6 @@ def _translate(args) -> None:
 
 
 def _features_train(args) -> None:
-    from pathlib import Path
-
     if args.task == "segmentation":
         if not args.labels:
             raise MedsynthError("features train --task segmentation needs --labels (the CT's label map)")

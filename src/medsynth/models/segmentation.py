@@ -124,7 +124,6 @@ class SegmentationRecipe(ManualRecipe):
             pred = keep_largest_components(pred, m.num_classes)
         return pred
 
-
     @torch.no_grad()
     def class_probabilities(self, image: np.ndarray | torch.Tensor, overlap: float | None = None,
                             sw_batch_size: int | None = None, flips: bool | None = None) -> torch.Tensor:

@@ -82,19 +82,19 @@ class VGGFCN(nn.Module):
         self.embed_dim = channels[-1]
         self.mode = {2: "bilinear", 3: "trilinear"}[spatial_dims]
 
-    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _skip_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's outputs at `skips` (coarsest last)."""
         kept = []
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.skips:
                 kept.append(x)
-        return x, kept
+        return kept
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        _, kept = self._trunk(x)
         return sum(F.interpolate(score(h), size=size, mode=self.mode, align_corners=False)
-                   for score, h in zip(self.scores, kept))
+                   for score, h in zip(self.scores, self._skip_outputs(x)))
