@@ -106,6 +106,8 @@ def test_segmentation_feature_network_trains_and_gives_the_vae_its_perceptual_lo
     vae = load_run(run)
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert vae.sample(2).shape == (2, 3, 64, 64)
+    from PIL import Image  # the 3 channels are neighbouring slices: grids show the centre one in grey
+    assert {Image.open(run / name).mode for name in ("samples.png", "reconstructions.png")} == {"L"}
     code, err = run_cli(capsys, "features", "train", "--task", "segmentation", "--data", DICOM, f"runs_dir={tmp_path}")
     assert code != 0 and "needs --labels" in err
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.data.patches import to_values
+from medsynth.data.slices import grid_channel
 from medsynth.errors import MedsynthError
 from medsynth.metrics.segmentation import score_label_maps
 from medsynth.metrics.similarity import reconstruction_scores
@@ -63,7 +64,8 @@ def save_samples(recipe, splits, run_dir: Path, seed: int) -> None:
         condition = splits.train.labels[:n] if splits.multilabel else torch.arange(n) % recipe.cfg.model.num_classes
         n = len(condition)
     save_grid(run_dir / runs.SAMPLES, recipe.sample(n, condition=condition, generator=generator),
-              provenance=synthetic_provenance(recipe, run_dir, seed, kind="samples"))
+              provenance=synthetic_provenance(recipe, run_dir, seed, kind="samples"),
+              channel=grid_channel(recipe.cfg.data))
 
 
 def save_drawn_from_maps(recipe, splits, run_dir: Path, seed: int, cases: int = 4) -> None:
@@ -110,7 +112,8 @@ def save_reconstructions(recipe, splits, run_dir: Path, seed: int) -> None:
         rows += [x[i:i + width], recon[i:i + width]]
     save_grid(run_dir / runs.RECONSTRUCTIONS, torch.cat(rows), nrow=width,
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="reconstructions (rows of real "
-                                              "held-out images alternate with their reconstructions)"))
+                                              "held-out images alternate with their reconstructions)"),
+              channel=grid_channel(recipe.cfg.data))
 
 
 def write_reconstruction_scores(recipe, splits, run_dir: Path) -> dict:

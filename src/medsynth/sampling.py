@@ -27,6 +27,7 @@ from medsynth.models import load_run
 from medsynth.provenance import file_sha256, synthetic_provenance
 from medsynth.runs import WEIGHTS, check_output
 from medsynth.data.intensity import from_unit_range
+from medsynth.data.slices import grid_channel
 from medsynth.dicom import write_dicom_series
 from medsynth.writers import (OUTPUT_DTYPES, save_grid, save_npz, save_png, staged_folder, to_stored, write_nifti,
                               write_text)
@@ -146,7 +147,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     else:
         _write_dicom_folder(out, images, prov, space, overwrite)
     if grid is not None:
-        save_grid(grid, images[:64], provenance=prov)
+        save_grid(grid, images[:64], provenance=prov, channel=grid_channel(recipe.cfg.data))
     return out
 
 
@@ -310,7 +311,8 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
         with np.load(out_dir / SHARD.format(0)) as f:
             first = torch.from_numpy(f["images"][:64].astype(np.float32) / 127.5 - 1)
             prov = json.loads(str(f["provenance"]))
-        save_grid(grid, first[:, None] if first.ndim == 3 else first.movedim(-1, 1), provenance=prov)
+        save_grid(grid, first[:, None] if first.ndim == 3 else first.movedim(-1, 1), provenance=prov,
+                  channel=grid_channel(recipe.cfg.data))
     return manifest
 
 

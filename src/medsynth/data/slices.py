@@ -18,6 +18,12 @@ from medsynth.data.intensity import ct_window
 from medsynth.errors import MedsynthError
 
 
+def grid_channel(data_cfg) -> int | None:
+    """The channel a grid shows of this data's images: the centre slice of a 2.5D stack (its three
+    channels are neighbouring slices, not colours); None (all channels) otherwise."""
+    return 1 if data_cfg.format == "ct_slices" else None
+
+
 def organ_slices(labels: np.ndarray, organ: int, axis: int = 2) -> np.ndarray:
     """Indices along `axis` of the slices that hold label `organ`."""
     other = tuple(a for a in range(labels.ndim) if a != axis)
