@@ -30,8 +30,10 @@ demo: $(STAMP)
 	echo; echo "demo done. samples: $$run/samples.png  reconstructions: $$run/reconstructions.png"; \
 	echo "metrics: $$run/evaluation.json  report: $$page"
 
+# Two pytest workers of one thread each: most tests run small convolutions that a second thread
+# barely speeds up, so two at a time roughly halves the suite on 2 cores (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

@@ -1,6 +1,12 @@
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (set before numpy and torch are
+    # imported, and inherited by the processes tests start), or four threads fight over two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 import matplotlib
 
 matplotlib.use("Agg")

@@ -182,6 +182,7 @@ def test_two_sampling_processes_give_the_same_shards_as_one(trained_run, tmp_pat
         sample(trained_run, 61, out_dir=tmp_path / "one", shard_size=16, seed=1)
 
 
+@pytest.mark.xdist_group("ddp")  # one at a time: both launch two ranks on local ports
 @pytest.mark.parametrize("launcher", ["ddp_spawn", "torchrun"])
 def test_two_process_ddp_training_on_cpu(pneumonia, tmp_path, launcher):
     """The same `medsynth train` on 2 processes (gloo): each rank sees half the data per epoch."""
