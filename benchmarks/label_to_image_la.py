@@ -49,14 +49,15 @@ def _split(path: Path, train: int | None, limit: int | None) -> Path:
     return path
 
 
-def experiment(name: str, split: Path, args, spade: list[str], seg: list[str]) -> dict:
+def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n_pairs: int | None = None) -> dict:
     runs = Path(args.runs_dir) / name
     start = time.perf_counter()
     run = medsynth("train", "configs/spade_la_heart.yaml", f"runs_dir={runs}", f"data.splits={split}", *spade)
     spade_minutes = (time.perf_counter() - start) / 60
     cases = len(json.loads(split.read_text())["train"])
+    count = n_pairs or cases
     pairs = runs / "pairs"
-    drawn = subprocess.run([sys.executable, __file__, "_draw", run, str(args.pairs or cases), str(pairs)], cwd=ROOT,
+    drawn = subprocess.run([sys.executable, __file__, "_draw", run, str(count), str(pairs)], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if drawn.returncode:
         raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
@@ -65,7 +66,7 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str]) -
               *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
     result = json.loads((pairs / "evaluation.json").read_text())
     return {"spade_run": run, "spade_minutes": spade_minutes, "train_cases": cases,
-            "pairs": args.pairs or cases, "pairs_per_second": (args.pairs or cases) / speed["seconds"],
+            "pairs": count, "pairs_per_second": count / speed["seconds"],
             "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
             "utility": result["segmentation_utility"], "privacy": result["privacy"]}
 
@@ -94,7 +95,11 @@ def main() -> None:
     parser.add_argument("--seg-epochs", type=int, help="UNet trainer.max_epochs for every arm (default: the config's)")
     parser.add_argument("--pairs", type=int, help="pairs to draw (default: as many as the real training cases)")
     parser.add_argument("--few", type=int, default=5, help="real training cases of the few-cases experiment")
+    parser.add_argument("--few-pairs", type=int, help="pairs to draw in the few-cases experiment (default: --pairs)")
+    parser.add_argument("--few-spade-epochs", type=int, help="SPADE epochs in the few-cases experiment "
+                        "(default: --spade-epochs)")
     parser.add_argument("--skip-few", action="store_true")
+    parser.add_argument("--skip-all", action="store_true", help="only the few-cases experiment")
     parser.add_argument("--runs-dir", default="runs/bench_l2i")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
@@ -111,11 +116,14 @@ def main() -> None:
     if args.seg_epochs:
         seg.append(f"trainer.max_epochs={args.seg_epochs}")
     runs = Path(args.runs_dir)
-    results = {"all": experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg)}
+    results = {}
+    if not args.skip_all:
+        results["all"] = experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg, args.pairs)
     if not args.skip_few:
         few = 1 if args.quick else args.few
+        few_spade = spade + ([f"trainer.max_epochs={args.few_spade_epochs}"] if args.few_spade_epochs else [])
         results[f"few{few}"] = experiment(f"few{few}", _split(runs / f"split_few{few}.json", few, limit), args,
-                                          spade, seg)
+                                          few_spade, seg, args.few_pairs or args.pairs)
     print(table(results))
     for name, r in results.items():
         p = r["privacy"]["pixel"]
