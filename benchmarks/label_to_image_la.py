@@ -12,6 +12,8 @@ LA heart cases:
 
     python benchmarks/label_to_image_la.py --quick          # 2 cases a split, tiny budgets: a smoke run
     python benchmarks/label_to_image_la.py --spade-epochs 100 --seg-epochs 150 --out runs/bench_l2i/result.json
+    python benchmarks/label_to_image_la.py --skip-all --few-spade-epochs 15 --few-pairs 20 --seg-epochs 30
+                                                            # the few-cases experiment alone, 20 pairs
 
 The split is configs/splits/la_heart.json (nothing tuned on its test cases).
 """
