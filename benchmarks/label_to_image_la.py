@@ -14,6 +14,9 @@ LA heart cases:
     python benchmarks/label_to_image_la.py --spade-epochs 100 --seg-epochs 150 --out runs/bench_l2i/result.json
     python benchmarks/label_to_image_la.py --skip-all --few-spade-epochs 15 --few-pairs 20 --seg-epochs 30
                                                             # the few-cases experiment alone, 20 pairs
+    python benchmarks/label_to_image_la.py --skip-few --spade-epochs 30 --seg-epochs 60 \
+        --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]"
+                                                            # SPADE told where the other tissue lies
 
 The split is configs/splits/la_heart.json (nothing tuned on its test cases).
 """
@@ -102,6 +105,8 @@ def main() -> None:
                         "(default: --spade-epochs)")
     parser.add_argument("--skip-few", action="store_true")
     parser.add_argument("--skip-all", action="store_true", help="only the few-cases experiment")
+    parser.add_argument("--spade-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every SPADE run, e.g. data.tissue_bands=3 (repeatable)")
     parser.add_argument("--runs-dir", default="runs/bench_l2i")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
@@ -113,6 +118,7 @@ def main() -> None:
                  "trainer.max_epochs=2"]
         seg = ["data.patch_size=[32,32,16]", "model.depth=2", "model.width=0.125", "data.patches_per_epoch=4",
                "trainer.max_epochs=2", "optim.warmup_steps=1", "model.sw_overlap=0"]
+    spade += args.spade_override
     if args.spade_epochs:
         spade.append(f"trainer.max_epochs={args.spade_epochs}")
     if args.seg_epochs:

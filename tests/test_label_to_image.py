@@ -372,3 +372,43 @@ def test_a_model_of_label_maps_draws_a_new_map_for_every_pair(spade_run, cases, 
     assert label.shape == (32, 32, 32) and np.allclose(np.diag(label.affine), [0.625] * 3 + [1])
     code, err = run_cli(capsys, "sample", spade_run, "-n", 1, "--out-dir", tmp_path / "x", "--label-maps", spade_run)
     assert code == 2 and "not a model of label maps" in err
+
+
+def test_tissue_bands_cut_the_background_into_equal_count_intensity_bands():
+    from medsynth.data.intensity import structures_only, tissue_bands
+
+    rng = np.random.default_rng(0)
+    image = rng.permutation(24 * 20 * 16).reshape(24, 20, 16).astype(np.float32)  # every value once
+    labels = sphere((24, 20, 16), radius=6) * 2  # classes 0 and 2 of three
+    out = tissue_bands(image, labels, num_classes=3, bands=4, sigma=0)
+    background = labels == 0
+    assert np.array_equal(out[~background], labels[~background])  # labelled voxels keep their class
+    counts = np.bincount(out[background], minlength=6)
+    assert counts[1] == counts[2] == 0 and counts[[0, 3, 4, 5]].min() >= background.sum() // 4 - 1
+    assert counts[[0, 3, 4, 5]].max() <= background.sum() // 4 + 1  # equal-count bands (distinct values)
+    # the band order is the intensity order, the darkest staying background (independent of the
+    # quantile cut: each band's brightest voxel is darker than the next band's darkest)
+    order = [0, 3, 4, 5]
+    for dark, bright in zip(order, order[1:]):
+        assert image[background & (out == dark)].max() < image[background & (out == bright)].min()
+    assert np.array_equal(structures_only(out, 3), labels)
+    assert tissue_bands(image, labels, 3, bands=1) is labels
+
+
+def test_spade_told_where_the_tissue_lies_writes_maps_of_the_structures_only(cases, tmp_path, capsys):
+    run = train(SPADE, tiny(tmp_path / "runs", cases, "data.tissue_bands=3"), log=lambda *_: None)
+    recipe = load_run(run)
+    assert recipe.cfg.model.num_classes == 4 and list(recipe.cfg.data.classes) == [0, 1]
+    out = tmp_path / "pairs"
+    code, err = run_cli(capsys, "sample", run, "-n", 2, "--out-dir", out)
+    assert code == 0, err
+    for r in csv.DictReader(open(out / "manifest.csv")):
+        values = np.asarray(nib.load(out / r["label"]).dataobj)
+        assert set(np.unique(values).tolist()) == {0, 1}  # the bands went back to background
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    nib.save(nib.Nifti1Image(sphere().astype(np.int16), np.eye(4)), maps / "ball.nii.gz")
+    code, err = run_cli(capsys, "sample", run, "-n", 1, "--out-dir", tmp_path / "given", "--label-maps", maps)
+    assert code == 2 and "tissue bands" in err and len(re_lines(err)) == 1 and not (tmp_path / "given").exists()
+    with pytest.raises(MedsynthError, match="data.tissue_bands is for models that draw images from label maps"):
+        load_config(UNET, ["data.tissue_bands=3"])

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.intensity import structures_only
 from medsynth.data.patches import to_values
 from medsynth.data.slices import grid_channel
 from medsynth.errors import MedsynthError
@@ -77,10 +78,11 @@ def save_drawn_from_maps(recipe, splits, run_dir: Path, seed: int, cases: int = 
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     rows = []
     for case in held:
-        centre = np.round(np.argwhere(case.label > 0).mean(axis=0)).astype(int) if case.label.any() else \
+        foreground = structures_only(case.label, len(splits.classes)) > 0  # tissue bands are not foreground
+        centre = np.round(np.argwhere(foreground).mean(axis=0)).astype(int) if foreground.any() else \
             np.array(case.label.shape) // 2
         if flat is not None:  # the slice with most foreground
-            centre[flat] = int(np.argmax((case.label > 0).sum(axis=tuple(a for a in range(3) if a != flat))))
+            centre[flat] = int(np.argmax(foreground.sum(axis=tuple(a for a in range(3) if a != flat))))
         start = [int(np.clip(c - s // 2, 0, max(0, n - s))) for c, s, n in zip(centre, size, case.label.shape)]
         box = tuple(slice(a, a + s) for a, s in zip(start, size))
         label, image = case.label[box], case.image[0][box]
@@ -89,8 +91,9 @@ def save_drawn_from_maps(recipe, splits, run_dir: Path, seed: int, cases: int = 
         condition = torch.from_numpy((label[..., 0] if flat is not None else label)[None, None].astype(np.int64))
         drawn = recipe.sample(1, condition=condition, generator=generator)[0, 0].cpu().numpy()
         drawn = drawn[..., None] if flat is not None else drawn
-        real_tiles = overlay_rows(image, label, label)
-        rows.append(torch.cat([real_tiles[:2], overlay_rows(drawn, label, label)[:1]]))
+        shown = structures_only(label, len(splits.classes))  # the slice and colours of the structures
+        real_tiles = overlay_rows(image, shown, shown)
+        rows.append(torch.cat([real_tiles[:2], overlay_rows(drawn, shown, shown)[:1]]))
     save_grid(run_dir / runs.SAMPLES, torch.cat(rows), nrow=3,
               provenance=synthetic_provenance(recipe, run_dir, seed, kind="drawn from held-out label maps (per "
                                               "case: real image, real image with its map, image drawn from the map)"))

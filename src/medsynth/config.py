@@ -66,6 +66,10 @@ class DataConfig:
     patches_per_epoch: int = 64  # fresh random patches drawn each epoch
     val_patches: int = 4  # fixed patches per validation case (val_loss)
     class_ratios: Optional[List[float]] = None  # patch-centre class ratios; None: every class alike
+    # label-to-image models (spade): the background of each map split into this many intensity bands of
+    # its image (data/label_maps.py tissue_bands), so the generator is told where the other tissue lies;
+    # 0 or 1: off. Drawn pairs' label maps carry the structures only (bands go back to background)
+    tissue_bands: int = 0
     # training patches only (data/augment.py): flips, rotation, scaling, intensity jitter
     augment: bool = False
     rotate_degrees: float = 15.0  # uniform in +-this about each axis
@@ -321,6 +325,11 @@ def _check(cfg: DictConfig, source: str) -> None:
     if scheduled and cfg.model.family not in PATCH_FAMILIES:
         raise MedsynthError(f"{source}: optim.schedule and optim.warmup_steps are used by model.family="
                             f"{' or '.join(PATCH_FAMILIES)} only (got {cfg.model.family!r})")
+    if (cfg.data.tissue_bands or 0) > 1 and cfg.model.family != "spade" and cfg.data.format != "label_maps":
+        raise MedsynthError(f"{source}: data.tissue_bands is for models that draw images from label maps "
+                            f"(model.family=spade) and models of their maps (data.format=label_maps), "
+                            f"not model.family={cfg.model.family!r}: a segmentation model would learn to "
+                            "segment the bands")
     for key in ("splits", "source_spacing", "synthetic"):
         if cfg.data[key] is not None and cfg.data.format not in ("segmentation", "label_maps"):
             raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from medsynth.data.cases import read_volume
+from medsynth.data.intensity import structures_only
 from medsynth.data.label_maps import check_label_map, deform_label_map
 from medsynth.data.patches import load_segmentation_splits, pair_columns, to_values
 from medsynth.errors import MedsynthError
@@ -107,7 +108,7 @@ def _training_maps(cfg, flat: int | None) -> list[SourceMap]:
     return maps
 
 
-def _model_maps(run: Path, n: int, seed: int, classes: list[int], device: str) -> list[SourceMap]:
+def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, device: str) -> list[SourceMap]:
     """n new maps drawn from a model of label maps (a run trained with data.format=label_maps), each
     resized back to the box its training maps were cut to; one per pair, used as drawn. Their grid:
     the map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
@@ -120,6 +121,9 @@ def _model_maps(run: Path, n: int, seed: int, classes: list[int], device: str) -
         raise MedsynthError(f"{run}: not a model of label maps (a run trained with data.format=label_maps)")
     if list(c.data.classes) != classes:
         raise MedsynthError(f"{run}: draws maps of classes {list(c.data.classes)}; this model takes {classes}")
+    if int(c.data.tissue_bands or 0) != bands:
+        raise MedsynthError(f"{run}: draws maps with data.tissue_bands={c.data.tissue_bands or 0}; this model was "
+                            f"trained on maps with {bands}")
     if model.conditional:
         raise MedsynthError(f"{run}: a conditional model of maps; draw its maps yourself and give them as files")
     spacing = c.data.spacing or c.data.source_spacing or [1.0, 1.0, 1.0]
@@ -137,7 +141,7 @@ def draw_pair(recipe, source: SourceMap, seed: int) -> tuple[np.ndarray, np.ndar
     `seed` when it is a training map (kept as it was when a deformation pushed every structure out
     of the volume), the image drawn with noise from `seed`."""
     indices = deform_label_map(source.indices, seed) if source.deform else source.indices
-    if not indices.any():
+    if not structures_only(indices, len(recipe.cfg.data.classes)).any():
         indices = source.indices
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     image = recipe.sample(1, condition=torch.from_numpy(indices[None, None].astype(np.int64)), generator=generator)
@@ -154,7 +158,7 @@ def _write_flat_pairs(staging: Path, recipe, run_dir, maps: list[SourceMap], n: 
         source, pair_seed = maps[i % len(maps)], seed + i
         indices, image = draw_pair(recipe, source, pair_seed)
         images.append(torch.from_numpy(image))
-        masks.append(to_values(indices, classes))
+        masks.append(to_values(structures_only(indices, len(classes)), classes))
         rows.append(f"{i},{source.name},{pair_seed}")
         log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, units=UNITS,
@@ -179,7 +183,8 @@ def _write_volume_pairs(staging: Path, recipe, run_dir, maps: list[SourceMap], n
         names = [f"{case}_{c}.nii.gz" for c in columns]
         for k, name in enumerate(names):
             write_nifti(staging / name, image[k], source.affine, provenance={**prov, "role": columns[k]})
-        write_nifti(staging / f"{case}_label.nii.gz", to_values(indices, classes), source.affine,
+        write_nifti(staging / f"{case}_label.nii.gz", to_values(structures_only(indices, len(classes)), classes),
+                    source.affine,
                     provenance={**prov, "role": "label"}, dtype=np.int16)
         writer.writerow([case, *names, f"{case}_label.nii.gz", source.name, pair_seed])
         log(f"pair {i + 1}/{n}: {source.name}, seed {pair_seed}")
@@ -198,10 +203,15 @@ def sample_pairs(run_dir: str | Path, n: int, out_dir: str | Path, seed: int = 0
     cfg = recipe.cfg
     classes, dims = list(cfg.data.classes), int(cfg.model.spatial_dims)
     flat = int(cfg.data.slice_axis) if dims == 2 else None
+    bands = int(cfg.data.tissue_bands or 0)
     if label_maps and is_run(label_maps):
         if dims != 3:
             raise MedsynthError(f"--label-maps {label_maps}: maps from a model of maps are for 3D models")
-        maps, kind = _model_maps(Path(label_maps), n, seed, classes, device), "drawn"
+        maps, kind = _model_maps(Path(label_maps), n, seed, classes, bands, device), "drawn"
+    elif label_maps and bands > 1:
+        raise MedsynthError(f"--label-maps {label_maps}: this model was trained on maps with tissue bands "
+                            f"(data.tissue_bands={bands}), which maps given as files do not carry; draw from the "
+                            "training maps (no --label-maps) or from a model of maps trained with the same bands")
     elif label_maps:
         maps, kind = _given_maps(Path(label_maps), classes, dims), "given"
     else:

@@ -130,3 +130,36 @@ def mr_normalise(volume: np.ndarray, mask: np.ndarray | None = None, mode: str =
 def from_unit_range(x: np.ndarray, scale: float, offset: float) -> np.ndarray:
     """[-1, 1] model intensities back to the source's units (HU, the MR input's scale): float32."""
     return (np.asarray(x, dtype=np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
+
+
+def tissue_bands(image: np.ndarray, indices: np.ndarray, num_classes: int, bands: int,
+                 sigma: float = 1.0) -> np.ndarray:
+    """A label map's background split into `bands` intensity bands of its image, for a model that
+    draws images from maps (brainSPADE conditions on tissue classes the same way): without them
+    the generator is told only where the labelled structures are and paints the rest of the field
+    as it likes, which a segmentation model trained on the pairs never learns to tell apart from
+    real surroundings (vessels and other chambers as bright as the left atrium).
+
+    image: *spatial (the first contrast, normalised), indices: *spatial class indices 0..K-1.
+    The image is smoothed (Gaussian, `sigma` voxels: bands follow tissue, not noise) and the
+    background voxels are cut at the quantiles of their own intensities into equal-count bands:
+    the darkest band stays class 0, the others become classes K .. K + bands - 2, so the labelled
+    classes keep their indices. bands < 2 returns the map as it is. -> uint8 *spatial."""
+    if bands < 2:
+        return indices
+    from scipy.ndimage import gaussian_filter
+
+    background = indices == 0
+    if not background.any():
+        return indices
+    smooth = gaussian_filter(np.asarray(image, dtype=np.float32), sigma)
+    cuts = np.quantile(smooth[background], np.linspace(0, 1, bands + 1)[1:-1])
+    band = np.searchsorted(cuts, smooth, side="right")  # 0 .. bands-1
+    out = np.asarray(indices, dtype=np.uint8).copy()
+    out[background & (band > 0)] = (num_classes - 1 + band[background & (band > 0)]).astype(np.uint8)
+    return out
+
+
+def structures_only(indices: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class indices with tissue bands (>= num_classes) folded back into the background (0)."""
+    return np.where(indices < num_classes, indices, 0).astype(indices.dtype)

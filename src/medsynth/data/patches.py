@@ -26,7 +26,7 @@ import lightning as L
 
 from medsynth.data.cases import (SPLIT_FOLDERS, Case, cases_from_folder, cases_from_manifest, is_hdf5,
                                  resample_to_spacing)
-from medsynth.data.intensity import mr_normalise
+from medsynth.data.intensity import mr_normalise, tissue_bands
 from medsynth.errors import MedsynthError
 
 @dataclass
@@ -41,6 +41,7 @@ class SegmentationSplits:
     source: str
     multilabel: bool = False
     flat_axis: int | None = None  # 2D patches: the volume axis they are one voxel thick along
+    tissue_bands: int = 0  # data.tissue_bands: the background split into intensity bands (label-to-image)
 
     @property
     def in_channels(self) -> int:
@@ -53,7 +54,8 @@ class SegmentationSplits:
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        """Classes of the maps as loaded: the labelled ones and any tissue bands after them."""
+        return len(self.classes) + max(0, self.tissue_bands - 1)
 
 
 def to_indices(label: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -197,6 +199,9 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
         made = synthetic_cases(data_cfg.synthetic, len(contrasts), classes)
         groups["train"] = made if data_cfg.synthetic_mode == "replace" else [*groups["train"], *made]
     limit = data_cfg.limit
+    bands = int(data_cfg.tissue_bands or 0)
+    if bands < 0 or len(classes) + max(0, bands - 1) > 256:
+        raise MedsynthError(f"data.tissue_bands={data_cfg.tissue_bands}: expected 0 (off) or 2 .. {257 - len(classes)}")
     out = {}
     groups = {s: (cases if s in which else []) for s, cases in groups.items()}
     for split, cases in groups.items():
@@ -204,7 +209,7 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
         prepared = [prepare_case(with_source_spacing(c, data_cfg.source_spacing, contrasts[0]),
                                  data_cfg.mr_normalise, data_cfg.spacing) for c in cases]
         for c in prepared:
-            c.label = to_indices(c.label, classes)
+            c.label = tissue_bands(c.image[0], to_indices(c.label, classes), len(classes), bands)
             if any(v < p for v, p in zip(c.image.shape[1:], patch)):
                 raise MedsynthError(f"case {c.name}: volume {list(c.image.shape[1:])} is smaller than "
                                     f"data.patch_size={patch} along an axis")
@@ -212,7 +217,7 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
     if "train" in which and not out["train"]:
         raise MedsynthError(f"{path}: no training cases")
     return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path),
-                              flat_axis=flat_axis(data_cfg))
+                              flat_axis=flat_axis(data_cfg), tissue_bands=bands)
 
 
 def pair_columns(channels: int) -> list[str]:
