@@ -17,6 +17,9 @@ LA heart cases:
     python benchmarks/label_to_image_la.py --skip-few --spade-epochs 30 --seg-epochs 60 \
         --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]"
                                                             # SPADE told where the other tissue lies
+    python benchmarks/label_to_image_la.py --skip-all --few-spade-epochs 60 --few-pairs 20 --seg-epochs 30 \
+        --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]" --synthetic-share 0.5
+                                                            # 5 real cases, half the mixed arm's patches real
 
 The split is configs/splits/la_heart.json (nothing tuned on its test cases).
 """
@@ -67,7 +70,8 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
     if drawn.returncode:
         raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
     speed = json.loads(drawn.stdout.strip().splitlines()[-1])
-    medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml",
+    share = ["--synthetic-share", str(args.synthetic_share)] if args.synthetic_share else []
+    medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml", *share,
               *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
     result = json.loads((pairs / "evaluation.json").read_text())
     return {"spade_run": run, "spade_minutes": spade_minutes, "train_cases": cases,
@@ -144,6 +148,8 @@ def main() -> None:
     parser.add_argument("--skip-all", action="store_true", help="only the few-cases experiment")
     parser.add_argument("--spade-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every SPADE run, e.g. data.tissue_bands=3 (repeatable)")
+    parser.add_argument("--synthetic-share", type=float, help="share of the real+synthetic arm's patches cut from "
+                        "the pairs (default: every case alike)")
     parser.add_argument("--runs-dir", default="runs/bench_l2i")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--figure", help="write drawn pairs 0 and 7 of the first experiment beside two real "

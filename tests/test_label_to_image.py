@@ -14,7 +14,7 @@ import torch
 from conftest import la_split_file, run_cli, tiny_la
 from medsynth.config import load_config
 from medsynth.data.label_maps import check_label_map, deform_label_map, one_hot, pad_to_multiple
-from medsynth.data.patches import load_segmentation_splits
+from medsynth.data.patches import PatchSampler, load_segmentation_splits
 from medsynth.errors import MedsynthError
 from medsynth.models import build_recipe, load_run
 from medsynth.nets.spade import SPADEGenerator
@@ -215,6 +215,18 @@ def test_synthetic_pairs_join_or_replace_the_training_cases(spade_run, cases, tm
                                                            "data.synthetic_mode=replace"]).data)
     assert [c.name for c in replaced.train] == ["pair_00000", "pair_00001"]
     assert [c.name for c in replaced.test] == SPLIT["test"][:1]
+    assert added.train_weights is None and replaced.train_weights is None
+    # a share of the patches from the pairs: 80% here, 40% each, the two real cases 10% each
+    shared = load_segmentation_splits(load_config(UNET, [*base, f"data.synthetic={out / 'manifest.csv'}",
+                                                         "data.synthetic_share=0.8"]).data)
+    assert shared.train_weights == pytest.approx([0.1, 0.1, 0.4, 0.4])
+    sampler = PatchSampler(shared.train, [16, 16, 16], 2, 1, seed=0, weights=shared.train_weights)
+    picks = np.array([sampler.rng.choice(4, p=sampler.weights) for _ in range(2000)])
+    assert np.mean(picks >= 2) == pytest.approx(0.8, abs=0.03)
+    for bad in (["data.synthetic_share=0.5"], [f"data.synthetic={out / 'manifest.csv'}", "data.synthetic_share=1"],
+                [f"data.synthetic={out / 'manifest.csv'}", "data.synthetic_mode=replace", "data.synthetic_share=0.5"]):
+        with pytest.raises(MedsynthError, match="synthetic_share"):
+            load_config(UNET, [*base, *bad])
     pair = replaced.train[0]
     assert pair.spacing == (0.625, 0.625, 0.625) and set(np.unique(pair.label).tolist()) <= {0, 1}
     # a model trained on the pairs records that its data was synthetic
@@ -236,7 +248,7 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
     seg = [f"data.splits={cases}", "data.patch_size=[32,32,16]", "data.patches_per_epoch=2", "model.depth=2",
            "model.width=0.125", "trainer.max_epochs=1", "optim.warmup_steps=1", "model.sw_overlap=0"]
     code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--resamples", 20,
-                        *[a for o in seg for a in ("--seg-override", o)])
+                        "--synthetic-share", 0.25, *[a for o in seg for a in ("--seg-override", o)])
     assert code == 0, err
     result = json.loads((out / "evaluation.json").read_text())
     section = result["segmentation_utility"]
@@ -246,7 +258,8 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
         assert list(arm["cases"]) == SPLIT["test"][:1] and 0 <= arm["mean"]["dice_class_1"] <= 1
     runs = {arm: load_run(a["run"]).cfg.data for arm, a in section["arms"].items()}
     assert runs["real"].synthetic is None and runs["synthetic"].synthetic_mode == "replace"
-    assert runs["real+synthetic"].synthetic_mode == "add"
+    assert runs["real+synthetic"].synthetic_mode == "add" and runs["real+synthetic"].synthetic_share == 0.25
+    assert runs["synthetic"].synthetic_share is None and section["synthetic_share"] == 0.25
     ratio = section["ratio"]["dice_class_1"]["synthetic_over_real"]
     expected = section["arms"]["synthetic"]["mean"]["dice_class_1"] / section["arms"]["real"]["mean"]["dice_class_1"]
     assert ratio == pytest.approx(expected)
@@ -258,6 +271,8 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
     assert {c["train"] for c in privacy["closest"]} <= set(SPLIT["train"][:2])
     code, err = run_cli(capsys, "evaluate", "--fake", tmp_path, "--seg-config", UNET)
     assert code == 2 and "no manifest.csv" in err
+    code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--synthetic-share", 1.5)
+    assert code == 2 and "--synthetic-share=1.5" in err and "Traceback" not in err
 
 
 def test_foreground_box_centres_the_structure_and_pads_small_volumes():

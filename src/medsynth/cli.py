@@ -83,7 +83,8 @@ def _evaluate(args) -> None:
                       utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
                       resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real,
-                      seg_config=args.seg_config, seg_overrides=args.seg_override, log=_log())
+                      seg_config=args.seg_config, seg_overrides=args.seg_override,
+                      synthetic_share=args.synthetic_share, log=_log())
     if result.get("task") == "segmentation_utility":
         section = result["segmentation_utility"]
         print(json.dumps({"dice": {arm: {k: v for k, v in s["mean"].items() if k.startswith("dice")}
@@ -288,6 +289,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seg-override", action="append", default=[], metavar="key=value",
                    help="with --seg-config: an override for all three trainings (repeatable), e.g. "
                         "trainer.max_epochs=50")
+    p.add_argument("--synthetic-share", type=float, metavar="S",
+                   help="with --seg-config: the share of the real+synthetic training's patches cut from the pairs, "
+                        "e.g. 0.5 so a few real cases are not swamped by many pairs (default: every case alike)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals of FID, "
                                                             "PRDC and diversity (default 200; 0: none)")

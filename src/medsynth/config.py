@@ -78,6 +78,9 @@ class DataConfig:
     # join the training split ("add") or replace it ("replace"); validation and test stay the real ones
     synthetic: Optional[str] = None
     synthetic_mode: str = "add"
+    # "add": the share of training patches cut from the pairs (the rest from the real cases), e.g. 0.5
+    # so a few real cases are not swamped by many pairs; None: every case alike (share = pairs / cases)
+    synthetic_share: Optional[float] = None
 
 
 @dataclass
@@ -334,6 +337,10 @@ def _check(cfg: DictConfig, source: str) -> None:
         if cfg.data[key] is not None and cfg.data.format not in ("segmentation", "label_maps"):
             raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "
                                 f"{cfg.data.format!r})")
+    share = cfg.data.synthetic_share
+    if share is not None and (not cfg.data.synthetic or cfg.data.synthetic_mode != "add" or not 0 < share < 1):
+        raise MedsynthError(f"{source}: data.synthetic_share={share}: expected a share in (0, 1) of the training "
+                            "patches cut from data.synthetic pairs added to the real cases (data.synthetic_mode=add)")
     if cfg.data.augment and cfg.data.format != "segmentation":
         raise MedsynthError(f"{source}: data.augment applies to data.format=segmentation patches only")
     if scheduled and cfg.trainer.max_epochs < 0 and cfg.trainer.max_steps < 0:

@@ -153,7 +153,8 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
              utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
-             seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (), log=print) -> dict:
+             seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (),
+             synthetic_share: float | None = None, log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
@@ -166,19 +167,22 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     cases; train, features, n, k and utility do not apply). With `seg_config`, `fake` is a folder of
     synthetic (image, label map) pairs and the result is their segmentation utility
     (segmentation_utility.py: the recipe trained on real, synthetic and both, scored on the real
-    test cases; `seg_overrides` adjust the recipe for all three alike)."""
+    test cases; `seg_overrides` adjust the recipe for all three alike; `synthetic_share`: the share of
+    the real+synthetic arm's patches cut from the pairs, None: every case alike)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
         if value is not None and value < least:  # a negative -n would silently drop images
             raise MedsynthError(f"{name} must be >= {least}, got {value}")
     inputs = [real, fake, train, features]
     flag = "--out" if out is not None else "evaluation output"
+    if synthetic_share is not None and (seg_config is None or not 0 < synthetic_share < 1):
+        raise MedsynthError(f"--synthetic-share={synthetic_share}: expected a share in (0, 1), with --seg-config")
     if seg_config is not None:  # synthetic pairs' segmentation utility
         if out is None:
             out = Path(fake) / EVALUATION if Path(fake).is_dir() else Path("metrics.json")
         out = check_output(out, overwrite, [real, seg_config], (".json",), flag)
         result = _clean(segmentation_utility(fake, seg_config, list(seg_overrides), Path(out).parent / "utility_runs",
-                                             resamples, seed, log))
+                                             resamples, seed, synthetic_share, log))
         write_text(out, json.dumps(result, indent=2))
         log(f"metrics: {out}")
         return result

@@ -3,7 +3,8 @@ trained three times at the same budget, and each scored on the real held-out cas
 
 - real:            the recipe as it is (its real training cases);
 - synthetic:       the pairs alone (data.synthetic, synthetic_mode=replace);
-- real+synthetic:  the real training cases and the pairs (synthetic_mode=add).
+- real+synthetic:  the real training cases and the pairs (synthetic_mode=add; with `synthetic_share`
+                   that share of the patches from the pairs, else every case alike).
 
 The budget is the recipe's own: trainer.max_epochs x data.patches_per_epoch patches, drawn at random
 from whatever the training set holds, so every arm sees the same number of batches; validation and
@@ -114,13 +115,16 @@ def pair_privacy(cfg, manifest: Path) -> dict:
 
 def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: list[str] | tuple = (),
                          runs_dir: str | Path = "runs/utility", resamples: int = 200, seed: int = 0,
-                         log=print) -> dict:
+                         synthetic_share: float | None = None, log=print) -> dict:
     """Train `seg_config` (+ `overrides`) on each arm, score each on the real test cases; the result
-    dict (evaluation.json layout: task, sets, segmentation_utility, settings)."""
+    dict (evaluation.json layout: task, sets, segmentation_utility, settings). `synthetic_share`: the
+    real+synthetic arm's data.synthetic_share (None: every case alike)."""
     manifest = pairs_manifest(pairs)
     arms = {}
     for arm, mode in ARMS.items():
         extra = [] if mode is None else [f"data.synthetic={manifest.resolve()}", f"data.synthetic_mode={mode}"]
+        if mode == "add" and synthetic_share is not None:
+            extra.append(f"data.synthetic_share={synthetic_share}")
         log(f"segmentation utility: training on {arm}")
         run = train(seg_config, [*overrides, *extra, f"runs_dir={runs_dir}", f"name=utility-{arm.replace('+', '-')}"],
                     log=lambda *_: None)
@@ -145,7 +149,8 @@ def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: l
     return {"task": "segmentation_utility",
             "sets": {"synthetic": {"source": str(manifest)}, "real": test},
             "segmentation_utility": {"arms": arms, "ratio": ratios, "budget": budget,
-                                     "config": str(seg_config), "overrides": list(overrides)},
+                                     "config": str(seg_config), "overrides": list(overrides),
+                                     "synthetic_share": synthetic_share},
             "map_agreement": map_agreement(load_run(arms["real"]["run"]), manifest),
             "privacy": pair_privacy(recipe.cfg, manifest),
             "settings": {"seed": seed, "intervals": {"level": LEVEL, "resamples": resamples,

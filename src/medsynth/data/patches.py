@@ -42,6 +42,7 @@ class SegmentationSplits:
     multilabel: bool = False
     flat_axis: int | None = None  # 2D patches: the volume axis they are one voxel thick along
     tissue_bands: int = 0  # data.tissue_bands: the background split into intensity bands (label-to-image)
+    train_weights: list[float] | None = None  # chance of each training case per patch; None: alike
 
     @property
     def in_channels(self) -> int:
@@ -195,6 +196,7 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
                   for s in SPLIT_FOLDERS}
     else:
         raise MedsynthError(f"{path}: segmentation data must be a folder of split sub-folders or a manifest")
+    real = len(groups["train"])  # "add": the pairs come after the real cases
     if data_cfg.synthetic and "train" in which:
         made = synthetic_cases(data_cfg.synthetic, len(contrasts), classes)
         groups["train"] = made if data_cfg.synthetic_mode == "replace" else [*groups["train"], *made]
@@ -216,8 +218,20 @@ def load_segmentation_splits(data_cfg, seed: int = 0, which: tuple[str, ...] = (
         out[split] = prepared
     if "train" in which and not out["train"]:
         raise MedsynthError(f"{path}: no training cases")
+    weights = None
+    if data_cfg.synthetic and data_cfg.synthetic_mode == "add" and "train" in which:
+        real = min(real, len(out["train"]))
+        weights = share_weights(real, len(out["train"]) - real, data_cfg.synthetic_share)
     return SegmentationSplits(out["train"], out["val"], out["test"], classes, patch, str(path),
-                              flat_axis=flat_axis(data_cfg), tissue_bands=bands)
+                              flat_axis=flat_axis(data_cfg), tissue_bands=bands, train_weights=weights)
+
+
+def share_weights(real: int, synthetic: int, share: float | None) -> list[float] | None:
+    """Per-case patch chances giving the synthetic cases (listed after the `real` ones) `share` of
+    the patches together; None (every case alike) without a share or without cases on both sides."""
+    if share is None or not real or not synthetic:
+        return None
+    return [(1 - share) / real] * real + [share / synthetic] * synthetic
 
 
 def pair_columns(channels: int) -> list[str]:
@@ -241,12 +255,13 @@ class PatchSampler(Dataset):
     """
 
     def __init__(self, cases: list[Case], patch: list[int], num_classes: int, length: int, seed: int = 0,
-                 ratios: list[float] | None = None, fixed: bool = False, augment=None, flat: int | None = None):
+                 ratios: list[float] | None = None, fixed: bool = False, augment=None, flat: int | None = None,
+                 weights: list[float] | None = None):
         from monai.transforms import RandCropByLabelClasses
         from monai.transforms.utils import map_classes_to_indices
 
         self.cases, self.length, self.seed, self.fixed, self.augment = cases, length, seed, fixed, augment
-        self.flat = flat
+        self.flat, self.weights = flat, weights
         # image and label cropped together, as one volume with the label as a last channel
         self.volumes = [torch.cat([torch.from_numpy(c.image), torch.from_numpy(c.label[None].astype(np.float32))])
                         for c in cases]
@@ -263,7 +278,12 @@ class PatchSampler(Dataset):
         return self.length
 
     def _draw(self, i: int) -> dict:
-        k = i % len(self.cases) if self.fixed else int(self.rng.integers(len(self.cases)))
+        if self.fixed:
+            k = i % len(self.cases)
+        elif self.weights is None:
+            k = int(self.rng.integers(len(self.cases)))
+        else:
+            k = int(self.rng.choice(len(self.cases), p=self.weights))
         vol = self.volumes[k]
         patch = self.cropper(vol, label=vol[-1:].long(), indices=self.indices[k])[0]
         patch = patch.as_tensor() if hasattr(patch, "as_tensor") else patch
@@ -304,7 +324,8 @@ class PatchDataModule(L.LightningDataModule):
         self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
         k, p = splits.num_classes, splits.patch_size
         flat = splits.flat_axis
-        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios, augment=augment, flat=flat)
+        self.train_set = PatchSampler(splits.train, p, k, patches_per_epoch, seed, ratios, augment=augment, flat=flat,
+                                      weights=splits.train_weights)
         held = splits.val or splits.train
         self.val_set = PatchSampler(held, p, k, val_patches * len(held), seed + 1, ratios, fixed=True, flat=flat)
 
