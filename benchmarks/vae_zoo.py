@@ -4,6 +4,8 @@ audited against the real test split and put side by side with `medsynth compare`
 
     python benchmarks/vae_zoo.py --quick                     # PneumoniaMNIST, 1 epoch on 256 images: a smoke run
     python benchmarks/vae_zoo.py --epochs 10 --out runs/bench_zoo/zoo.json --figures benchmarks/figures
+    python benchmarks/vae_zoo.py --epochs 10 --datasets pneumoniamnist --override trainer.precision=32 \
+        --only msssim_vae_pneumonia vaegan_pneumonia64 cgan_pneumonia ldm_pneumonia   # the missing rows, fp32
 
 Budget: every recipe trains `--epochs` epochs over the same training split (so each sees as many
 images; GANs update G and D once per batch, latent diffusion gives a quarter of the epochs to its
@@ -114,6 +116,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs for every recipe (default 20)")
     parser.add_argument("--datasets", nargs="*", choices=sorted(DATASETS), help="default: both (quick: pneumoniamnist)")
     parser.add_argument("--only", nargs="*", choices=sorted(RECIPES), help="recipes to run (default: all)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every recipe (repeatable), e.g. trainer.precision=32 so rows "
+                             "from a CPU with native bf16 match rows from one without (auto picks bf16 there)")
     parser.add_argument("--runs-dir", default="runs/bench_zoo")
     parser.add_argument("--figures", help="write each dataset's sample grids side by side here as zoo_<dataset>.png")
     parser.add_argument("--out", help="also write the rows as JSON here")
@@ -135,7 +140,7 @@ def main() -> None:
     datasets = args.datasets or (["pneumoniamnist"] if args.quick else sorted(DATASETS))
     recipes = args.only or list(RECIPES)
     epochs = 1 if args.quick else args.epochs
-    extra_train = ["data.limit=256"] if args.quick else []
+    extra_train = (["data.limit=256"] if args.quick else []) + list(args.override)
     audit = ["-n", "200", "--resamples", "0", "--utility-steps", "50"] if args.quick else []
     results: dict = {}
     failed: dict = {}
@@ -167,7 +172,8 @@ def main() -> None:
             rows[recipe] = {"run": run, "minutes": minutes,
                             **row(json.loads((Path(run) / "evaluation.json").read_text()))}
             write_out(args.out, {**results, dataset: {"rows": rows, "partial": True}}, failed)
-        results[dataset] = {**summarise(dataset, rows, args, epochs), "budget": {"epochs": epochs, "quick": args.quick}}
+        results[dataset] = {**summarise(dataset, rows, args, epochs), "budget": {"epochs": epochs, "quick": args.quick,
+                                                                               "overrides": list(args.override)}}
         write_out(args.out, results, failed)
     if failed:
         raise SystemExit(f"{len(failed)} recipe(s) failed: {', '.join(failed)}")
