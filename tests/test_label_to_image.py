@@ -221,8 +221,10 @@ def test_synthetic_pairs_join_or_replace_the_training_cases(spade_run, cases, tm
                                                          "data.synthetic_share=0.8"]).data)
     assert shared.train_weights == pytest.approx([0.1, 0.1, 0.4, 0.4])
     sampler = PatchSampler(shared.train, [16, 16, 16], 2, 1, seed=0, weights=shared.train_weights)
-    picks = np.array([sampler.rng.choice(4, p=sampler.weights) for _ in range(2000)])
-    assert np.mean(picks >= 2) == pytest.approx(0.8, abs=0.03)
+    picks = np.array([sampler.pick(i) for i in range(2000)])
+    assert np.mean(picks >= 2) == pytest.approx(0.8, abs=0.03) and set(picks.tolist()) == {0, 1, 2, 3}
+    alike = PatchSampler(added.train, [16, 16, 16], 2, 1, seed=0)
+    assert np.mean([alike.pick(i) >= 2 for i in range(2000)]) == pytest.approx(0.5, abs=0.04)
     for bad in (["data.synthetic_share=0.5"], [f"data.synthetic={out / 'manifest.csv'}", "data.synthetic_share=1"],
                 [f"data.synthetic={out / 'manifest.csv'}", "data.synthetic_mode=replace", "data.synthetic_share=0.5"]):
         with pytest.raises(MedsynthError, match="synthetic_share"):

@@ -277,13 +277,16 @@ class PatchSampler(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _draw(self, i: int) -> dict:
+    def pick(self, i: int) -> int:
+        """The case the i-th patch is cut from: in turn (fixed), at random alike, or by `weights`."""
         if self.fixed:
-            k = i % len(self.cases)
-        elif self.weights is None:
-            k = int(self.rng.integers(len(self.cases)))
-        else:
-            k = int(self.rng.choice(len(self.cases), p=self.weights))
+            return i % len(self.cases)
+        if self.weights is None:
+            return int(self.rng.integers(len(self.cases)))
+        return int(self.rng.choice(len(self.cases), p=self.weights))
+
+    def _draw(self, i: int) -> dict:
+        k = self.pick(i)
         vol = self.volumes[k]
         patch = self.cropper(vol, label=vol[-1:].long(), indices=self.indices[k])[0]
         patch = patch.as_tensor() if hasattr(patch, "as_tensor") else patch
