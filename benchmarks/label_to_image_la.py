@@ -20,6 +20,9 @@ LA heart cases:
     python benchmarks/label_to_image_la.py --skip-all --few-spade-epochs 60 --few-pairs 20 --seg-epochs 30 \
         --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]" --synthetic-share 0.5
                                                             # 5 real cases, half the mixed arm's patches real
+    python benchmarks/label_to_image_la.py --skip-few --spade-epochs 30 --seg-epochs 60 --map-model \
+        --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]"
+                                                            # bands from a model of maps: no patient's image
 
 The split is configs/splits/la_heart.json (nothing tuned on its test cases).
 """
@@ -38,12 +41,13 @@ from _cli import ROOT, medsynth
 SPLIT = ROOT / "configs/splits/la_heart.json"
 
 
-def _draw(run: str, n: str, out_dir: str) -> None:
-    """Child process: draw the pairs; prints seconds and its own peak RSS as JSON."""
+def _draw(run: str, n: str, out_dir: str, label_maps: str | None = None) -> None:
+    """Child process: draw the pairs (maps from `label_maps`, a model of maps, when given); prints
+    seconds and its own peak RSS as JSON."""
     from medsynth.pairs import sample_pairs
 
     start = time.perf_counter()
-    sample_pairs(run, int(n), out_dir, log=lambda *_: None)
+    sample_pairs(run, int(n), out_dir, label_maps=label_maps, log=lambda *_: None)
     print(json.dumps({"seconds": time.perf_counter() - start,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -57,16 +61,30 @@ def _split(path: Path, train: int | None, limit: int | None) -> Path:
     return path
 
 
-def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n_pairs: int | None = None) -> dict:
+def map_model(runs: Path, split: Path, spade: list[str], overrides: list[str]) -> tuple[str, float]:
+    """Train configs/vae_la_maps.yaml on the same training cases' maps, with SPADE's tissue bands
+    (a model of maps must draw the classes SPADE was trained on); returns (run, minutes)."""
+    bands = [o for o in spade if o.startswith("data.tissue_bands=")]
+    start = time.perf_counter()
+    run = medsynth("train", "configs/vae_la_maps.yaml", f"runs_dir={runs}", f"data.splits={split}", *bands, *overrides)
+    return run, (time.perf_counter() - start) / 60
+
+
+def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n_pairs: int | None = None,
+               maps: list[str] | None = None) -> dict:
+    """SPADE on the split's training cases, pairs drawn, the three segmentation arms. With `maps` (the
+    map model's overrides) every pair's map is drawn from a model of maps trained on the same cases
+    instead of deformed from a training map."""
     runs = Path(args.runs_dir) / name
+    map_run, map_minutes = map_model(runs, split, spade, maps) if maps is not None else (None, 0.0)
     start = time.perf_counter()
     run = medsynth("train", "configs/spade_la_heart.yaml", f"runs_dir={runs}", f"data.splits={split}", *spade)
     spade_minutes = (time.perf_counter() - start) / 60
     cases = len(json.loads(split.read_text())["train"])
     count = n_pairs or cases
     pairs = runs / "pairs"
-    drawn = subprocess.run([sys.executable, __file__, "_draw", run, str(count), str(pairs)], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drawn = subprocess.run([sys.executable, __file__, "_draw", run, str(count), str(pairs), *([map_run] if map_run else [])],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if drawn.returncode:
         raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
     speed = json.loads(drawn.stdout.strip().splitlines()[-1])
@@ -74,7 +92,8 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
     medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml", *share,
               *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
     result = json.loads((pairs / "evaluation.json").read_text())
-    return {"spade_run": run, "spade_minutes": spade_minutes, "train_cases": cases,
+    return {"spade_run": run, "spade_minutes": spade_minutes, "map_run": map_run, "map_minutes": map_minutes,
+            "maps": "drawn from a model of maps" if map_run else "deformed training maps", "train_cases": cases,
             "pairs": count, "pairs_per_second": count / speed["seconds"],
             "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
             "utility": result["segmentation_utility"], "privacy": result["privacy"]}
@@ -134,7 +153,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_draw":
-        return _draw(*sys.argv[2:5])
+        return _draw(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 cases a split, tiny patches and budgets")
     parser.add_argument("--spade-epochs", type=int, help="SPADE trainer.max_epochs (default: the config's)")
@@ -148,6 +167,11 @@ def main() -> None:
     parser.add_argument("--skip-all", action="store_true", help="only the few-cases experiment")
     parser.add_argument("--spade-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every SPADE run, e.g. data.tissue_bands=3 (repeatable)")
+    parser.add_argument("--map-model", action="store_true", help="draw every pair's map from a model of maps "
+                        "(configs/vae_la_maps.yaml trained on the same cases, with SPADE's data.tissue_bands) instead "
+                        "of deforming a training map: no patient's image in the bands")
+    parser.add_argument("--map-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the model of maps (repeatable)")
     parser.add_argument("--synthetic-share", type=float, help="share of the real+synthetic arm's patches cut from "
                         "the pairs (default: every case alike)")
     parser.add_argument("--runs-dir", default="runs/bench_l2i")
@@ -155,7 +179,7 @@ def main() -> None:
     parser.add_argument("--figure", help="write drawn pairs 0 and 7 of the first experiment beside two real "
                                          "training cases here (PNG)")
     args = parser.parse_args()
-    spade, seg = [], []
+    spade, seg, maps = [], [], []
     limit = None
     if args.quick:
         limit = 2
@@ -163,7 +187,9 @@ def main() -> None:
                  "trainer.max_epochs=2"]
         seg = ["data.patch_size=[32,32,16]", "model.depth=2", "model.width=0.125", "data.patches_per_epoch=4",
                "trainer.max_epochs=2", "optim.warmup_steps=1", "model.sw_overlap=0"]
+        maps = ["trainer.max_epochs=2"]
     spade += args.spade_override
+    maps = (maps + args.map_override) if args.map_model else None
     if args.spade_epochs:
         spade.append(f"trainer.max_epochs={args.spade_epochs}")
     if args.seg_epochs:
@@ -171,16 +197,18 @@ def main() -> None:
     runs = Path(args.runs_dir)
     results = {}
     if not args.skip_all:
-        results["all"] = experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg, args.pairs)
+        results["all"] = experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg, args.pairs,
+                                    maps)
     if not args.skip_few:
         few = 1 if args.quick else args.few
         few_spade = spade + ([f"trainer.max_epochs={args.few_spade_epochs}"] if args.few_spade_epochs else [])
         results[f"few{few}"] = experiment(f"few{few}", _split(runs / f"split_few{few}.json", few, limit), args,
-                                          few_spade, seg, args.few_pairs or args.pairs)
+                                          few_spade, seg, args.few_pairs or args.pairs, maps)
     print(table(results))
     for name, r in results.items():
         p = r["privacy"]["pixel"]
-        print(f"{name}: SPADE {r['spade_minutes']:.1f} min; {r['pairs']} pairs at {r['pairs_per_second']:.2f} pairs/s, "
+        print(f"{name}: maps {r['maps']} (map model {r['map_minutes']:.1f} min); "
+              f"SPADE {r['spade_minutes']:.1f} min; {r['pairs']} pairs at {r['pairs_per_second']:.2f} pairs/s, "
               f"peak RSS {r['draw_peak_rss_mib']:.0f} MiB; memorised share {p['rate']:.2f}, authenticity "
               f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); budget "
               f"{r['utility']['budget']}")
