@@ -13,7 +13,7 @@ FLOORS = [
     ["errors", "families", "precision", "writers", "console", "diffusion", "pages"],
     ["config", "runs", "dicom", "tracking"],
     ["provenance", "msssim", "data", "nets"],
-    ["losses", "features", "metrics"],
+    ["losses", "features", "metrics", "latent_prior"],
     ["models"],
     ["feature_runs", "artefacts"],
     ["training", "sampling", "translate", "segment", "pairs"],

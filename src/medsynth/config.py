@@ -94,6 +94,11 @@ class ModelConfig:
     conditional: bool = False  # one-hot class label into encoder and decoder
     discrete_dims: List[int] = field(default_factory=list)  # JointVAE categorical latents
     temperature: float = 0.67  # Gumbel-softmax temperature (JointVAE)
+    # What VAE-family samples are drawn from: "normal" N(0, I), the prior trained against; "gmm" a
+    # Gaussian mixture fitted after training to the training images' posterior means (ex-post
+    # density estimation, Ghosh et al. 2020), which follows where the decoder was trained to look.
+    latent_prior: str = "normal"
+    latent_prior_components: int = 10
     # GANs (nets/dcgan.py): model.channels are the generator's widths, coarse to fine
     spectral_norm: bool = False  # spectral norm on every discriminator layer (instead of batch norm)
     ema_decay: Optional[float] = None  # e.g. 0.999: sample from an EMA of the generator's weights
@@ -259,6 +264,7 @@ CHOICES = {
     "model.arch": ("conv", "ct"),
     "model.spatial_dims": (2, 3),
     "model.upsample": ("transposed", "bilinear", "nearest"),
+    "model.latent_prior": ("normal", "gmm"),
     "loss.reconstruction": ("l1", "mse", "bce", "msssim"),
     "loss.perceptual_distance": ("mse", "l1"),
     "trainer.precision": ("auto", "32", "bf16-mixed", "16-mixed", "bf16-true"),
@@ -269,7 +275,7 @@ CHOICES = {
 # families trained on image + label-map patches (data.format=segmentation)
 PATCH_FAMILIES = ("segmentation", "spade")
 POSITIVE = ("data.batch_size", "model.latent_dim", "optim.lr", "loss.capacity_steps",
-            "loss.discrete_capacity_steps", "model.temperature", "data.patches_per_epoch",
+            "loss.discrete_capacity_steps", "model.temperature", "model.latent_prior_components", "data.patches_per_epoch",
             "data.val_patches", "model.width", "model.depth", "model.disc_layers", "model.sw_batch_size",
             "model.noise_channels", "model.num_discriminators", "data.target_channels",
             "model.latent_channels", "model.num_res_blocks", "diffusion.unet_res_blocks", "diffusion.num_head_channels",
@@ -314,6 +320,9 @@ def _check(cfg: DictConfig, source: str) -> None:
             raise MedsynthError(f"{source}: {key} must be positive, got {value!r}")
     if not cfg.model.channels or any(c <= 0 for c in cfg.model.channels):
         raise MedsynthError(f"{source}: model.channels must be a non-empty list of positive ints")
+    if cfg.model.latent_prior != "normal" and cfg.model.family not in ("vae", "vaegan"):
+        raise MedsynthError(f"{source}: model.latent_prior={cfg.model.latent_prior} is for model.family=vae or "
+                            f"vaegan (got {cfg.model.family!r})")
     if any(k < 2 for k in cfg.model.discrete_dims):
         raise MedsynthError(f"{source}: model.discrete_dims entries must be >= 2 categories")
     if cfg.loss.perceptual_weight > 0 and not cfg.loss.perceptual_net:

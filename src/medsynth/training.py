@@ -195,8 +195,9 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
         return run_dir
     merge_metrics(run_dir)
     recipe.eval()
+    fitted = recipe.after_fit(splits, cfg.seed)  # before the export: what it fits is part of the weights
     runs.export_weights(run_dir, recipe)
-    extra = write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)
+    extra = {**fitted, **write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)}
     _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
     _track_artefacts(trainer, run_dir, cfg, log)
     log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / runs.WEIGHTS}")

@@ -80,6 +80,11 @@ class Recipe(L.LightningModule):
         """Whether sample() can run now (latent diffusion: only once its stage 2 has trained)."""
         return self.can_sample
 
+    def after_fit(self, splits, seed: int) -> dict:
+        """What is fitted once training ends, before the weights are written (a VAE's mixture
+        prior, medsynth.latent_prior); returns figures for summary.json."""
+        return {}
+
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
                          guidance: float | None = None, spacing: str | None = None) -> dict:
         """Sampler settings for sample(), checked before anything is drawn or written (the run's

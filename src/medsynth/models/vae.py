@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
-from medsynth.models.base import Recipe
+from medsynth.latent_prior import fit_recipe_prior
 from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
+from medsynth.models.base import Recipe
 from medsynth.msssim import msssim_settings
 from medsynth.nets.vae import build_vae_net
 
@@ -45,6 +46,9 @@ class VAERecipe(Recipe):
         self.conditional = bool(m.conditional)
 
     # --- the shared interface -------------------------------------------------------------
+    def after_fit(self, splits, seed: int) -> dict:
+        return fit_recipe_prior(self, splits, seed)
+
     @torch.no_grad()
     def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images B x C x *spatial in [-1, 1] from the prior."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from medsynth.errors import MedsynthError
+from medsynth.latent_prior import fit_recipe_prior
 from medsynth.losses import kl_normal
 from medsynth.models.adversarial import Adversary
 from medsynth.models.base import ManualRecipe
@@ -45,6 +46,9 @@ class VAEGANRecipe(ManualRecipe):
         if not 1 <= self.cfg.loss.vaegan_layer <= len(m.channels):
             raise MedsynthError(f"loss.vaegan_layer={self.cfg.loss.vaegan_layer}: the discriminator has "
                                 f"{len(m.channels)} blocks")
+
+    def after_fit(self, splits, seed: int) -> dict:
+        return fit_recipe_prior(self, splits, seed)
 
     @torch.no_grad()
     def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:

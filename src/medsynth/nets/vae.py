@@ -123,7 +123,7 @@ class VAENet(nn.Module):
 
     def __init__(self, arch: str, spatial_dims: int, in_channels: int, image_size: list[int],
                  channels: list[int], latent_dim: int, upsample: str = "transposed",
-                 cond_dim: int = 0, discrete_dims: list[int] | tuple[int, ...] = ()):
+                 cond_dim: int = 0, discrete_dims: list[int] | tuple[int, ...] = (), prior_components: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
         self.discrete_dims = list(discrete_dims)
@@ -148,6 +148,14 @@ class VAENet(nn.Module):
         self.fc_mu = nn.Linear(feats, latent_dim)
         self.fc_logvar = nn.Linear(feats, latent_dim)
         self.fc_alpha = nn.ModuleList(nn.Linear(feats, k) for k in self.discrete_dims)
+        # A Gaussian-mixture prior over the continuous units (model.latent_prior=gmm): buffers, so
+        # they travel with the weights; until medsynth.latent_prior fits them after training every
+        # component is N(0, I), i.e. the usual prior.
+        self.prior_components = prior_components
+        if prior_components:
+            self.register_buffer("prior_weights", torch.full((prior_components,), 1.0 / prior_components))
+            self.register_buffer("prior_means", torch.zeros(prior_components, latent_dim))
+            self.register_buffer("prior_scale_tril", torch.eye(latent_dim).repeat(prior_components, 1, 1))
 
     def encode(self, x, c=None):
         if self.cond_dim:
@@ -177,8 +185,16 @@ class VAENet(nn.Module):
         return torch.cat(parts, dim=1)
 
     def prior(self, n: int, generator=None, device=None, dtype=torch.float32):
-        """z from the prior: N(0, I) continuous units, uniform one-hot categoricals."""
-        parts = [torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)]
+        """z (n x (Z + sum K_i)) from the prior: N(0, I) continuous units, or with a mixture prior a
+        component k ~ weights and z = mean_k + L_k eps (eps ~ N(0, I), L_k the Cholesky factor of its
+        covariance); uniform one-hot categoricals."""
+        if self.prior_components:
+            comp = torch.multinomial(self.prior_weights.float(), n, replacement=True, generator=generator)
+            eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
+            z = self.prior_means.float()[comp] + (self.prior_scale_tril.float()[comp] @ eps.unsqueeze(-1)).squeeze(-1)
+            parts = [z.to(dtype)]
+        else:
+            parts = [torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)]
         for k in self.discrete_dims:
             idx = torch.randint(0, k, (n,), generator=generator, device=device)
             parts.append(F.one_hot(idx, k).to(dtype))
@@ -204,4 +220,5 @@ def build_vae_net(model_cfg) -> VAENet:
     cond_dim = model_cfg.num_classes if model_cfg.conditional else 0
     return VAENet(model_cfg.arch, model_cfg.spatial_dims, model_cfg.in_channels, list(model_cfg.image_size),
                   list(model_cfg.channels), model_cfg.latent_dim, model_cfg.upsample, cond_dim or 0,
-                  list(model_cfg.discrete_dims))
+                  list(model_cfg.discrete_dims),
+                  model_cfg.latent_prior_components if model_cfg.get("latent_prior", "normal") == "gmm" else 0)

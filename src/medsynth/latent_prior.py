@@ -1,0 +1,74 @@
+"""Ex-post density estimation for VAE-family samplers (Ghosh et al. 2020, "From variational to
+deterministic autoencoders"): after training, fit a Gaussian mixture to the posterior means of the
+training images and draw samples from it instead of N(0, I).
+
+Why: the KL term never makes the aggregate posterior equal the prior, so N(0, I) puts mass where
+the decoder saw no training codes (blurry, averaged images) and little where it did. A mixture
+fitted to where the codes are follows the decoder's training distribution. It is fitted on
+posterior means only (not on images), a handful of components with full covariances, so it holds
+no single image; the privacy audit measures what it does to memorisation.
+
+The mixture lives in the net's buffers (nets.vae.VAENet: prior_weights K, prior_means K x Z,
+prior_scale_tril K x Z x Z), so it is saved with the weights and a loaded run samples from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medsynth.errors import MedsynthError
+
+
+@torch.no_grad()
+def posterior_means(net, images: torch.Tensor, conditions: torch.Tensor | None, batch_size: int = 256) -> np.ndarray:
+    """The continuous posterior means of `images` (N x C x *spatial in [-1, 1]) as N x Z float64;
+    conditions: N x cond_dim (conditional nets) or None."""
+    first = next(net.parameters())  # the net's device and dtype (bf16 after trainer.precision=bf16-true)
+    out = []
+    for i in range(0, len(images), batch_size):
+        c = None if conditions is None else conditions[i:i + batch_size].to(first.device, first.dtype)
+        out.append(net.encode(images[i:i + batch_size].to(first.device, first.dtype), c)[0].double().cpu())
+    return torch.cat(out).numpy()
+
+
+def fit_gaussian_mixture(codes: np.ndarray, components: int, seed: int) -> dict:
+    """A full-covariance Gaussian mixture (scikit-learn's EM, best of 4 k-means starts) on N x Z codes:
+    {"weights": K, "means": K x Z, "scale_tril": K x Z x Z (Cholesky factors of the covariances),
+    "mean_log_likelihood": per code}."""
+    from sklearn.mixture import GaussianMixture
+
+    if len(codes) < components:
+        raise MedsynthError(f"model.latent_prior_components={components}: more than the {len(codes)} training "
+                            "images to fit them on")
+    # several k-means starts, the best likelihood kept: one start can merge two clusters and split a third
+    gmm = GaussianMixture(components, covariance_type="full", reg_covar=1e-6, random_state=seed, max_iter=200, n_init=4)
+    gmm.fit(codes)
+    return {"weights": gmm.weights_, "means": gmm.means_, "scale_tril": np.linalg.cholesky(gmm.covariances_),
+            "mean_log_likelihood": float(gmm.score(codes))}
+
+
+def fit_latent_prior(net, images: torch.Tensor, conditions: torch.Tensor | None, seed: int) -> dict:
+    """Fit the net's mixture prior to the posterior means of `images` in place; summary figures."""
+    if not getattr(net, "prior_components", 0):
+        raise MedsynthError("this net has no mixture prior (model.latent_prior=gmm)")
+    fitted = fit_gaussian_mixture(posterior_means(net, images, conditions), net.prior_components, seed)
+    for name in ("weights", "means", "scale_tril"):
+        buffer = getattr(net, f"prior_{name}")
+        buffer.copy_(torch.as_tensor(fitted[name], dtype=buffer.dtype))
+    return {"latent_prior_components": net.prior_components, "latent_prior_images": len(images),
+            "latent_prior_mean_log_likelihood": fitted["mean_log_likelihood"]}
+
+
+def fit_recipe_prior(recipe, splits, seed: int) -> dict:
+    """For a VAE-family recipe at the end of training: with model.latent_prior=gmm fit its mixture on
+    every training image (centre-cropped where training cropped), else nothing."""
+    if recipe.cfg.model.get("latent_prior", "normal") != "gmm":
+        return {}
+    x = splits.train.images
+    if splits.crop_size is not None and list(x.shape[2:]) != list(recipe.cfg.model.image_size):
+        from medsynth.data.slices import center_crop_array
+
+        x = center_crop_array(x, splits.crop_size)
+    c = recipe.condition_vector(splits.train.labels, len(x)) if recipe.conditional else None
+    return fit_latent_prior(recipe.net, x, c, seed)

@@ -1,0 +1,96 @@
+"""The VAE family's mixture prior (model.latent_prior=gmm, medsynth.latent_prior): draws follow the
+mixture's analytic moments, the fit recovers a known mixture, and a real run fits, saves and
+samples from it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import overrides, run_cli
+from medsynth.config import load_config
+from medsynth.errors import MedsynthError
+from medsynth.latent_prior import fit_gaussian_mixture, posterior_means
+from medsynth.models import load_run
+from medsynth.nets.vae import VAENet
+from medsynth.training import train
+
+quiet = dict(log=lambda *_: None)
+
+
+def net_with_prior(components: int, latent_dim: int = 2) -> VAENet:
+    return VAENet("conv", 2, 1, [28, 28], [8, 16], latent_dim, prior_components=components)
+
+
+def test_mixture_prior_draws_have_the_mixtures_moments():
+    net = net_with_prior(2)
+    weights = torch.tensor([0.25, 0.75])
+    means = torch.tensor([[-6.0, 0.0], [6.0, 2.0]])
+    covs = torch.tensor([[[1.0, 0.0], [0.0, 0.25]], [[2.0, 0.9], [0.9, 1.0]]])
+    net.prior_weights.copy_(weights)
+    net.prior_means.copy_(means)
+    net.prior_scale_tril.copy_(torch.linalg.cholesky(covs))
+    z = net.prior(40_000, generator=torch.Generator().manual_seed(0)).numpy()
+    right = z[:, 0] > 0  # the components are 12 standard deviations apart: the sign tells them apart
+    assert right.mean() == pytest.approx(0.75, abs=0.01)
+    for side, k in ((~right, 0), (right, 1)):
+        assert np.allclose(z[side].mean(0), means[k], atol=0.05)
+        assert np.allclose(np.cov(z[side].T), covs[k], atol=0.06)
+    # same generator seed, same draws; the normal prior is untouched by the option
+    again = net.prior(40_000, generator=torch.Generator().manual_seed(0)).numpy()
+    assert np.array_equal(z, again)
+    plain = VAENet("conv", 2, 1, [28, 28], [8, 16], 2)
+    assert not any(name.startswith("prior_") for name, _ in plain.named_buffers())
+    ref = torch.randn(5, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain.prior(5, generator=torch.Generator().manual_seed(3)), ref)
+
+
+def test_fit_recovers_a_known_mixture():
+    rng = np.random.default_rng(0)
+    truth = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    scale = np.array([0.5, 1.0, 1.5])
+    codes = np.concatenate([rng.normal(truth[k], scale[k], size=(n, 3)) for k, n in enumerate((1000, 2000, 3000))])
+    fitted = fit_gaussian_mixture(codes, 3, seed=0)
+    order = [int(np.argmin(np.linalg.norm(fitted["means"] - t, axis=1))) for t in truth]
+    assert sorted(order) == [0, 1, 2]
+    assert np.allclose(fitted["weights"][order], [1 / 6, 2 / 6, 3 / 6], atol=0.01)
+    assert np.allclose(fitted["means"][order], truth, atol=0.1)
+    for k, j in enumerate(order):  # the Cholesky factor gives back the covariance: scale^2 I
+        cov = fitted["scale_tril"][j] @ fitted["scale_tril"][j].T
+        assert np.allclose(cov, scale[k] ** 2 * np.eye(3), atol=0.1 * scale[k] ** 2)
+    with pytest.raises(MedsynthError, match="more than the 2 training images"):
+        fit_gaussian_mixture(codes[:2], 3, seed=0)
+
+
+def test_a_conditional_vae_run_fits_saves_and_samples_from_its_mixture(small_npz, tmp_path, capsys):
+    run = train("configs/cvae_pneumonia.yaml",
+                overrides(small_npz, tmp_path / "runs", "model.latent_prior=gmm", "model.latent_prior_components=3"),
+                **quiet)
+    summary = json.loads((run / "summary.json").read_text())["metrics"]
+    assert summary["latent_prior_components"] == 3 and summary["latent_prior_images"] == 96
+    weights = load_file(run / "model.safetensors")
+    assert weights["net.prior_means"].shape == (3, 8)
+    recipe = load_run(run)
+    assert torch.equal(recipe.net.prior_means, weights["net.prior_means"])
+    # the mixture is the one fitted to the training images' posterior means, not the N(0, I) it starts as
+    cfg = load_config(run / "config.yaml")
+    from medsynth.data import load_splits
+
+    splits = load_splits(cfg.data, 2)
+    codes = posterior_means(recipe.net, splits.train.images, recipe.condition_vector(splits.train.labels))
+    refit = fit_gaussian_mixture(codes, 3, seed=cfg.seed)
+    assert np.allclose(np.sort(recipe.net.prior_weights.numpy()), np.sort(refit["weights"]), atol=1e-4)
+    assert not torch.allclose(recipe.net.prior_scale_tril, torch.eye(8).expand(3, 8, 8))
+    code, err = run_cli(capsys, "sample", run, "-n", "16", "--out", tmp_path / "s.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["images"].shape[0] == 16
+
+
+def test_mixture_prior_is_refused_outside_the_vae_family(tmp_path):
+    with pytest.raises(MedsynthError, match="model.latent_prior=gmm is for model.family=vae or vaegan"):
+        load_config("configs/dcgan_pneumonia.yaml", ["model.latent_prior=gmm"])
+    with pytest.raises(MedsynthError, match="model.latent_prior"):
+        load_config("configs/cvae_pneumonia.yaml", ["model.latent_prior=vamp"])
