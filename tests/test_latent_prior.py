@@ -94,3 +94,15 @@ def test_mixture_prior_is_refused_outside_the_vae_family(tmp_path):
         load_config("configs/dcgan_pneumonia.yaml", ["model.latent_prior=gmm"])
     with pytest.raises(MedsynthError, match="model.latent_prior"):
         load_config("configs/cvae_pneumonia.yaml", ["model.latent_prior=vamp"])
+
+
+def test_training_is_the_same_with_the_option_only_sampling_differs(small_npz, tmp_path):
+    """VAE-GAN draws prior samples while training: with model.latent_prior=gmm it still draws them
+    from N(0, I) with the same random stream, so every trained weight equals the plain run's."""
+    plain = train("configs/vaegan_pneumonia.yaml", overrides(small_npz, tmp_path / "runs"), **quiet)
+    mixed = train("configs/vaegan_pneumonia.yaml",
+                  overrides(small_npz, tmp_path / "runs", "model.latent_prior=gmm", "model.latent_prior_components=2"),
+                  **quiet)
+    a, b = load_file(plain / "model.safetensors"), load_file(mixed / "model.safetensors")
+    assert set(b) - set(a) == {"net.prior_weights", "net.prior_means", "net.prior_scale_tril"}
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -74,7 +74,7 @@ class VAEGANRecipe(ManualRecipe):
         mu, logvar, alphas = self.net.encode(x, c)
         z = self.net.latent(mu, logvar, alphas, self.cfg.model.temperature)
         recon = torch.tanh(self.net.decode(z, c))
-        prior = torch.tanh(self.net.decode(self.net.prior(len(x), device=x.device, dtype=z.dtype), c))
+        prior = torch.tanh(self.net.decode(self.net.prior(len(x), device=x.device, dtype=z.dtype, mixture=False), c))
 
         # discriminator: real against reconstructions and prior samples
         real_out = self.discriminator(x, c)

@@ -184,11 +184,12 @@ class VAENet(nn.Module):
             parts = [mu] + [F.one_hot(a.argmax(-1), a.shape[-1]).to(mu.dtype) for a in alphas]
         return torch.cat(parts, dim=1)
 
-    def prior(self, n: int, generator=None, device=None, dtype=torch.float32):
+    def prior(self, n: int, generator=None, device=None, dtype=torch.float32, mixture: bool = True):
         """z (n x (Z + sum K_i)) from the prior: N(0, I) continuous units, or with a mixture prior a
         component k ~ weights and z = mean_k + L_k eps (eps ~ N(0, I), L_k the Cholesky factor of its
-        covariance); uniform one-hot categoricals."""
-        if self.prior_components:
+        covariance); uniform one-hot categoricals. mixture=False: N(0, I) even with a mixture (what
+        training draws: the prior the KL term pulls towards, with the same random stream as without)."""
+        if self.prior_components and mixture:
             comp = torch.multinomial(self.prior_weights.float(), n, replacement=True, generator=generator)
             eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
             z = self.prior_means.float()[comp] + (self.prior_scale_tril.float()[comp] @ eps.unsqueeze(-1)).squeeze(-1)
