@@ -83,10 +83,26 @@ def test_a_conditional_vae_run_fits_saves_and_samples_from_its_mixture(small_npz
     refit = fit_gaussian_mixture(codes, 3, seed=cfg.seed)
     assert np.allclose(np.sort(recipe.net.prior_weights.numpy()), np.sort(refit["weights"]), atol=1e-4)
     assert not torch.allclose(recipe.net.prior_scale_tril, torch.eye(8).expand(3, 8, 8))
+    # the recipe samples through the mixture, not N(0, I)
+    labels = torch.arange(8) % 2
+    drawn = recipe.sample(8, condition=labels, generator=torch.Generator().manual_seed(5))
+    c = recipe.condition_vector(labels, 8)
+    with torch.no_grad():
+        for mixture, same in ((True, True), (False, False)):
+            z = recipe.net.prior(8, generator=torch.Generator().manual_seed(5), mixture=mixture)
+            assert torch.allclose(drawn, torch.tanh(recipe.net.decode(z, c)), atol=1e-6) == same
     code, err = run_cli(capsys, "sample", run, "-n", "16", "--out", tmp_path / "s.npz")
     assert code == 0, err
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape[0] == 16
+
+
+def test_a_mixture_the_training_split_cannot_support_is_refused_before_training(small_npz, tmp_path):
+    # 12 components x (8 latent dims + 1) = 108 codes needed; the split has 96 training images
+    with pytest.raises(MedsynthError, match="need at least 108 training images.*has 96"):
+        train("configs/cvae_pneumonia.yaml", overrides(small_npz, tmp_path / "runs", "model.latent_prior=gmm",
+                                                       "model.latent_prior_components=12"), **quiet)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_mixture_prior_is_refused_outside_the_vae_family(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsynth.errors import MedsynthError
+from medsynth.errors import MedsynthError, reason
 
 
 @torch.no_grad()
@@ -60,9 +60,24 @@ def fit_latent_prior(net, images: torch.Tensor, conditions: torch.Tensor | None,
             "latent_prior_mean_log_likelihood": fitted["mean_log_likelihood"]}
 
 
+def check_fit_size(model_cfg, n_images: int) -> None:
+    """Refuse, before anything is trained or written, a mixture the training split cannot support:
+    K full covariances of Z dims need at least K x (Z + 1) codes, else a component can sit on one or
+    two training codes and decode to near-copies of those images."""
+    if model_cfg.get("latent_prior", "normal") != "gmm":
+        return
+    k, z = int(model_cfg.latent_prior_components), int(model_cfg.latent_dim)
+    if n_images < k * (z + 1):
+        raise MedsynthError(f"model.latent_prior=gmm: {k} full-covariance components over {z} latent dims need "
+                            f"at least {k * (z + 1)} training images (components x (latent_dim + 1)); the training "
+                            f"split has {n_images}. Lower model.latent_prior_components or use model.latent_prior=normal")
+
+
 def fit_recipe_prior(recipe, splits, seed: int) -> dict:
     """For a VAE-family recipe at the end of training: with model.latent_prior=gmm fit its mixture on
-    every training image (centre-cropped where training cropped), else nothing."""
+    every training image (centre-cropped where training cropped, so the mixture covers the codes of
+    centred crops only), else nothing. A fit that fails leaves the N(0, I) mixture it started as and
+    says why in the returned figures (summary.json), so the trained weights are still written."""
     if recipe.cfg.model.get("latent_prior", "normal") != "gmm":
         return {}
     x = splits.train.images
@@ -71,4 +86,7 @@ def fit_recipe_prior(recipe, splits, seed: int) -> dict:
 
         x = center_crop_array(x, splits.crop_size)
     c = recipe.condition_vector(splits.train.labels, len(x)) if recipe.conditional else None
-    return fit_latent_prior(recipe.net, x, c, seed)
+    try:
+        return fit_latent_prior(recipe.net, x, c, seed)
+    except (ValueError, np.linalg.LinAlgError, MedsynthError) as failure:
+        return {"latent_prior_error": f"the mixture was not fitted, samples come from N(0, I): {reason(failure)}"}

@@ -28,6 +28,7 @@ from medsynth.data.augment import patch_augmentation
 from medsynth.data.patches import PatchDataModule, load_segmentation_splits
 from medsynth.errors import MedsynthError, TrainingDiverged, reason
 from medsynth.feature_runs import perceptual_loss
+from medsynth.latent_prior import check_fit_size
 from medsynth.models import build_recipe, load_run
 from medsynth.precision import resolve_precision
 from medsynth.provenance import record_environment, synthetic_lineage
@@ -161,6 +162,8 @@ def train(config: str | Path | DictConfig | None = None, overrides: list[str] | 
     cfg, ckpt = _training_config(config, overrides, resume)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, data = build_data(cfg)
+    if cfg.model.latent_prior == "gmm":
+        check_fit_size(cfg.model, len(splits.train.images))
     recipe = build_recipe(cfg)
     recipe.prepare_training(perceptual_loss(cfg), load_run)
     rank, _ = launched_rank()
@@ -196,6 +199,9 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
     merge_metrics(run_dir)
     recipe.eval()
     fitted = recipe.after_fit(splits, cfg.seed)  # before the export: what it fits is part of the weights
+    for key, value in fitted.items():
+        if key.endswith("_error"):
+            log(f"warning: {value}")
     runs.export_weights(run_dir, recipe)
     extra = {**fitted, **write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)}
     _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
