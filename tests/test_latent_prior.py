@@ -97,6 +97,25 @@ def test_a_conditional_vae_run_fits_saves_and_samples_from_its_mixture(small_npz
         assert f["images"].shape[0] == 16
 
 
+def test_a_bf16_net_keeps_its_fitted_mixture_in_float32():
+    """Under trainer.precision=bf16-true the net's buffers are bf16: the fitted mixture must not be
+    rounded to bf16's 3 digits, so it is stored (and saved) in float32, equal to the fit."""
+    from medsynth.latent_prior import fit_latent_prior
+
+    torch.manual_seed(0)
+    net = net_with_prior(2, latent_dim=3).to(torch.bfloat16)
+    images = torch.rand(64, 1, 28, 28) * 2 - 1
+    fit_latent_prior(net, images, None, seed=0)
+    refit = fit_gaussian_mixture(posterior_means(net, images, None), 2, seed=0)
+    for name in ("weights", "means", "scale_tril"):
+        buffer = getattr(net, f"prior_{name}")
+        assert buffer.dtype == torch.float32 and f"prior_{name}" in dict(net.named_buffers())
+        assert torch.allclose(buffer, torch.as_tensor(refit[name], dtype=torch.float32), rtol=1e-6, atol=1e-7)
+    # not what bf16 storage would give: the fitted means carry digits beyond bf16's
+    assert not torch.equal(net.prior_means, net.prior_means.to(torch.bfloat16).float())
+    assert net.state_dict()["prior_means"].dtype == torch.float32
+
+
 def test_a_mixture_the_training_split_cannot_support_is_refused_before_training(small_npz, tmp_path):
     # 12 components x (8 latent dims + 1) = 108 codes needed; the split has 96 training images
     with pytest.raises(MedsynthError, match="need at least 108 training images.*has 96"):

@@ -54,8 +54,10 @@ def fit_latent_prior(net, images: torch.Tensor, conditions: torch.Tensor | None,
         raise MedsynthError("this net has no mixture prior (model.latent_prior=gmm)")
     fitted = fit_gaussian_mixture(posterior_means(net, images, conditions), net.prior_components, seed)
     for name in ("weights", "means", "scale_tril"):
-        buffer = getattr(net, f"prior_{name}")
-        buffer.copy_(torch.as_tensor(fitted[name], dtype=buffer.dtype))
+        # float32 whatever the net trained in: under trainer.precision=bf16-true the buffers are bf16,
+        # whose 8-bit mantissa (3 digits) would round the means and Cholesky factors the fit found
+        device = getattr(net, f"prior_{name}").device
+        setattr(net, f"prior_{name}", torch.as_tensor(fitted[name], dtype=torch.float32, device=device))
     return {"latent_prior_components": net.prior_components, "latent_prior_images": len(images),
             "latent_prior_mean_log_likelihood": fitted["mean_log_likelihood"]}
 
