@@ -16,6 +16,7 @@ from medsynth.latent_prior import fit_gaussian_mixture, posterior_means
 from medsynth.models import load_run
 from medsynth.nets.vae import VAENet
 from medsynth.training import train
+from medsynth.writers import to_stored
 
 quiet = dict(log=lambda *_: None)
 
@@ -95,6 +96,38 @@ def test_a_conditional_vae_run_fits_saves_and_samples_from_its_mixture(small_npz
     assert code == 0, err
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape[0] == 16
+    # --prior normal: the same weights drawn from N(0, I); the default is the mixture; provenance says which
+    drawn = {}
+    for given in ((), ("--prior", "mixture"), ("--prior", "normal")):
+        out = tmp_path / f"prior{len(drawn)}.npz"
+        code, err = run_cli(capsys, "sample", run, "-n", "8", "--seed", "5", "--out", out, *given)
+        assert code == 0, err
+        with np.load(out) as f:
+            drawn[given[1] if given else "default"] = (f["images"], json.loads(str(f["provenance"]))["prior"])
+    assert drawn["default"][1] == drawn["mixture"][1] == "mixture" and drawn["normal"][1] == "normal"
+    assert np.array_equal(drawn["default"][0], drawn["mixture"][0])
+    with torch.no_grad():
+        z = recipe.net.prior(8, generator=torch.Generator().manual_seed(5), mixture=False)
+        expected = to_stored(torch.tanh(recipe.net.decode(z, c))).astype(float)
+    assert np.abs(drawn["normal"][0].astype(float) - expected).max() <= 1  # uint8 rounding
+    assert not np.array_equal(drawn["normal"][0], drawn["mixture"][0])
+
+
+def test_prior_option_is_checked_before_anything_is_written(run, tmp_path, capsys):
+    """A run without a mixture draws from N(0, I) only: --prior mixture is refused with why, --prior
+    normal is what it does anyway; a name that is no prior is refused by the command line."""
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "a.npz", "--prior", "mixture")
+    assert code == 2 and "--prior mixture: this run has no mixture prior" in err and "Traceback" not in err
+    assert not (tmp_path / "a.npz").exists()
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "b.npz", "--prior", "normal")
+    assert code == 0, err
+    code, err = run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "c.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "b.npz") as b, np.load(tmp_path / "c.npz") as c:
+        assert np.array_equal(b["images"], c["images"]) and "prior" not in json.loads(str(b["provenance"]))
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "sample", run, "-n", "4", "--out", tmp_path / "d.npz", "--prior", "vamp")
+    assert "invalid choice: 'vamp'" in capsys.readouterr().err
 
 
 def test_a_bf16_net_keeps_its_fitted_mixture_in_float32():

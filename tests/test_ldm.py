@@ -237,6 +237,9 @@ def test_save_load_and_the_cli_give_identical_samples(ldm_run, tmp_path):
     with pytest.raises(MedsynthError, match="steps must be in"):  # refused before a shard or request is written
         sample(run, 4, out_dir=tmp_path / "shards", steps=2000)
     assert not (tmp_path / "shards").exists() and not (tmp_path / "x.npz").exists()
+    with pytest.raises(MedsynthError, match=r"--prior: for the VAE family .* only \(this run is model.family=ldm\)"):
+        sample(run, 4, out=tmp_path / "x.npz", prior="normal")
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_stage2_refuses_to_start_without_a_trained_stage1(small_npz, tmp_path, ldm_run):

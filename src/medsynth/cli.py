@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medsynth import __version__, console
 from medsynth.diffusion import SAMPLERS, SPACINGS
+from medsynth.latent_prior import PRIORS
 from medsynth.writers import OUTPUT_DTYPES
 from medsynth.errors import MedsynthError
 from medsynth.evaluate import evaluate
@@ -43,7 +44,7 @@ def _sample(args) -> None:
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
                  guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite, dtype=args.dtype,
-                 label_maps=args.label_maps)
+                 label_maps=args.label_maps, prior=args.prior)
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -191,6 +192,9 @@ def _add_sample(sub) -> None:
                                                              "flow samplers space noise levels evenly)")
     p.add_argument("--guidance", type=float, help="latent diffusion, conditional: classifier-free guidance scale "
                                                   "(e.g. 3.0; default: the run's, none)")
+    p.add_argument("--prior", choices=list(PRIORS), help="VAE family: draw the latent codes from the Gaussian "
+                   "mixture fitted after training (the default for a run trained with model.latent_prior=gmm) "
+                   "or from N(0, I) (normal; the only prior of other runs), the same weights either way")
     _add_overwrite(p)
     p.set_defaults(func=_sample)
 

@@ -92,3 +92,38 @@ def fit_recipe_prior(recipe, splits, seed: int) -> dict:
         return fit_latent_prior(recipe.net, x, c, seed)
     except (ValueError, np.linalg.LinAlgError, MedsynthError) as failure:
         return {"latent_prior_error": f"the mixture was not fitted, samples come from N(0, I): {reason(failure)}"}
+
+
+PRIORS = ("mixture", "normal")
+
+
+def prior_setting(net, prior: str | None) -> dict:
+    """The prior a VAE-family net draws from, checked before anything is drawn: {"prior": "mixture"}
+    (the default) or {"prior": "normal"} for a net with a mixture, {} for one without (N(0, I) is
+    all it has, so there is nothing to record)."""
+    if prior is not None and prior not in PRIORS:
+        raise MedsynthError(f"--prior {prior}: not one of {', '.join(PRIORS)}")
+    if not getattr(net, "prior_components", 0):
+        if prior == "mixture":
+            raise MedsynthError("--prior mixture: this run has no mixture prior (it was trained with "
+                                "model.latent_prior=normal); it draws from N(0, I)")
+        return {}
+    return {"prior": prior or "mixture"}
+
+
+class MixturePrior:
+    """Mixed into the VAE-family recipes (self.net a nets.vae.VAENet, before Recipe in the bases):
+    the mixture is fitted once training ends, and sampling may choose N(0, I) instead, so one run
+    compares both priors with the same weights (`medsynth sample RUN --prior normal`)."""
+
+    def after_fit(self, splits, seed: int) -> dict:
+        return fit_recipe_prior(self, splits, seed)
+
+    def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
+                         guidance: float | None = None, spacing: str | None = None, prior: str | None = None) -> dict:
+        super().sampler_settings(sampler, steps, guidance, spacing)  # refuses the diffusion options
+        return prior_setting(self.net, prior)
+
+    def prior_codes(self, n: int, generator: torch.Generator | None = None, prior: str | None = None) -> torch.Tensor:
+        """n codes (n x latent units) from the chosen prior (default: the mixture where fitted)."""
+        return self.net.prior(n, generator=generator, device=self.device, mixture=prior != "normal")

@@ -77,7 +77,7 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
     A conditional model with no label given cycles through its classes by
     global index (start + i), so the output is a balanced labelled set.
     options: the diffusion sampler's (sampler, steps, guidance, spacing, progress, precision), see
-    Recipe.sampler_settings and LatentDiffusionRecipe.sample.
+    Recipe.sampler_settings and LatentDiffusionRecipe.sample; the VAE family's prior (MixturePrior).
     """
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
@@ -96,7 +96,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
            out_dir: str | Path | None = None, shard_size: int = 10_000, workers: int = 1,
            sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
            spacing: str | None = None, overwrite: bool = False, dtype: str | None = None,
-           label_maps: str | Path | None = None) -> Path:
+           label_maps: str | Path | None = None, prior: str | None = None) -> Path:
     """Write n samples to `out` or as .npz shards into `out_dir`. Existing outputs are refused
     unless `overwrite`; a run's own files always. What `out` is decides the format:
 
@@ -110,14 +110,15 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
       with dtype uint16) with labels.csv; 3D models as one DICOM series per volume, in scanner space.
 
     sampler (a name in medsynth.diffusion.SAMPLERS), steps, guidance, spacing: latent diffusion's
-    (defaults: the run's config).
+    (defaults: the run's config). prior: the VAE family's, "mixture" (the default for a run trained
+    with model.latent_prior=gmm) or "normal" (N(0, I), the same weights).
 
     A run that draws images from label maps (model.family=spade) writes (image, label map) pairs
     into `out_dir` instead (medsynth.pairs), from its deformed training maps or from `label_maps`."""
     if label_maps is not None or draws_from_label_maps(run_dir):
         return _sample_pairs(run_dir, n, out, out_dir, seed, label_maps, device, overwrite,
                              label=label, grid=grid, dtype=dtype, sampler=sampler, steps=steps, guidance=guidance,
-                             spacing=spacing)
+                             spacing=spacing, prior=prior)
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
     _check_counts(n, batch_size)
@@ -127,14 +128,16 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
         check_output(grid, overwrite, [run_dir], (".png",), "--grid")
     if out_dir is not None:
         return sample_shards(run_dir, n, Path(out_dir), label, seed, batch_size, device, shard_size, workers, grid,
-                             sampler=sampler, steps=steps, guidance=guidance, spacing=spacing, overwrite=overwrite)
+                             sampler=sampler, steps=steps, guidance=guidance, spacing=spacing, overwrite=overwrite,
+                             prior=prior)
     out = Path(out)
     kind = "folder" if not out.suffix else "nifti" if out.name.lower().endswith((".nii", ".nii.gz")) else "npz"
     out = check_output(out, overwrite, [run_dir], () if kind == "folder" else (".npz", ".nii", ".nii.gz"))
     recipe = load_run(run_dir, device)
     space = _check_format(recipe, out, kind, dtype)
-    options = recipe.sampler_settings(sampler, steps, guidance, spacing)
-    progress = {"progress": console.progress_bars()} if options else {}
+    options = recipe.sampler_settings(sampler, steps, guidance, spacing, prior)
+    # a progress bar for the diffusion samplers' many steps; a VAE's options (its prior) take none
+    progress = {"progress": console.progress_bars()} if "steps" in options else {}
     images, labels = draw(recipe, n, label, seed, batch_size, **options, **progress)
     prov = synthetic_provenance(recipe, Path(run_dir), seed, n=n, label=label, **options,
                                 labels=None if labels is None else labels.tolist(), output_space=space)
@@ -265,7 +268,8 @@ def _worker(rank: int, workers: int, run_dir: str, out_dir: str, todo: list, lab
 def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None = None, seed: int = 0,
                   batch_size: int = 256, device: str = "cpu", shard_size: int = 10_000, workers: int = 1,
                   grid: str | Path | None = None, sampler: str | None = None, steps: int | None = None,
-                  guidance: float | None = None, spacing: str | None = None, overwrite: bool = False) -> Path:
+                  guidance: float | None = None, spacing: str | None = None, overwrite: bool = False,
+                  prior: str | None = None) -> Path:
     """Shards into out_dir; every check runs before the folder or its request.json is written."""
     _check_counts(n, batch_size, shard_size, workers)
     resuming = (out_dir / "request.json").is_file()
@@ -274,7 +278,7 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     run_dir = Path(run_dir)
     recipe = load_run(run_dir, device)  # fail early on a bad run, and check the label
     _labels(recipe, 1, label)
-    options = recipe.sampler_settings(sampler, steps, guidance, spacing)
+    options = recipe.sampler_settings(sampler, steps, guidance, spacing, prior)
     model_hash = file_sha256(run_dir / WEIGHTS)
     request = {"run": str(run_dir.resolve()), "model_sha256": model_hash, "n": n, "label": label, "seed": seed,
                "shard_size": shard_size, **options}

@@ -37,6 +37,20 @@ def ema_with_warmup(decay: float):
     return average
 
 
+# which runs take each sampling option (medsynth sample --OPTION)
+OPTION_OWNERS = {"sampler": "diffusion models", "steps": "diffusion models", "guidance": "diffusion models",
+                 "spacing": "diffusion models", "prior": "the VAE family (model.family=vae or vaegan)"}
+
+
+def refuse_options(family: str, **options) -> None:
+    """One error naming every sampling option given (not None) that a model.family run does not take."""
+    given = [k for k, v in options.items() if v is not None]
+    if given:
+        owners = sorted({OPTION_OWNERS[k] for k in given})
+        raise MedsynthError(f"--{'/--'.join(given)}: for {' and '.join(owners)} only (this run is "
+                            f"model.family={family})")
+
+
 class Recipe(L.LightningModule):
     """Base of the model families. A recipe states what it can do; the sampling, translation,
     segmentation, evaluation and end-of-training code ask these flags, never hasattr:
@@ -86,14 +100,12 @@ class Recipe(L.LightningModule):
         return {}
 
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
-                         guidance: float | None = None, spacing: str | None = None) -> dict:
+                         guidance: float | None = None, spacing: str | None = None, prior: str | None = None) -> dict:
         """Sampler settings for sample(), checked before anything is drawn or written (the run's
-        defaults filled in, so provenance records them). Only diffusion models take any."""
-        given = [k for k, v in (("sampler", sampler), ("steps", steps), ("guidance", guidance), ("spacing", spacing))
-                 if v is not None]
-        if given:
-            raise MedsynthError(f"--{'/--'.join(given)}: for diffusion models only (this run is "
-                                f"model.family={self.cfg.model.family})")
+        defaults filled in, so provenance records them). Diffusion models take sampler, steps,
+        guidance and spacing; the VAE family takes prior (medsynth.latent_prior.MixturePrior)."""
+        refuse_options(self.cfg.model.family, sampler=sampler, steps=steps, guidance=guidance, spacing=spacing,
+                       prior=prior)
         return {}
 
     @torch.no_grad()

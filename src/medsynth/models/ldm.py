@@ -38,7 +38,7 @@ from medsynth.diffusion import (build_sampler, build_scheduler, check_sampler, c
 from medsynth.errors import MedsynthError
 from medsynth.losses import kl_normal
 from medsynth.models.adversarial import Adversary
-from medsynth.models.base import ManualRecipe, ema_with_warmup
+from medsynth.models.base import ManualRecipe, ema_with_warmup, refuse_options
 from medsynth.precision import autocast
 from medsynth.runs import AUTOENCODER_SCORES
 
@@ -179,9 +179,10 @@ class LatentDiffusionRecipe(ManualRecipe):
         return self.autoencoder.decode(mu).float().clamp(-1, 1)
 
     def sampler_settings(self, sampler: str | None = None, steps: int | None = None,
-                         guidance: float | None = None, spacing: str | None = None) -> dict:
+                         guidance: float | None = None, spacing: str | None = None, prior: str | None = None) -> dict:
         """The sampler, steps, guidance and timestep spacing to use (the run's defaults where None),
         checked: raises MedsynthError before anything is drawn or written."""
+        refuse_options(self.cfg.model.family, prior=prior)
         d = self.cfg.diffusion
         sampler = (d.sampler or default_sampler(d.objective)) if sampler is None else sampler
         steps = d.sampling_steps if steps is None else steps

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from medsynth.errors import MedsynthError
-from medsynth.latent_prior import fit_recipe_prior
+from medsynth.latent_prior import MixturePrior
 from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
 from medsynth.models.base import Recipe
 from medsynth.msssim import msssim_settings
@@ -29,7 +29,7 @@ def ramp(step: int, steps: int) -> float:
     return 1.0 if steps <= 0 else min(1.0, step / steps)
 
 
-class VAERecipe(Recipe):
+class VAERecipe(MixturePrior, Recipe):
     """Batches are {"image": B x C x *spatial in [-1, 1], "label": B (or B x k)}."""
 
     can_sample = True
@@ -46,14 +46,13 @@ class VAERecipe(Recipe):
         self.conditional = bool(m.conditional)
 
     # --- the shared interface -------------------------------------------------------------
-    def after_fit(self, splits, seed: int) -> dict:
-        return fit_recipe_prior(self, splits, seed)
-
     @torch.no_grad()
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images B x C x *spatial in [-1, 1] from the prior."""
+    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+               prior: str | None = None) -> torch.Tensor:
+        """n images B x C x *spatial in [-1, 1] from the prior (prior: "mixture", the default where
+        the run fitted one, or "normal"; see MixturePrior)."""
         c = self.condition_vector(condition, n)
-        z = self.net.prior(n, generator=generator, device=self.device)
+        z = self.prior_codes(n, generator, prior)
         return torch.tanh(self.net.decode(z, c)).float()
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from medsynth.errors import MedsynthError
-from medsynth.latent_prior import fit_recipe_prior
+from medsynth.latent_prior import MixturePrior
 from medsynth.losses import kl_normal
 from medsynth.models.adversarial import Adversary
 from medsynth.models.base import ManualRecipe
@@ -25,7 +25,7 @@ from medsynth.nets.dcgan import DCGANDiscriminator
 from medsynth.nets.vae import build_vae_net
 
 
-class VAEGANRecipe(ManualRecipe):
+class VAEGANRecipe(MixturePrior, ManualRecipe):
     can_sample = True
     can_reconstruct = True
 
@@ -47,13 +47,12 @@ class VAEGANRecipe(ManualRecipe):
             raise MedsynthError(f"loss.vaegan_layer={self.cfg.loss.vaegan_layer}: the discriminator has "
                                 f"{len(m.channels)} blocks")
 
-    def after_fit(self, splits, seed: int) -> dict:
-        return fit_recipe_prior(self, splits, seed)
-
     @torch.no_grad()
-    def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, condition=None, generator: torch.Generator | None = None,
+               prior: str | None = None) -> torch.Tensor:
+        """n images B x C x H x W in [-1, 1] from the prior ("mixture", the default where fitted, or "normal")."""
         c = self.condition_vector(condition, n)
-        return torch.tanh(self.net.decode(self.net.prior(n, generator=generator, device=self.device), c)).float()
+        return torch.tanh(self.net.decode(self.prior_codes(n, generator, prior), c)).float()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, condition=None) -> torch.Tensor:
