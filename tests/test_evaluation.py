@@ -137,6 +137,7 @@ def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_
     assert 0 <= saved["privacy"]["pixel"]["rate"] <= 1 and "feature" in saved["privacy"]
     assert 0 <= saved["floor"]["privacy"]["pixel"]["rate"] <= 0.3
     assert saved["utility"]["train_images"] == 120 and "auc_ratio" in saved["utility"]
+    assert saved["utility"]["repeats"] == 3 and len(saved["utility"]["synthetic"]["auc_runs"]) == 3
     strip = vae_run / "evaluation_nearest.png"
     assert strip.is_file()
 

@@ -210,11 +210,33 @@ def test_tstr_real_as_synthetic_gives_ratio_near_one(pneumonia):
     # to 1.134 (one seed's real classifier stopped at AUC 0.84); at 400 it ran from 0.958 to 0.987
     # (mean 0.976, sd 0.011), in fp32 on every CPU, so +-0.08 is about five standard deviations.
     out = tstr(ImageSet(scale(d["train_images"][a]), labels[a]), ImageSet(scale(d["train_images"][b]), labels[b]),
-               real_test, num_classes=2, steps=400)
+               real_test, num_classes=2, steps=400, repeats=1)
     assert out["real"]["auc"] > 0.9  # the classifier learns the task at all
     assert out["auc_ratio"] == pytest.approx(1.0, abs=0.08)
     assert out["precision"] == "32"
     assert out["train_images"] == 800
+
+
+def test_tstr_repeats_are_seeded_runs_and_their_means(pneumonia):
+    """Pair r of a repeated TSTR is the single run with seed + r; the figures are their means, with
+    each run and the range kept, and the ratio is of the means."""
+    d = real_splits(pneumonia)
+    scale = lambda a: a.float()[:, None] / 127.5 - 1  # noqa: E731
+    labels = d["train_labels"][:, 0].long()
+    fake, real = ImageSet(scale(d["train_images"][:200]), labels[:200]), ImageSet(scale(d["train_images"][200:600]), labels[200:600])
+    test = ImageSet(scale(d["test_images"][:200]), d["test_labels"][:200, 0].long())
+    both = tstr(fake, real, test, num_classes=2, steps=15, seed=4, repeats=2)
+    single = [tstr(fake, real, test, num_classes=2, steps=15, seed=s, repeats=1) for s in (4, 5)]
+    assert both["repeats"] == 2 and both["train_images"] == 200
+    for name in ("synthetic", "real"):
+        runs = [s[name]["auc"] for s in single]
+        assert both[name]["auc_runs"] == runs
+        assert both[name]["auc"] == pytest.approx(np.mean(runs))
+        assert both[name]["auc_range"] == [min(runs), max(runs)]
+    assert both["auc_ratio"] == pytest.approx(both["synthetic"]["auc"] / both["real"]["auc"])
+    assert both["auc_ratio_runs"] == pytest.approx([s["auc_ratio"] for s in single])
+    with pytest.raises(MedsynthError, match="repeats must be >= 1, got 0"):
+        tstr(fake, real, test, num_classes=2, steps=15, repeats=0)
 
 
 def test_auc_and_accuracy():

@@ -81,7 +81,8 @@ def _features_train(args) -> None:
 def _evaluate(args) -> None:
     result = evaluate(args.real, args.fake, train=args.train, features=args.features, out=args.out, n=args.n,
                       k=args.k, diversity_images=args.diversity_images, utility=not args.no_utility,
-                      utility_steps=args.utility_steps, seed=args.seed, image_size=args.image_size,
+                      utility_steps=args.utility_steps, utility_repeats=args.utility_repeats, seed=args.seed,
+                      image_size=args.image_size,
                       resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real,
                       seg_config=args.seg_config, seg_overrides=args.seg_override,
@@ -286,6 +287,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--diversity-images", type=int, default=1000,
                    help="images per set for all-pairs MS-SSIM (default 1000)")
     p.add_argument("--utility-steps", type=int, default=300, help="training steps of each TSTR classifier")
+    p.add_argument("--utility-repeats", type=int, default=3,
+                   help="TSTR / TRTR classifier pairs, each with its own seed, subsets and batches; the AUCs are "
+                        "their means, with each run and the range kept (default 3: one run's AUC moves ~0.02 "
+                        "with the seed or the CPU's thread count)")
     p.add_argument("--no-utility", action="store_true", help="skip train-on-synthetic-test-on-real")
     p.add_argument("--seg-config", help="segmentation utility of synthetic (image, label map) pairs (--fake: their "
                                         "folder): this segmentation recipe trained on the real cases, the pairs, "

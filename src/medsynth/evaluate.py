@@ -151,7 +151,8 @@ def _clean(obj):
 
 def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None = None, features: str | Path | None = None,
              out: str | Path | None = None, n: int | None = None, k: int = 5, diversity_images: int = 1000,
-             utility: bool = True, utility_steps: int = 300, seed: int = 0, image_size: int | None = None,
+             utility: bool = True, utility_steps: int = 300, utility_repeats: int = 3, seed: int = 0,
+             image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
              seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (),
              synthetic_share: float | None = None, log=print) -> dict:
@@ -170,6 +171,7 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     test cases; `seg_overrides` adjust the recipe for all three alike; `synthetic_share`: the share of
     the real+synthetic arm's patches cut from the pairs, None: every case alike)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
+                               ("--utility-repeats", utility_repeats, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
         if value is not None and value < least:  # a negative -n would silently drop images
             raise MedsynthError(f"{name} must be >= {least}, got {value}")
@@ -230,10 +232,11 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     clock.lap("reconstruction")
     _privacy_section(result, sets, floor_set, feats, _strip_path(out))
     clock.lap("privacy")
-    _utility_section(result, sets, utility, utility_steps, seed)
+    _utility_section(result, sets, utility, utility_steps, seed, utility_repeats)
     clock.lap("utility")
     result["seconds"] = clock.seconds
     result["settings"] = {"k": k, "diversity_images": diversity_images, "seed": seed, "utility_steps": utility_steps,
+                          "utility_repeats": utility_repeats,
                           "intervals": {"level": LEVEL, "resamples": resamples, "method": INTERVAL_METHOD}}
     result = _clean(result)
     write_text(out, json.dumps(result, indent=2))
@@ -417,7 +420,7 @@ def _privacy_section(result: dict, sets: dict, floor_set, feats: dict, strip: Pa
     result["floor"]["privacy"] = {**floor, "what": "real val images in place of the synthetic set"}
 
 
-def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: int) -> None:
+def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: int, repeats: int) -> None:
     real_set, fake_set, train_set = sets["real"], sets["fake"], sets.get("train")
     why = None
     if not utility:
@@ -432,6 +435,6 @@ def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: 
         return
     classes = real_set.num_classes or int(max(real_set.labels.max(), fake_set.labels.max())) + 1
     res = tstr(ImageSet(fake_set.images, fake_set.labels), ImageSet(train_set.images, train_set.labels),
-               ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, steps, seed)
+               ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, steps, seed, repeats=repeats)
     result["utility"] = res
     result["floor"]["utility"] = {"what": "train on real, test on real (the ratio's denominator)", **res["real"]}

@@ -58,10 +58,12 @@ ROWS = [
     ("privacy", "pixel.distance_median", "median distance to nearest training image (RMS)", "near floor",
      "Typical pixel distance from a synthetic image to its closest training image."),
     ("utility", "synthetic.accuracy", "TSTR accuracy (vs TRTR in the floor column)", "higher",
-     "Accuracy on real test images of a classifier trained on synthetic images only."),
-    ("utility", "synthetic.auc", "TSTR ROC AUC", "higher", "The same as ROC AUC."),
+     "Accuracy on real test images of a classifier trained on synthetic images only: the mean over "
+     "the classifier pairs (evaluate --utility-repeats), in brackets the lowest and highest run (not a 95% interval)."),
+    ("utility", "synthetic.auc", "TSTR ROC AUC", "higher", "The same as ROC AUC (mean; lowest and highest run)."),
     ("utility", "auc_ratio", "utility ratio (AUC synthetic / real)", "~1",
-     "TSTR AUC over the AUC of the same classifier trained on real images."),
+     "Mean TSTR AUC over the mean AUC of the same classifier trained on real images; in brackets the "
+     "lowest and highest ratio of one pair."),
 ]
 
 
@@ -153,7 +155,11 @@ def metric_table(evaluation: dict) -> dict:
             span, ref_span = _get(sec, f"fake.{_interval_key(key)}"), _get(sec, f"real.{_interval_key(key)}")
         elif section == "utility" and key.startswith("synthetic."):
             value, ref = _get(sec, key), _get(sec, "real." + key.split(".", 1)[1])
-            span = ref_span = None
+            span, ref_span = _get(sec, f"{key}_range"), _get(sec, "real." + key.split(".", 1)[1] + "_range")
+        elif section == "utility":
+            value, ref, ref_span = _get(sec, key), None, None
+            runs = _get(sec, f"{key}_runs")
+            span = [min(runs), max(runs)] if isinstance(runs, list) and runs else None
         elif section == "class_consistency":
             value, ref, span, ref_span = _get(sec, key), _get(sec, "real_agreement"), _get(sec, _interval_key(key)), None
         else:
