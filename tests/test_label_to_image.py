@@ -384,11 +384,30 @@ def test_a_model_of_label_maps_draws_a_new_map_for_every_pair(spade_run, cases, 
     code, err = run_cli(capsys, "sample", spade_run, "-n", 3, "--out-dir", out, "--label-maps", maps)
     assert code == 0, err
     rows = list(csv.DictReader(open(out / "manifest.csv")))
-    assert [r["mask_source"] for r in rows] == [f"model:{maps.name}:{i}" for i in range(3)]
+    # draw numbers, increasing; a drawn map without the atrium is skipped, so there may be gaps
+    draws = [int(r["mask_source"].rsplit(":", 1)[1]) for r in rows]
+    assert [r["mask_source"].rsplit(":", 1)[0] for r in rows] == [f"model:{maps.name}"] * 3
+    assert draws == sorted(set(draws))
     label = nib.load(out / rows[0]["label"])
     assert label.shape == (32, 32, 32) and np.allclose(np.diag(label.affine), [0.625] * 3 + [1])
+    assert all(np.asarray(nib.load(out / r["label"]).dataobj).any() for r in rows)
     code, err = run_cli(capsys, "sample", spade_run, "-n", 1, "--out-dir", tmp_path / "x", "--label-maps", spade_run)
     assert code == 2 and "not a model of label maps" in err
+    # a model of maps whose decoder puts every voxel in the background (its output layer set so):
+    # refused with why, nothing written, rather than pairs with empty label maps (10 x 2 draws asked,
+    # two batches of 16 drawn)
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    empty = shutil.copytree(maps, tmp_path / "empty_maps")
+    weights = load_file(empty / "model.safetensors")
+    weights["net.decoder.out.weight"].zero_()
+    weights["net.decoder.out.bias"].copy_(torch.tensor([10.0, -10.0]))
+    save_file(weights, str(empty / "model.safetensors"))
+    code, err = run_cli(capsys, "sample", spade_run, "-n", 2, "--out-dir", tmp_path / "y", "--label-maps", empty)
+    assert code == 2 and "32 maps drawn, 0 of them hold any structure" in err and "Traceback" not in err
+    assert not (tmp_path / "y").exists()
 
 
 def test_tissue_bands_cut_the_background_into_equal_count_intensity_bands():

@@ -108,10 +108,17 @@ def _training_maps(cfg, flat: int | None) -> list[SourceMap]:
     return maps
 
 
+# a model of maps that draws mostly empty maps is refused rather than drawn from for ever
+MAX_DRAWS_PER_MAP = 10
+
+
 def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, device: str) -> list[SourceMap]:
     """n new maps drawn from a model of label maps (a run trained with data.format=label_maps), each
-    resized back to the box its training maps were cut to; one per pair, used as drawn. Their grid:
-    the map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
+    resized back to the box its training maps were cut to; one per pair, used as drawn. A drawn map
+    without any structure voxel (all background or tissue bands) is skipped and recorded as such: a
+    pair with an empty label map teaches a segmentation model that there is nothing to find. After
+    MAX_DRAWS_PER_MAP x n draws without n usable maps the model of maps is refused. Their grid: the
+    map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
     patient's position)."""
     from medsynth.data.label_maps import maps_from_images
 
@@ -129,11 +136,20 @@ def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, de
     spacing = c.data.spacing or c.data.source_spacing or [1.0, 1.0, 1.0]
     affine = np.diag([*(float(s) for s in spacing), 1.0])
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    with torch.no_grad():
-        drawn = torch.cat([model.sample(min(16, n - i), generator=generator).cpu() for i in range(0, n, 16)])
     box = list(c.model.output_space["box"])
-    return [SourceMap(f"model:{Path(run).name}:{i}", m, affine, deform=False)
-            for i, m in enumerate(maps_from_images(drawn, box))]
+    kept, draws = [], 0
+    while len(kept) < n and draws < MAX_DRAWS_PER_MAP * n:
+        with torch.no_grad():
+            batch = maps_from_images(model.sample(16, generator=generator).cpu(), box)
+        for m in batch:
+            if len(kept) < n and structures_only(m, len(classes)).any():
+                kept.append(SourceMap(f"model:{Path(run).name}:{draws}", m, affine, deform=False))
+            draws += 1
+    if len(kept) < n:
+        raise MedsynthError(f"{run}: {draws} maps drawn, {len(kept)} of them hold any structure (classes "
+                            f"{classes[1:]}), fewer than the {n} pairs asked for: this model of maps draws empty "
+                            "maps; train it longer or draw from the training maps (no --label-maps)")
+    return kept
 
 
 def draw_pair(recipe, source: SourceMap, seed: int) -> tuple[np.ndarray, np.ndarray]:
