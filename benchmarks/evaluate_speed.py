@@ -110,7 +110,7 @@ def main() -> None:
         return
     start = time.perf_counter()
     result = evaluate(real, fake, features=features, out=tmp / "metrics_u.json", log=lambda *_: None)
-    print(f"utility (TSTR, 2 x 300 steps): {result['seconds']['utility']:.1f} s; "
+    print(f"utility (TSTR, 3 pairs x 2 classifiers x 300 steps): {result['seconds']['utility']:.1f} s; "
           f"FID {result['fidelity']['fid']:.3f} (floor {result['floor']['fidelity']['fid']:.3f})")
 
 

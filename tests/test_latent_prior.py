@@ -130,6 +130,19 @@ def test_prior_option_is_checked_before_anything_is_written(run, tmp_path, capsy
     assert "invalid choice: 'vamp'" in capsys.readouterr().err
 
 
+def test_provenance_says_normal_for_a_mixture_that_was_never_fitted():
+    """A run whose fit failed keeps N(0, I) components: its samples are N(0, I) draws and the
+    recorded prior says so; once fitted, the default is the mixture, and N(0, I) can be asked for."""
+    from medsynth.latent_prior import prior_setting
+
+    net = net_with_prior(2)
+    assert prior_setting(net, None)["prior"] == "normal" and "never fitted" in prior_setting(net, None)["prior_note"]
+    net.prior_means.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+    assert prior_setting(net, None) == {"prior": "mixture"} and prior_setting(net, "normal") == {"prior": "normal"}
+    with pytest.raises(MedsynthError, match="--prior vamp: not one of mixture, normal"):
+        prior_setting(net, "vamp")
+
+
 def test_a_bf16_net_keeps_its_fitted_mixture_in_float32():
     """Under trainer.precision=bf16-true the net's buffers are bf16: the fitted mixture must not be
     rounded to bf16's 3 digits, so it is stored (and saved) in float32, equal to the fit."""

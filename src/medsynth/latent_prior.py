@@ -108,7 +108,17 @@ def prior_setting(net, prior: str | None) -> dict:
             raise MedsynthError("--prior mixture: this run has no mixture prior (it was trained with "
                                 "model.latent_prior=normal); it draws from N(0, I)")
         return {}
+    if prior != "normal" and not mixture_was_fitted(net):  # its fit failed (summary.json: latent_prior_error)
+        return {"prior": "normal", "prior_note": "the mixture was never fitted: every component is N(0, I)"}
     return {"prior": prior or "mixture"}
+
+
+def mixture_was_fitted(net) -> bool:
+    """False while every component is still the N(0, I) the net was built with."""
+    k, z = net.prior_means.shape
+    return not (torch.equal(net.prior_means, torch.zeros_like(net.prior_means))
+                and torch.equal(net.prior_scale_tril, torch.eye(z, dtype=net.prior_scale_tril.dtype,
+                                                                 device=net.prior_scale_tril.device).expand(k, z, z)))
 
 
 class MixturePrior:
@@ -126,4 +136,6 @@ class MixturePrior:
 
     def prior_codes(self, n: int, generator: torch.Generator | None = None, prior: str | None = None) -> torch.Tensor:
         """n codes (n x latent units) from the chosen prior (default: the mixture where fitted)."""
+        if prior is not None and prior not in PRIORS:
+            raise MedsynthError(f"prior {prior!r}: not one of {', '.join(PRIORS)}")
         return self.net.prior(n, generator=generator, device=self.device, mixture=prior != "normal")

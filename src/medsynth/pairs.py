@@ -115,7 +115,8 @@ MAX_DRAWS_PER_MAP = 10
 def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, device: str) -> list[SourceMap]:
     """n new maps drawn from a model of label maps (a run trained with data.format=label_maps), each
     resized back to the box its training maps were cut to; one per pair, used as drawn. A drawn map
-    without any structure voxel (all background or tissue bands) is skipped and recorded as such: a
+    without any structure voxel (all background or tissue bands) is skipped (a gap in the draw
+    numbers of the manifest's mask_source): a
     pair with an empty label map teaches a segmentation model that there is nothing to find. After
     MAX_DRAWS_PER_MAP x n draws without n usable maps the model of maps is refused. Their grid: the
     map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
@@ -140,7 +141,8 @@ def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, de
     kept, draws = [], 0
     while len(kept) < n and draws < MAX_DRAWS_PER_MAP * n:
         with torch.no_grad():
-            batch = maps_from_images(model.sample(16, generator=generator).cpu(), box)
+            # no more than the maps still missing (so n <= 16 draws the same stream as before skipping)
+            batch = maps_from_images(model.sample(min(16, n - len(kept)), generator=generator).cpu(), box)
         for m in batch:
             if len(kept) < n and structures_only(m, len(classes)).any():
                 kept.append(SourceMap(f"model:{Path(run).name}:{draws}", m, affine, deform=False))

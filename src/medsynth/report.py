@@ -158,8 +158,9 @@ def metric_table(evaluation: dict) -> dict:
             span, ref_span = _get(sec, f"{key}_range"), _get(sec, "real." + key.split(".", 1)[1] + "_range")
         elif section == "utility":
             value, ref, ref_span = _get(sec, key), None, None
-            runs = _get(sec, f"{key}_runs")
-            span = [min(runs), max(runs)] if isinstance(runs, list) and runs else None
+            # a pair's ratio is None (NaN cleaned) when its real AUC is undefined: left out of the range
+            runs = [v for v in (_get(sec, f"{key}_runs") or []) if isinstance(v, (int, float))]
+            span = [min(runs), max(runs)] if runs else None
         elif section == "class_consistency":
             value, ref, span, ref_span = _get(sec, key), _get(sec, "real_agreement"), _get(sec, _interval_key(key)), None
         else:

@@ -286,6 +286,8 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
     req_path = out_dir / "request.json"
     if req_path.is_file():
         before = json.loads(req_path.read_text())
+        if "prior" in request and "prior" not in before and request["prior"] == "mixture":
+            before["prior"] = "mixture"  # written before --prior existed: such runs drew from their mixture
         if before != request:
             raise MedsynthError(f"{out_dir}: holds shards of another request ({before}); use a new --out-dir")
     else:
