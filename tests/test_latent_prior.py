@@ -111,6 +111,21 @@ def test_a_conditional_vae_run_fits_saves_and_samples_from_its_mixture(small_npz
         expected = to_stored(torch.tanh(recipe.net.decode(z, c))).astype(float)
     assert np.abs(drawn["normal"][0].astype(float) - expected).max() <= 1  # uint8 rounding
     assert not np.array_equal(drawn["normal"][0], drawn["mixture"][0])
+    # a run whose fit failed keeps N(0, I) components: it samples, and says it drew from N(0, I)
+    import shutil
+
+    from safetensors.torch import save_file
+
+    unfitted = shutil.copytree(run, tmp_path / "unfitted")
+    weights = load_file(unfitted / "model.safetensors")
+    weights["net.prior_weights"].fill_(1 / 3)
+    weights["net.prior_means"].zero_()
+    weights["net.prior_scale_tril"].copy_(torch.eye(8).expand(3, 8, 8))
+    save_file(weights, str(unfitted / "model.safetensors"))
+    code, err = run_cli(capsys, "sample", unfitted, "-n", "4", "--out", tmp_path / "unfitted.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "unfitted.npz") as f:
+        assert json.loads(str(f["provenance"]))["prior"] == "normal"
 
 
 def test_prior_option_is_checked_before_anything_is_written(run, tmp_path, capsys):
@@ -136,7 +151,8 @@ def test_provenance_says_normal_for_a_mixture_that_was_never_fitted():
     from medsynth.latent_prior import prior_setting
 
     net = net_with_prior(2)
-    assert prior_setting(net, None)["prior"] == "normal" and "never fitted" in prior_setting(net, None)["prior_note"]
+    # options go to recipe.sample as keywords: nothing but the prior may be in them
+    assert prior_setting(net, None) == prior_setting(net, "mixture") == {"prior": "normal"}
     net.prior_means.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
     assert prior_setting(net, None) == {"prior": "mixture"} and prior_setting(net, "normal") == {"prior": "normal"}
     with pytest.raises(MedsynthError, match="--prior vamp: not one of mixture, normal"):

@@ -101,16 +101,20 @@ def prior_setting(net, prior: str | None) -> dict:
     """The prior a VAE-family net draws from, checked before anything is drawn: {"prior": "mixture"}
     (the default) or {"prior": "normal"} for a net with a mixture, {} for one without (N(0, I) is
     all it has, so there is nothing to record)."""
-    if prior is not None and prior not in PRIORS:
-        raise MedsynthError(f"--prior {prior}: not one of {', '.join(PRIORS)}")
+    check_prior(prior)
     if not getattr(net, "prior_components", 0):
         if prior == "mixture":
             raise MedsynthError("--prior mixture: this run has no mixture prior (it was trained with "
                                 "model.latent_prior=normal); it draws from N(0, I)")
         return {}
-    if prior != "normal" and not mixture_was_fitted(net):  # its fit failed (summary.json: latent_prior_error)
-        return {"prior": "normal", "prior_note": "the mixture was never fitted: every component is N(0, I)"}
+    if not mixture_was_fitted(net):  # its fit failed (summary.json: latent_prior_error): all N(0, I)
+        return {"prior": "normal"}
     return {"prior": prior or "mixture"}
+
+
+def check_prior(prior: str | None) -> None:
+    if prior is not None and prior not in PRIORS:
+        raise MedsynthError(f"--prior {prior}: not one of {', '.join(PRIORS)}")
 
 
 def mixture_was_fitted(net) -> bool:
@@ -136,6 +140,5 @@ class MixturePrior:
 
     def prior_codes(self, n: int, generator: torch.Generator | None = None, prior: str | None = None) -> torch.Tensor:
         """n codes (n x latent units) from the chosen prior (default: the mixture where fitted)."""
-        if prior is not None and prior not in PRIORS:
-            raise MedsynthError(f"prior {prior!r}: not one of {', '.join(PRIORS)}")
+        check_prior(prior)
         return self.net.prior(n, generator=generator, device=self.device, mixture=prior != "normal")

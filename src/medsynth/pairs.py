@@ -116,8 +116,8 @@ def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, de
     """n new maps drawn from a model of label maps (a run trained with data.format=label_maps), each
     resized back to the box its training maps were cut to; one per pair, used as drawn. A drawn map
     without any structure voxel (all background or tissue bands) is skipped (a gap in the draw
-    numbers of the manifest's mask_source): a
-    pair with an empty label map teaches a segmentation model that there is nothing to find. After
+    numbers of the manifest's mask_source): a pair with an empty label map teaches a segmentation
+    model that there is nothing to find. After
     MAX_DRAWS_PER_MAP x n draws without n usable maps the model of maps is refused. Their grid: the
     map model's data.spacing, else data.source_spacing, else 1 mm, axis-aligned (the box has no
     patient's position)."""
