@@ -379,7 +379,8 @@ def test_a_model_of_label_maps_draws_a_new_map_for_every_pair(spade_run, cases, 
     assert back.shape == (2, 32, 32, 32) and back[0].any() and 0.3 < back[0].mean() <= 1 and truth.any()
     maps = train(ROOT / "configs/vae_la_maps.yaml", [f"runs_dir={tmp_path / 'maps'}", f"data.splits={cases}",
                                                     "data.patch_size=[32,32,32]", "data.image_size=16",
-                                                    "trainer.max_epochs=1"], log=lambda *_: None)
+                                                    # the recipe's fitted Gaussian needs latent_dim + 1 maps
+                                                    "model.latent_dim=1", "trainer.max_epochs=1"], log=lambda *_: None)
     out = tmp_path / "pairs"
     code, err = run_cli(capsys, "sample", spade_run, "-n", 3, "--out-dir", out, "--label-maps", maps)
     assert code == 0, err
