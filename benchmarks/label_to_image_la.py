@@ -65,8 +65,13 @@ def map_model(runs: Path, split: Path, spade: list[str], overrides: list[str]) -
     """Train configs/vae_la_maps.yaml on the same training cases' maps, with SPADE's tissue bands
     (a model of maps must draw the classes SPADE was trained on); returns (run, minutes)."""
     bands = [o for o in spade if o.startswith("data.tissue_bands=")]
+    # its Gaussian over the codes needs latent_dim + 1 training maps (16 + 1 as shipped): fewer
+    # cases (the few-cases experiment, --quick) get a narrower latent
+    cases = len(json.loads(split.read_text())["train"])
+    narrow = [f"model.latent_dim={max(1, cases - 1)}"] if cases < 17 else []
     start = time.perf_counter()
-    run = medsynth("train", "configs/vae_la_maps.yaml", f"runs_dir={runs}", f"data.splits={split}", *bands, *overrides)
+    run = medsynth("train", "configs/vae_la_maps.yaml", f"runs_dir={runs}", f"data.splits={split}", *bands, *narrow,
+                   *overrides)
     return run, (time.perf_counter() - start) / 60
 
 
@@ -200,7 +205,8 @@ def main() -> None:
         results["all"] = experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg, args.pairs,
                                     maps)
     if not args.skip_few:
-        few = 1 if args.quick else args.few
+        # a model of maps needs two maps to fit its Gaussian to
+        few = (2 if args.map_model else 1) if args.quick else args.few
         few_spade = spade + ([f"trainer.max_epochs={args.few_spade_epochs}"] if args.few_spade_epochs else [])
         results[f"few{few}"] = experiment(f"few{few}", _split(runs / f"split_few{few}.json", few, limit), args,
                                           few_spade, seg, args.few_pairs or args.pairs, maps)
