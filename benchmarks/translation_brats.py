@@ -22,6 +22,7 @@ Stages (every score: MAE, PSNR and SSIM per whole volume inside the brain mask, 
 With --cases 4, pix2pix and CycleGAN train on the four train + validation cases instead (the
 issue allows it "where it helps"): nothing is left to choose on, so --l1 must name one weight, the
 one the validation cases chose with two training cases; the test pair still chooses nothing.
+The budget stays in epochs, so four cases get twice the batches (and wall time) of two.
 
 Budgets are epochs (fixed numbers of batches), so the scores do not depend on the machine's
 speed; wall time is printed beside them. Everything trains in fp32 (the same numbers on any CPU).
@@ -110,7 +111,11 @@ def main() -> None:
     parser.add_argument("--out", help="write every score as JSON here")
     args = parser.parse_args()
     if args.cases == 4 and len(args.pix2pix_runs or args.l1) != 1:
-        parser.error("--cases 4 leaves no validation case to choose on: give one --l1 weight")
+        parser.error("--cases 4 leaves no validation case to choose on: give one --l1 weight (or one --pix2pix-runs)")
+    for run in args.pix2pix_runs or []:  # a given run must have trained on the cases --cases says
+        trained = len(list((ROOT / OmegaConf.load(Path(run) / "config.yaml").data.path / "train").iterdir()))
+        if trained != args.cases:
+            parser.error(f"--pix2pix-runs {run}: trained on {trained} cases, not --cases {args.cases}")
     runs_dir = (ROOT / args.runs_dir).resolve()
     work = runs_dir / f"work-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
@@ -120,6 +125,7 @@ def main() -> None:
     four = _four_cases(work) if args.cases == 4 else None
     # 4 cases: no validation folder, and none held out of the training slices either
     data = [f"data.path={four}", "data.val_fraction=0"] if four else []
+    suffix = "_4cases" if four else ""  # run names tell the two apart in --runs-dir
 
     # 1-2. pix2pix per L1 weight: chosen on validation, scored on test
     chosen, best = None, np.inf
@@ -128,7 +134,7 @@ def main() -> None:
     for l1 in given or args.l1:
         run = given.get(l1) or _train("configs/pix2pix_brats.yaml", [f"loss.l1_weight={l1}",
                                                                      f"trainer.max_epochs={epochs[0]}",
-                                                                     f"name=pix2pix_l1_{l1:g}", *data, *quick],
+                                                                     f"name=pix2pix_l1_{l1:g}{suffix}", *data, *quick],
                                           runs_dir)
         if four:  # the weight was chosen before, on the validation cases, which it now trains on
             chosen = f"{l1:g}"
@@ -150,7 +156,7 @@ def main() -> None:
         run = _train("configs/cyclegan_brats.yaml",
                      ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
                       "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
-                      f"trainer.max_epochs={epochs[1]}", *data, *quick], runs_dir)
+                      f"trainer.max_epochs={epochs[1]}", f"name=cyclegan_brats{suffix}", *data, *quick], runs_dir)
         results["cyclegan"] = {**_run_facts(run), "test": _score(run, None, work / "test_cyclegan.json")}
 
     # 4. Segmentation with the real, translated and copied FLAIR

@@ -150,7 +150,8 @@ def _model_maps(run: Path, n: int, seed: int, classes: list[int], bands: int, de
     if len(kept) < n:
         raise MedsynthError(f"{run}: {draws} maps drawn, {len(kept)} of them hold any structure (classes "
                             f"{classes[1:]}), fewer than the {n} pairs asked for: this model of maps draws empty "
-                            "maps; train it longer or draw from the training maps (no --label-maps)")
+                            "maps; train it longer, draw from a prior fitted to its codes "
+                            "(model.latent_prior=gmm), or draw from the training maps (no --label-maps)")
     return kept
 
 
