@@ -1,10 +1,12 @@
-"""Vox2Vox against the plain MONAI UNet at the same budget, on held-out cases: Dice and HD95 per
+"""Vox2Vox (or another recipe: `la_heart_remap`, the UNet with random intensity curves) against the
+plain MONAI UNet at the same budget, on held-out cases: Dice and HD95 per
 test case with a bootstrap interval of the mean and of the paired difference, training time, and
 whole-volume inference time and peak memory per case.
 
     python benchmarks/segmentation_compare.py la_heart              # the full budget (configs' epochs)
     python benchmarks/segmentation_compare.py la_heart --quick      # 2 cases a split, 2 epochs: a smoke run
     python benchmarks/segmentation_compare.py la_heart --epochs 300 --runs-dir runs/bench_seg
+    python benchmarks/segmentation_compare.py la_heart_remap --runs-dir runs/bench_seg
 
 The budget is a number of training batches (trainer.max_epochs x data.patches_per_epoch /
 data.batch_size), the same for both recipes, so the scores do not depend on how fast or busy the
@@ -29,7 +31,13 @@ import numpy as np
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = {"la_heart": ("configs/unet_la_heart.yaml", "configs/vox2vox_la_heart.yaml")}
+# pair -> (baseline, model), each a config and its overrides
+PAIRS = {
+    "la_heart": (("configs/unet_la_heart.yaml", []), ("configs/vox2vox_la_heart.yaml", [])),
+    # the same UNet with random intensity curves on half the patches (data/augment.py)
+    "la_heart_remap": (("configs/unet_la_heart.yaml", []),
+                       ("configs/unet_la_heart.yaml", ["data.intensity_remap=0.5", "name=unet_la_heart_remap"])),
+}
 
 
 def _infer(run: str, split: str = "test", flips: str = "0") -> dict:
@@ -85,8 +93,8 @@ def main() -> None:
     overrides = ["data.limit=2", "trainer.max_epochs=2", "data.patches_per_epoch=4"] if args.quick else []
     if args.epochs:
         overrides.append(f"trainer.max_epochs={args.epochs}")
-    runs = [Path(r) for r in args.runs] if args.runs else [_train(c, overrides, args.runs_dir)
-                                                             for c in PAIRS[args.pair]]
+    runs = [Path(r) for r in args.runs] if args.runs else [_train(c, own + overrides, args.runs_dir)
+                                                             for c, own in PAIRS[args.pair]]
     results = {}
     for run in runs:
         env = dict(os.environ)

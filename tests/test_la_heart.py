@@ -14,7 +14,7 @@ import torch
 
 from conftest import la_split_file, tiny_la
 from medsynth.config import load_config
-from medsynth.data.augment import patch_augmentation
+from medsynth.data.augment import patch_augmentation, remap_intensities
 from medsynth.data.patches import load_segmentation_splits, read_split_file
 from medsynth.errors import MedsynthError
 from medsynth.models.base import lr_factor
@@ -102,6 +102,52 @@ def test_augmentation_moves_image_and_label_together():
     repeat = patch_augmentation(15.0, 0.1, seed=3, p_affine=1.0)(
         {"image": torch.from_numpy(label * 2 - 1)[None], "label": torch.from_numpy(label)[None]})
     assert torch.equal(first["image"], repeat["image"])  # seeded
+
+
+def test_intensity_remap_is_a_curve_of_intensity_that_can_invert_contrast():
+    """remap_intensities is a function of the voxel's value within its channel: a two-valued image
+    stays two-valued, inside the channel's range, and each channel gets its own curve. About half
+    the curves invert the order of the two values (the drawn slope sign), and none moves a value
+    outside [min, max]. The analytic case: a curve through `bins` points on a ramp image is the
+    piecewise-linear interpolant, so the ramp's values at the grid points are the curve itself."""
+    rng = np.random.RandomState(0)
+    two = torch.zeros(2, 8, 8, 8)
+    two[0, 2:6] = 1.0
+    two[1] = -1.0
+    two[1, :, 2:6] = 3.0
+    inverted = 0
+    for _ in range(200):
+        out = remap_intensities(two, rng)
+        for c, (low, high) in enumerate([(0.0, 1.0), (-1.0, 3.0)]):
+            values = torch.unique(out[c])
+            assert len(values) == 2 and low <= float(values.min()) and float(values.max()) <= high + 1e-6
+            assert torch.equal(out[c] == values.max(), two[c] == high) or torch.equal(out[c] == values.max(), two[c] == low)
+        inverted += bool(out[0][two[0] == 1.0][0] < out[0][two[0] == 0.0][0])
+    assert 70 <= inverted <= 130  # a fair sign: 200 draws, binomial sd 7
+    ramp = torch.linspace(-2, 5, 64).reshape(1, 4, 4, 4)  # exactly the 64 grid points
+    out = remap_intensities(ramp, np.random.RandomState(5), bins=64)
+    rng5 = np.random.RandomState(5)
+    noise = torch.from_numpy(rng5.uniform(0, 1, 64 + 15)).float().unfold(0, 16, 1).mean(1)
+    curve = noise + rng5.choice([-0.35, 0.35]) * torch.linspace(0, 1, 64)
+    curve = (curve - curve.min()) / (curve.max() - curve.min())
+    assert torch.allclose(out.flatten(), -2 + 7 * curve, atol=1e-5)
+    # in the patch pipeline: seeded, and remap_prob=0 leaves the jittered intensities' order alone
+    label = torch.zeros(1, 16, 16, 8)
+    label[:, 4:12, 4:12] = 1
+    item = {"image": label * 2 - 1, "label": label}
+    first = patch_augmentation(0.0, 0.0, seed=1, remap_prob=1.0)(item)
+    again = patch_augmentation(0.0, 0.0, seed=1, remap_prob=1.0)(item)
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["label"], again["label"])
+    flipped = sum(bool(patch_augmentation(0.0, 0.0, seed=s, remap_prob=1.0)(item)["image"][label > 0].mean()
+                       < patch_augmentation(0.0, 0.0, seed=s, remap_prob=1.0)(item)["image"][label == 0].mean())
+                  for s in range(40))
+    kept = sum(bool(patch_augmentation(0.0, 0.0, seed=s)(item)["image"][label > 0].mean()
+                    < patch_augmentation(0.0, 0.0, seed=s)(item)["image"][label == 0].mean()) for s in range(40))
+    assert 8 <= flipped <= 32 and kept == 0
+    with pytest.raises(MedsynthError, match="intensity_remap"):
+        load_config(ROOT / "configs/unet_la_heart.yaml", ["data.intensity_remap=0.5", "data.augment=false"])
+    with pytest.raises(MedsynthError, match="intensity_remap"):
+        load_config(ROOT / "configs/unet_la_heart.yaml", ["data.intensity_remap=1.5"])
 
 
 def test_learning_rate_schedules_follow_their_formulas():

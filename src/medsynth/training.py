@@ -63,7 +63,7 @@ def build_data(cfg: DictConfig):
         fill_data_shape(cfg, splits)
         d = cfg.data
         augment = patch_augmentation(d.rotate_degrees, d.scale_range, cfg.seed,
-                                     flat_axis=splits.flat_axis) if d.augment else None
+                                     flat_axis=splits.flat_axis, remap_prob=d.intensity_remap) if d.augment else None
         return splits, PatchDataModule(splits, d.batch_size, d.patches_per_epoch, d.val_patches, cfg.seed,
                                        None if d.class_ratios is None else list(d.class_ratios), d.num_workers,
                                        augment)
