@@ -124,6 +124,8 @@ def test_intensity_remap_is_a_curve_of_intensity_that_can_invert_contrast():
             assert torch.equal(out[c] == values.max(), two[c] == high) or torch.equal(out[c] == values.max(), two[c] == low)
         inverted += bool(out[0][two[0] == 1.0][0] < out[0][two[0] == 0.0][0])
     assert 70 <= inverted <= 130  # a fair sign: 200 draws, binomial sd 7
+    same = torch.stack([two[0], two[0]])  # two identical channels get their own curves
+    assert sum(not torch.equal(*remap_intensities(same, rng)) for _ in range(20)) == 20
     ramp = torch.linspace(-2, 5, 64).reshape(1, 4, 4, 4)  # exactly the 64 grid points
     out = remap_intensities(ramp, np.random.RandomState(5), bins=64)
     rng5 = np.random.RandomState(5)
@@ -144,10 +146,17 @@ def test_intensity_remap_is_a_curve_of_intensity_that_can_invert_contrast():
     kept = sum(bool(patch_augmentation(0.0, 0.0, seed=s)(item)["image"][label > 0].mean()
                     < patch_augmentation(0.0, 0.0, seed=s)(item)["image"][label == 0].mean()) for s in range(40))
     assert 8 <= flipped <= 32 and kept == 0
+    # remap_prob=0.5: about half the patches differ from the same seed's patch without the remap
+    # (the remap comes last, so everything before it is drawn alike)
+    differ = sum(not torch.equal(patch_augmentation(0.0, 0.0, seed=s, remap_prob=0.5)(item)["image"],
+                                 patch_augmentation(0.0, 0.0, seed=s)(item)["image"]) for s in range(40))
+    assert 10 <= differ <= 30
     with pytest.raises(MedsynthError, match="intensity_remap"):
         load_config(ROOT / "configs/unet_la_heart.yaml", ["data.intensity_remap=0.5", "data.augment=false"])
     with pytest.raises(MedsynthError, match="intensity_remap"):
         load_config(ROOT / "configs/unet_la_heart.yaml", ["data.intensity_remap=1.5"])
+    with pytest.raises(MedsynthError, match="for segmentation models"):
+        load_config(ROOT / "configs/spade_la_heart.yaml", ["data.intensity_remap=0.5"])
 
 
 def test_learning_rate_schedules_follow_their_formulas():

@@ -74,8 +74,9 @@ class DataConfig:
     augment: bool = False
     rotate_degrees: float = 15.0  # uniform in +-this about each axis
     scale_range: float = 0.1  # zoom uniform in [1 - r, 1 + r]
-    # share of augmented patches whose intensities go through a random, not monotonic curve (half of
-    # them inverting the contrast): for scans whose contrast no training case shows; 0: off
+    # segmentation models: share of augmented patches whose intensities go through a random, not
+    # monotonic curve (half of them inverting the contrast): for scans whose contrast no training
+    # case shows; 0: off
     intensity_remap: float = 0.0
     # synthetic (image, label map) pairs: a `medsynth sample` manifest.csv of a spade run, whose cases
     # join the training split ("add") or replace it ("replace"); validation and test stay the real ones
@@ -370,9 +371,14 @@ def _check(cfg: DictConfig, source: str) -> None:
         raise MedsynthError(f"{source}: 2D patches ([H, W]) are for model.family=spade; segmentation models are 3D")
     if cfg.model.foreground_threshold is not None and not 0 < cfg.model.foreground_threshold < 1:
         raise MedsynthError(f"{source}: model.foreground_threshold={cfg.model.foreground_threshold} must lie in (0, 1)")
-    if not 0 <= cfg.data.intensity_remap <= 1 or (cfg.data.intensity_remap > 0 and not cfg.data.augment):
-        raise MedsynthError(f"{source}: data.intensity_remap must be in [0, 1] and needs data.augment=true, "
-                            f"got {cfg.data.intensity_remap}")
+    remap = cfg.data.intensity_remap
+    if not 0 <= remap <= 1:
+        raise MedsynthError(f"{source}: data.intensity_remap must lie in [0, 1] (a share of patches), got {remap}")
+    if remap > 0 and not cfg.data.augment:
+        raise MedsynthError(f"{source}: data.intensity_remap={remap} needs data.augment=true")
+    if remap > 0 and cfg.model.family != "segmentation":
+        raise MedsynthError(f"{source}: data.intensity_remap={remap} is for segmentation models; a "
+                            f"model.family={cfg.model.family} model would learn to draw the remapped contrasts")
     if cfg.optim.warmup_steps < 0 or not 0 <= cfg.data.scale_range < 1 or not 0 <= cfg.data.rotate_degrees <= 180:
         raise MedsynthError(f"{source}: optim.warmup_steps must be >= 0, data.scale_range in [0, 1) and "
                             "data.rotate_degrees in [0, 180]")
