@@ -101,7 +101,8 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
             "maps": "drawn from a model of maps" if map_run else "deformed training maps", "train_cases": cases,
             "pairs": count, "pairs_per_second": count / speed["seconds"],
             "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
-            "utility": result["segmentation_utility"], "privacy": result["privacy"]}
+            "utility": result["segmentation_utility"], "privacy": result["privacy"],
+            "map_agreement": result.get("map_agreement")}
 
 
 def figure(pairs: Path, out: Path, picks: tuple[int, ...] = (0, 7)) -> None:
@@ -141,9 +142,19 @@ def figure(pairs: Path, out: Path, picks: tuple[int, ...] = (0, 7)) -> None:
     plt.close(fig)
 
 
+def volume_ratio(arm: dict) -> float:
+    """Median over the test cases of predicted / true atrium voxels: > 1 where a model spills into
+    the structures beside the atrium, < 1 where it misses part of it."""
+    import numpy as np
+
+    ratios = [c["classes"]["1"]["voxels_pred"] / c["classes"]["1"]["voxels_target"] for c in arm["cases"].values()
+              if c["classes"]["1"].get("voxels_target")]
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
 def table(results: dict) -> str:
-    lines = ["| experiment | training set | Dice mean [95% CI] | HD95 mm mean | synthetic / real Dice |",
-             "|---|---|---|---|---|"]
+    lines = ["| experiment | training set | Dice mean [95% CI] | HD95 mm mean | predicted / true volume, median | "
+             "synthetic / real Dice |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         ratio = r["utility"]["ratio"]["dice_class_1"]
         for arm, s in r["utility"]["arms"].items():
@@ -152,8 +163,15 @@ def table(results: dict) -> str:
             extra = (f"{ratio['synthetic_over_real']:.2f}" + (" [{:.2f}, {:.2f}]".format(*ratio["interval"])
                                                              if ratio["interval"] else "")) if arm == "synthetic" else ""
             lines.append(f"| {name} ({r['train_cases']} real cases) | {arm} | {m['dice_class_1']:.3f} "
-                         f"[{interval[0]:.3f}, {interval[1]:.3f}] | {m.get('hd95_class_1', float('nan')):.2f} | {extra} |")
+                         f"[{interval[0]:.3f}, {interval[1]:.3f}] | {m.get('hd95_class_1', float('nan')):.2f} | "
+                         f"{volume_ratio(s):.2f} | {extra} |")
     return "\n".join(lines)
+
+
+def agreement(found: dict | None) -> str:
+    """Mean Dice of the real arm's model to the pairs' own maps (evaluation.json's map_agreement)."""
+    dice = [v["dice_class_1"] for v in (found or {}).get("pairs", {}).values() if "dice_class_1" in v]
+    return f"{sum(dice) / len(dice):.2f} (Dice, {len(dice)} pairs)" if dice else "not measured"
 
 
 def main() -> None:
@@ -216,7 +234,8 @@ def main() -> None:
         print(f"{name}: maps {r['maps']} (map model {r['map_minutes']:.1f} min); "
               f"SPADE {r['spade_minutes']:.1f} min; {r['pairs']} pairs at {r['pairs_per_second']:.2f} pairs/s, "
               f"peak RSS {r['draw_peak_rss_mib']:.0f} MiB; memorised share {p['rate']:.2f}, authenticity "
-              f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); budget "
+              f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); "
+              f"map agreement {agreement(r.get('map_agreement'))}; budget "
               f"{r['utility']['budget']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
