@@ -23,6 +23,7 @@ LA heart cases:
     python benchmarks/label_to_image_la.py --skip-few --spade-epochs 30 --seg-epochs 60 --map-model \
         --spade-override data.tissue_bands=3 --spade-override "data.class_ratios=[1,3,1,1]"
                                                             # bands from a model of maps: no patient's image
+    ... --real-run runs/bench_l2i_map/all/pairs/utility_runs/utility-real-*   # the same real arm, not trained again
 
 The split is configs/splits/la_heart.json (nothing tuned on its test cases).
 """
@@ -76,10 +77,11 @@ def map_model(runs: Path, split: Path, spade: list[str], overrides: list[str]) -
 
 
 def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n_pairs: int | None = None,
-               maps: list[str] | None = None) -> dict:
+               maps: list[str] | None = None, real_run: str | None = None) -> dict:
     """SPADE on the split's training cases, pairs drawn, the three segmentation arms. With `maps` (the
     map model's overrides) every pair's map is drawn from a model of maps trained on the same cases
-    instead of deformed from a training map."""
+    instead of deformed from a training map. `real_run`: an earlier real arm with the same settings,
+    reused (`medsynth evaluate --seg-real-run` checks it)."""
     runs = Path(args.runs_dir) / name
     map_run, map_minutes = map_model(runs, split, spade, maps) if maps is not None else (None, 0.0)
     start = time.perf_counter()
@@ -94,6 +96,7 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
         raise SystemExit(f"drawing pairs failed:\n{drawn.stderr[-3000:]}")
     speed = json.loads(drawn.stdout.strip().splitlines()[-1])
     share = ["--synthetic-share", str(args.synthetic_share)] if args.synthetic_share else []
+    share += ["--seg-real-run", real_run] if real_run else []
     medsynth("evaluate", "--fake", str(pairs), "--seg-config", "configs/unet_la_heart.yaml", *share,
               *[a for o in [f"data.splits={split}", *seg] for a in ("--seg-override", o)])
     result = json.loads((pairs / "evaluation.json").read_text())
@@ -102,7 +105,8 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
             "pairs": count, "pairs_per_second": count / speed["seconds"],
             "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
             "utility": result["segmentation_utility"], "privacy": result["privacy"],
-            "map_agreement": result.get("map_agreement")}
+            "map_agreement": result.get("map_agreement"),
+            "real_arm_reused": result["segmentation_utility"].get("reused", {}).get("real")}
 
 
 def figure(pairs: Path, out: Path, picks: tuple[int, ...] = (0, 7)) -> None:
@@ -197,6 +201,9 @@ def main() -> None:
                         help="a config override for the model of maps (repeatable)")
     parser.add_argument("--synthetic-share", type=float, help="share of the real+synthetic arm's patches cut from "
                         "the pairs (default: every case alike)")
+    parser.add_argument("--real-run", help="reuse this real arm (an earlier run's utility_runs/utility-real-*, "
+                        "same --seg-epochs) instead of training it again; --few-real-run for the few-cases one")
+    parser.add_argument("--few-real-run")
     parser.add_argument("--runs-dir", default="runs/bench_l2i")
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--figure", help="write drawn pairs 0 and 7 of the first experiment beside two real "
@@ -221,13 +228,13 @@ def main() -> None:
     results = {}
     if not args.skip_all:
         results["all"] = experiment("all", _split(runs / "split_all.json", None, limit), args, spade, seg, args.pairs,
-                                    maps)
+                                    maps, args.real_run)
     if not args.skip_few:
         # a model of maps needs two maps to fit its Gaussian to
         few = (2 if args.map_model else 1) if args.quick else args.few
         few_spade = spade + ([f"trainer.max_epochs={args.few_spade_epochs}"] if args.few_spade_epochs else [])
         results[f"few{few}"] = experiment(f"few{few}", _split(runs / f"split_few{few}.json", few, limit), args,
-                                          few_spade, seg, args.few_pairs or args.pairs, maps)
+                                          few_spade, seg, args.few_pairs or args.pairs, maps, args.few_real_run)
     print(table(results))
     for name, r in results.items():
         p = r["privacy"]["pixel"]
@@ -236,7 +243,7 @@ def main() -> None:
               f"peak RSS {r['draw_peak_rss_mib']:.0f} MiB; memorised share {p['rate']:.2f}, authenticity "
               f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); "
               f"map agreement {agreement(r.get('map_agreement'))}; budget "
-              f"{r['utility']['budget']}")
+              f"{r['utility']['budget']}" + (f"; real arm reused from {r['real_arm_reused']}" if r.get("real_arm_reused") else ""))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -271,6 +271,22 @@ def test_segmentation_utility_trains_three_arms_on_the_same_budget(spade_run, ca
     assert privacy["box"] == [32, 32, 16] and 0 <= privacy["pixel"]["rate"] <= 1
     assert {c["synthetic"] for c in privacy["closest"]} <= {"pair_00000", "pair_00001"}
     assert {c["train"] for c in privacy["closest"]} <= set(SPLIT["train"][:2])
+    # a second synthetic set against the same real arm: reused, not trained again, same scores
+    again = tmp_path / "again.json"
+    code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--resamples", 20, "--out", again,
+                        "--seg-real-run", section["arms"]["real"]["run"], *[a for o in seg for a in ("--seg-override", o)])
+    assert code == 0, err
+    second = json.loads(again.read_text())["segmentation_utility"]
+    assert second["reused"] == {"real": section["arms"]["real"]["run"]}
+    assert second["arms"]["real"]["run"] == section["arms"]["real"]["run"]
+    assert second["arms"]["real"]["mean"]["dice_class_1"] == section["arms"]["real"]["mean"]["dice_class_1"]
+    assert len(list((tmp_path / "utility_runs").glob("utility-real-2*"))) == 0  # only the two others trained
+    for run, override, named in ((section["arms"]["synthetic"]["run"], [], "data.synthetic="),
+                                 (section["arms"]["real"]["run"], ["trainer.max_epochs=2"], "trainer.max_epochs=1")):
+        code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--out", tmp_path / "no.json",
+                            "--seg-real-run", run, *[a for o in [*seg, *override] for a in ("--seg-override", o)])
+        assert code == 2 and named in err and "not the real arm" in err and "Traceback" not in err
+        assert not (tmp_path / "no.json").exists()
     code, err = run_cli(capsys, "evaluate", "--fake", tmp_path, "--seg-config", UNET)
     assert code == 2 and "no manifest.csv" in err
     code, err = run_cli(capsys, "evaluate", "--fake", out, "--seg-config", UNET, "--synthetic-share", 1.5)

@@ -86,7 +86,7 @@ def _evaluate(args) -> None:
                       resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real,
                       seg_config=args.seg_config, seg_overrides=args.seg_override,
-                      synthetic_share=args.synthetic_share, log=_log())
+                      synthetic_share=args.synthetic_share, seg_real_run=args.seg_real_run, log=_log())
     if result.get("task") == "segmentation_utility":
         section = result["segmentation_utility"]
         print(json.dumps({"dice": {arm: {k: v for k, v in s["mean"].items() if k.startswith("dice")}
@@ -301,6 +301,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--synthetic-share", type=float, metavar="S",
                    help="with --seg-config: the share of the real+synthetic training's patches cut from the pairs, "
                         "e.g. 0.5 so a few real cases are not swamped by many pairs (default: every case alike)")
+    p.add_argument("--seg-real-run", metavar="RUN",
+                   help="with --seg-config: reuse this earlier real-data arm (its utility_runs/utility-real-* run) "
+                        "instead of training it again, so several synthetic sets share one baseline; refused "
+                        "unless it was trained with the same recipe and overrides")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and subsets (default 0)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals of FID, "
                                                             "PRDC and diversity (default 200; 0: none)")

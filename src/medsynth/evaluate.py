@@ -155,7 +155,7 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
              image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
              seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (),
-             synthetic_share: float | None = None, log=print) -> dict:
+             synthetic_share: float | None = None, seg_real_run: str | Path | None = None, log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
@@ -169,7 +169,8 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     synthetic (image, label map) pairs and the result is their segmentation utility
     (segmentation_utility.py: the recipe trained on real, synthetic and both, scored on the real
     test cases; `seg_overrides` adjust the recipe for all three alike; `synthetic_share`: the share of
-    the real+synthetic arm's patches cut from the pairs, None: every case alike)."""
+    the real+synthetic arm's patches cut from the pairs, None: every case alike; `seg_real_run`: a
+    real arm trained earlier with the same settings, reused instead of trained again)."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--utility-repeats", utility_repeats, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
@@ -179,12 +180,14 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     flag = "--out" if out is not None else "evaluation output"
     if synthetic_share is not None and (seg_config is None or not 0 < synthetic_share < 1):
         raise MedsynthError(f"--synthetic-share={synthetic_share}: expected a share in (0, 1), with --seg-config")
+    if seg_real_run is not None and seg_config is None:
+        raise MedsynthError(f"--seg-real-run {seg_real_run}: is for --seg-config (a real arm to reuse)")
     if seg_config is not None:  # synthetic pairs' segmentation utility
         if out is None:
             out = Path(fake) / EVALUATION if Path(fake).is_dir() else Path("metrics.json")
         out = check_output(out, overwrite, [real, seg_config], (".json",), flag)
         result = _clean(segmentation_utility(fake, seg_config, list(seg_overrides), Path(out).parent / "utility_runs",
-                                             resamples, seed, synthetic_share, log))
+                                             resamples, seed, synthetic_share, seg_real_run, log))
         write_text(out, json.dumps(result, indent=2))
         log(f"metrics: {out}")
         return result

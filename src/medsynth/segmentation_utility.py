@@ -20,22 +20,75 @@ describes), its voxel-space RMS distance to the nearest real training case cut t
 memorised share (synthetic closer than the 5th percentile of the real test cases' distances),
 authenticity and near copies. And whether the images follow their maps: the real arm's model
 segments every synthetic image, Dice of its labels to the pair's map (`map_agreement`).
+
+Several synthetic sets are best compared against one real arm: `real_run` reuses a real-arm run
+trained earlier, after checking it was trained with every setting this call would use (so its
+scores are the ones this call would get, up to the CPU's rounding), instead of training it again.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from medsynth.case_evaluation import evaluate_segmentation
+from medsynth.config import load_config
 from medsynth.data.label_maps import foreground_box
 from medsynth.errors import MedsynthError
 from medsynth.metrics.intervals import LEVEL
 from medsynth.models import load_run
+from medsynth.runs import CONFIG, SUMMARY, check_run_dir
 from medsynth.training import train
 
 ARMS = {"real": None, "synthetic": "replace", "real+synthetic": "add"}
+WHERE = ("runs_dir", "run_dir", "name")  # where a run was written, not how it was trained
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """A resolved config container as {dotted key: value}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _split_cases(path) -> object:
+    """data.splits compared by the cases it names (a benchmark writes the same split to a new path)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return path
+
+
+def real_arm_run(run: str | Path, seg_config: str | Path, overrides: list[str] | tuple = ()) -> Path:
+    """`run` checked to be the real arm this utility would train: a finished run of `seg_config` +
+    `overrides` with no synthetic data, every setting equal but where it was written (data.splits by
+    the cases it names; settings filled from the data at training by the data settings); else one
+    error naming the settings that differ."""
+    run = check_run_dir(run)
+    try:
+        status = json.loads((run / SUMMARY).read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status != "finished":
+        raise MedsynthError(f"--seg-real-run {run}: not a finished run ({SUMMARY} status {status!r})")
+    wanted = _flat(OmegaConf.to_container(load_config(seg_config, list(overrides)), resolve=True))
+    had = _flat(OmegaConf.to_container(load_config(run / CONFIG), resolve=True))
+    # a key this call leaves unset (None) is filled from the data at training (model.image_size,
+    # num_classes, ...): the data settings it comes from are compared instead
+    differ = [k for k in sorted(set(wanted) | set(had))
+              if k not in WHERE and wanted.get(k) is not None and wanted.get(k) != had.get(k)]
+    if had.get("data.synthetic") is not None:  # unset in `wanted`, so the loop above would pass it
+        differ.insert(0, "data.synthetic")
+    if "data.splits" in differ and _split_cases(wanted["data.splits"]) == _split_cases(had.get("data.splits")):
+        differ.remove("data.splits")
+    if differ:
+        shown = ", ".join(f"{k}={had.get(k)!r} (this evaluation: {wanted.get(k)!r})" for k in differ[:6])
+        raise MedsynthError(f"--seg-real-run {run}: not the real arm of this evaluation, trained with {shown}"
+                            + (f" and {len(differ) - 6} more" if len(differ) > 6 else ""))
+    return run
 
 
 def pairs_manifest(pairs: str | Path) -> Path:
@@ -115,19 +168,26 @@ def pair_privacy(cfg, manifest: Path) -> dict:
 
 def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: list[str] | tuple = (),
                          runs_dir: str | Path = "runs/utility", resamples: int = 200, seed: int = 0,
-                         synthetic_share: float | None = None, log=print) -> dict:
+                         synthetic_share: float | None = None, real_run: str | Path | None = None,
+                         log=print) -> dict:
     """Train `seg_config` (+ `overrides`) on each arm, score each on the real test cases; the result
     dict (evaluation.json layout: task, sets, segmentation_utility, settings). `synthetic_share`: the
-    real+synthetic arm's data.synthetic_share (None: every case alike)."""
+    real+synthetic arm's data.synthetic_share (None: every case alike). `real_run`: a real arm trained
+    earlier, reused once `real_arm_run` has checked it (the result records it under `reused`)."""
     manifest = pairs_manifest(pairs)
+    reused = real_arm_run(real_run, seg_config, overrides) if real_run is not None else None
     arms = {}
     for arm, mode in ARMS.items():
         extra = [] if mode is None else [f"data.synthetic={manifest.resolve()}", f"data.synthetic_mode={mode}"]
         if mode == "add" and synthetic_share is not None:
             extra.append(f"data.synthetic_share={synthetic_share}")
-        log(f"segmentation utility: training on {arm}")
-        run = train(seg_config, [*overrides, *extra, f"runs_dir={runs_dir}", f"name=utility-{arm.replace('+', '-')}"],
-                    log=lambda *_: None)
+        if mode is None and reused is not None:
+            log(f"segmentation utility: the real arm is {reused} (trained earlier, same settings)")
+            run = reused
+        else:
+            log(f"segmentation utility: training on {arm}")
+            run = train(seg_config, [*overrides, *extra, f"runs_dir={runs_dir}",
+                                     f"name=utility-{arm.replace('+', '-')}"], log=lambda *_: None)
         recipe = load_run(run)
         if recipe.cfg.model.family != "segmentation":
             raise MedsynthError(f"{seg_config}: model.family={recipe.cfg.model.family}; the utility trains a "
@@ -150,7 +210,8 @@ def segmentation_utility(pairs: str | Path, seg_config: str | Path, overrides: l
             "sets": {"synthetic": {"source": str(manifest)}, "real": test},
             "segmentation_utility": {"arms": arms, "ratio": ratios, "budget": budget,
                                      "config": str(seg_config), "overrides": list(overrides),
-                                     "synthetic_share": synthetic_share},
+                                     "synthetic_share": synthetic_share,
+                                     "reused": {"real": str(reused)} if reused is not None else {}},
             "map_agreement": map_agreement(load_run(arms["real"]["run"]), manifest),
             "privacy": pair_privacy(recipe.cfg, manifest),
             "settings": {"seed": seed, "intervals": {"level": LEVEL, "resamples": resamples,
