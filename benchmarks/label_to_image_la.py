@@ -7,6 +7,8 @@ LA heart cases:
 3. `medsynth evaluate --fake PAIRS --seg-config configs/unet_la_heart.yaml`: the UNet trained on the
    real cases, on the pairs alone and on both, the same number of batches each, scored on the test
    cases, with the nearest-neighbour privacy check of the pairs;
+   beside it, the drawn and real volumes' brightness (the atrium's mean, the 99th percentile
+   outside it): whether the pairs hold the bright structures a model must learn to leave out;
 4. the few-cases experiment: the same with only the first 5 training cases (SPADE trained on those
    5, pairs from their maps): does real + synthetic beat the 5 real cases alone?
 
@@ -106,7 +108,8 @@ def experiment(name: str, split: Path, args, spade: list[str], seg: list[str], n
             "draw_peak_rss_mib": speed["peak_rss_mib"], "evaluation": str(pairs / "evaluation.json"),
             "utility": result["segmentation_utility"], "privacy": result["privacy"],
             "map_agreement": result.get("map_agreement"),
-            "real_arm_reused": result["segmentation_utility"].get("reused", {}).get("real")}
+            "real_arm_reused": result["segmentation_utility"].get("reused", {}).get("real"),
+            "brightness": brightness(pairs, split)}
 
 
 def figure(pairs: Path, out: Path, picks: tuple[int, ...] = (0, 7)) -> None:
@@ -144,6 +147,31 @@ def figure(pairs: Path, out: Path, picks: tuple[int, ...] = (0, 7)) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=64)
     plt.close(fig)
+
+
+def brightness(pairs: Path, split: Path, count: int = 26) -> dict:
+    """Medians over the first `count` drawn pairs and over the split's real training cases (as the
+    segmentation data loader normalises them) of the atrium's mean intensity and of the 99th
+    percentile outside it: whether the drawn volumes hold the bright structures beside the atrium
+    that a model trained on them must learn to leave out."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    from medsynth.config import load_config
+    from medsynth.data.patches import load_segmentation_splits
+
+    def measure(image, label) -> tuple[float, float]:
+        return float(image[label == 1].mean()), float(np.percentile(image[label != 1], 99))
+
+    rows = list(csv.DictReader(open(pairs / "manifest.csv")))[:count]
+    drawn = [measure(np.asarray(nib.load(pairs / r["image"]).dataobj), np.asarray(nib.load(pairs / r["label"]).dataobj))
+             for r in rows]
+    cfg = load_config(ROOT / "configs/unet_la_heart.yaml", [f"data.splits={split}"])
+    real = [measure(c.image[0], c.label) for c in load_segmentation_splits(cfg.data, which=("train",)).train[:count]]
+    return {name: dict(zip(("atrium_mean", "outside_p99"), np.median(np.array(v), axis=0).tolist()))
+            for name, v in (("drawn", drawn), ("real", real))}
 
 
 def volume_ratio(arm: dict) -> float:
@@ -244,6 +272,10 @@ def main() -> None:
               f"{p['authenticity']:.2f} (real test cases {p['heldout_authenticity']:.2f}); "
               f"map agreement {agreement(r.get('map_agreement'))}; budget "
               f"{r['utility']['budget']}" + (f"; real arm reused from {r['real_arm_reused']}" if r.get("real_arm_reused") else ""))
+        b = r["brightness"]
+        print(f"{name}: atrium mean intensity drawn {b['drawn']['atrium_mean']:.2f} / real {b['real']['atrium_mean']:.2f}; "
+              f"99th percentile outside the atrium drawn {b['drawn']['outside_p99']:.2f} / real "
+              f"{b['real']['outside_p99']:.2f} (medians over cases)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
