@@ -163,14 +163,16 @@ def brightness(pairs: Path, split: Path, count: int = 26) -> dict:
     from medsynth.data.patches import load_segmentation_splits
 
     def measure(image, label) -> tuple[float, float]:
-        return float(image[label == 1].mean()), float(np.percentile(image[label != 1], 99))
+        inside = image[label == 1]
+        return float(inside.mean()) if inside.size else float("nan"), float(np.percentile(image[label != 1], 99))
 
     rows = list(csv.DictReader(open(pairs / "manifest.csv")))[:count]
     drawn = [measure(np.asarray(nib.load(pairs / r["image"]).dataobj), np.asarray(nib.load(pairs / r["label"]).dataobj))
              for r in rows]
     cfg = load_config(ROOT / "configs/unet_la_heart.yaml", [f"data.splits={split}"])
     real = [measure(c.image[0], c.label) for c in load_segmentation_splits(cfg.data, which=("train",)).train[:count]]
-    return {name: dict(zip(("atrium_mean", "outside_p99"), np.median(np.array(v), axis=0).tolist()))
+    # nanmedian: a drawn map without atrium has no atrium mean, and must not void the others
+    return {name: dict(zip(("atrium_mean", "outside_p99"), np.nanmedian(np.array(v), axis=0).tolist()))
             for name, v in (("drawn", drawn), ("real", real))}
 
 
@@ -201,9 +203,10 @@ def table(results: dict) -> str:
 
 
 def agreement(found: dict | None) -> str:
-    """Mean Dice of the real arm's model to the pairs' own maps (evaluation.json's map_agreement)."""
-    dice = [v["dice_class_1"] for v in (found or {}).get("pairs", {}).values() if "dice_class_1" in v]
-    return f"{sum(dice) / len(dice):.2f} (Dice, {len(dice)} pairs)" if dice else "not measured"
+    """Mean Dice of the real arm's model to the pairs' own maps, as evaluation.json's map_agreement
+    gives it."""
+    mean = (found or {}).get("mean", {}).get("dice_class_1")
+    return f"{mean:.2f} (Dice, {len(found['pairs'])} pairs)" if mean is not None else "not measured"
 
 
 def main() -> None:
