@@ -18,6 +18,7 @@ from medsynth.models.classifier import FEATURE_DEFAULTS
 from medsynth.models.fcn import SEGMENTATION_FEATURE_DEFAULTS
 from medsynth.compare import compare
 from medsynth.report import report
+from medsynth.class_runs import sample_classes
 from medsynth.sampling import sample
 from medsynth.segment import segment
 from medsynth.training import train
@@ -40,7 +41,20 @@ def _train(args) -> None:
 
 
 def _sample(args) -> None:
-    out = sample(args.run_dir, args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
+    if len(args.run_dir) > 1:  # one unconditional run per class: one labelled set
+        given = [flag for flag, value in (("--label", args.label), ("--label-maps", args.label_maps),
+                                          ("--out-dir", args.out_dir)) if value is not None]
+        if given or args.out is None:
+            raise MedsynthError("several runs (one per class) are drawn into one --out FILE.npz or PNG folder"
+                                + (f"; {', '.join(given)} does not apply" if given else ""))
+        out = sample_classes(args.run_dir, args.n, args.out, grid=args.grid, seed=args.seed,
+                             batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                             dtype=args.dtype, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                             spacing=args.spacing, prior=args.prior)
+        print(f"wrote {args.n} samples of {len(args.run_dir)} classes to {out}"
+              + (f" and a grid to {args.grid}" if args.grid else ""))
+        return
+    out = sample(args.run_dir[0], args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
                  guidance=args.guidance, spacing=args.spacing, overwrite=args.overwrite, dtype=args.dtype,
@@ -161,7 +175,9 @@ def _add_sample(sub) -> None:
                                    "grid of the first 64. Models that draw images from label maps (spade) write "
                                    "(image, label map) NIfTI pairs with manifest.csv into --out-dir. Every file is "
                                    "marked synthetic.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `medsynth train`")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                   help="a run directory made by `medsynth train`; or several unconditional runs, each trained on "
+                        "one class (data.keep_labels=[c]), drawn into one labelled set, the classes in turn")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
     p.add_argument("--out", help="output: an .npz file (keys images, labels, provenance); a .nii.gz "
                                  "(single-channel models: volumes in the training data's scanner space along "

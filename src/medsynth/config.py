@@ -32,6 +32,9 @@ class DataConfig:
     channels: Optional[int] = None  # image folders: 1 (grayscale) or 3 (RGB); None = as stored
     labels_csv: Optional[str] = None  # image folders: CSV with columns filename,label
     limit: Optional[int] = None  # at most this many images per split, a seeded random subset (quick runs)
+    # keep only the images of these class labels, in every split: one unconditional model per class
+    # (`medsynth sample RUN_0 RUN_1 ...` draws a labelled set from such runs); None keeps all
+    keep_labels: Optional[List[int]] = None
     val_fraction: float = 0.1  # image folders without a val/ sub-folder
     batch_size: int = 64
     num_workers: int = 0

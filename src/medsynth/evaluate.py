@@ -432,6 +432,9 @@ def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: 
         why = "the synthetic set has no labels (sample a conditional model)"
     elif train_set is None or train_set.labels is None or real_set.labels is None:
         why = "the real train and test sets need labels"
+    elif not fake_set.multilabel and len(torch.unique(fake_set.labels)) < 2:
+        why = (f"the synthetic set holds one class ({int(fake_set.labels[0])}): a classifier needs two or more "
+               "(draw every class, e.g. `medsynth sample RUN_0 RUN_1 ...` for runs trained on one class each)")
     if why:
         result["utility"] = {"not_computed": why}
         result["floor"]["utility"] = result["utility"]

@@ -82,13 +82,24 @@ def draw(recipe, n: int, label: int | None = None, seed: int = 0, batch_size: in
     if n <= 0:
         raise MedsynthError(f"number of samples must be positive, got {n}")
     check_samples(recipe)
-    labels = _labels(recipe, n, label, start)
+    conditions = _labels(recipe, n, label, start)
     generator = torch.Generator(device=recipe.device).manual_seed(seed)
     chunks = []
     for first in range(0, n, batch_size):
-        part = None if labels is None else labels[first:first + batch_size]
+        part = None if conditions is None else conditions[first:first + batch_size]
         chunks.append(recipe.sample(min(batch_size, n - first), condition=part, generator=generator, **options).cpu())
+    one_class = kept_class(recipe)
+    # an unconditional run trained on one class draws that class: its images carry it as their label
+    labels = conditions if one_class is None else torch.full((n,), one_class, dtype=torch.long)
     return torch.cat(chunks), labels
+
+
+def kept_class(recipe) -> int | None:
+    """The one class an unconditional run was trained on (data.keep_labels=[c]), else None."""
+    keep = recipe.cfg.data.get("keep_labels")
+    if recipe.conditional or keep is None or len(keep) != 1:
+        return None
+    return int(keep[0])
 
 
 def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str | Path | None = None,

@@ -167,6 +167,8 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
     source = str(data_cfg.path)
     for split, (images, _) in raw.items():  # before data.limit, so the index is the file's
         check_finite(images, f"{source} ({split} images)")
+    if data_cfg.get("keep_labels") is not None:  # before data.limit: a limit counts the kept images
+        raw = {s: _keep_labels(im, lb, list(data_cfg.keep_labels), f"{source} ({s} split)") for s, (im, lb) in raw.items()}
     if data_cfg.limit is not None:
         raw = {s: _limit(im, lb, data_cfg.limit, seed) for s, (im, lb) in raw.items()}
     shapes = {s: im.shape[1:] for s, (im, _) in raw.items()}
@@ -213,6 +215,21 @@ def load_splits(data_cfg, spatial_dims: int | None = None, seed: int = 0) -> Spl
             if name in sets and len(sets[name]):
                 sets[name] = ImageSet(center_crop_array(sets[name].images, crop).contiguous(), sets[name].labels)
     return SplitData(sets["train"], sets["val"], sets.get("test"), num_classes, multilabel, source, crop, space)
+
+
+def _keep_labels(images: np.ndarray, labels: np.ndarray | None, keep: list[int], source: str):
+    """The images (N x C x *spatial) whose class label (N x 1) is one of `keep`, in file order.
+    Refuses a source without class labels, multi-label vectors, and a split holding none of them."""
+    if labels is None:
+        raise MedsynthError(f"data.keep_labels={keep}: {source} has no class labels to select by")
+    if labels.shape[1] != 1:
+        raise MedsynthError(f"data.keep_labels={keep}: {source} holds multi-label vectors "
+                            f"({labels.shape[1]} columns), not one class per image")
+    pick = np.isin(labels[:, 0], keep)
+    if not pick.any():
+        found = sorted(int(v) for v in np.unique(labels[:, 0]))
+        raise MedsynthError(f"data.keep_labels={keep}: {source} holds no image of these classes (its labels: {found})")
+    return images[pick], labels[pick]
 
 
 def _limit(images: np.ndarray, labels: np.ndarray | None, n: int, seed: int):
