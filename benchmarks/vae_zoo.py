@@ -10,6 +10,10 @@ audited against the real test split and put side by side with `medsynth compare`
 Budget: every recipe trains `--epochs` epochs over the same training split (so each sees as many
 images; GANs update G and D once per batch, latent diffusion gives a quarter of the epochs to its
 autoencoder and the rest to its diffusion UNet); the configs' own model sizes and batch sizes.
+The per-class row (`vaegan_pneumonia64_per_class`) trains one unconditional VAE-GAN 64 px per class
+(`data.keep_labels=[c]`), each for as many images as one row sees (ceil(epochs x N / N_c) epochs over
+its N_c images: twice one row's compute with two classes), draws from a mixture prior per class, and
+is audited as one balanced labelled set drawn by `medsynth sample RUN_0 RUN_1`.
 Audit: `medsynth evaluate` with a domain feature network trained per dataset and image size (28 or
 64 px) on that dataset's training split; FID / KID / PRDC, diversity (mean pairwise MS-SSIM),
 memorisation and authenticity, and train-on-synthetic-test-on-real AUC for the class-conditional
@@ -47,13 +51,17 @@ RECIPES = {
     "dcgan_pneumonia": ("DCGAN", ""),
     "cgan_pneumonia": ("conditional GAN (64 px)", ""),
     "ldm_pneumonia": ("latent diffusion (64 px)", ""),
+    "vaegan_pneumonia64_per_class": ("VAE-GAN (64 px), one per class", "best samples"),
 }
+# rows made of one unconditional run per class (data.keep_labels=[c]) and drawn as one labelled set
+# (`medsynth sample RUN_0 RUN_1 ...`): row -> the recipe each class's run trains
+PER_CLASS = {"vaegan_pneumonia64_per_class": "vaegan_pneumonia64"}
 
 
 def image_size(recipe: str) -> int:
     from medsynth.config import load_config
 
-    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")
+    cfg = load_config(ROOT / "configs" / f"{PER_CLASS.get(recipe, recipe)}.yaml")
     return int(cfg.data.image_size or 28)
 
 
@@ -64,6 +72,49 @@ def budget_overrides(recipe: str, epochs: int) -> list[str]:
         autoencoder = max(1, epochs // 4)
         return [f"trainer.max_epochs={max(epochs, autoencoder + 1)}", f"diffusion.autoencoder_epochs={autoencoder}"]
     return [f"trainer.max_epochs={epochs}"]
+
+
+def per_class_plan(data: str, recipe: str, epochs: int, limit: int | None) -> dict[int, list[str]]:
+    """class -> the overrides of its run: each run trains ceil(epochs x N / N_c) epochs over its
+    N_c training images, so it sees at least as many images as one zoo row's `epochs` over all N;
+    every run draws from a mixture prior of the most components (at most 10) that the smallest
+    class supports (latent_prior.check_fit_size: K x (latent_dim + 1) codes)."""
+    import math
+
+    import numpy as np
+    from medsynth.config import load_config
+
+    with np.load(data) as f:
+        counts = np.bincount(f["train_labels"].ravel())
+    counts = {c: min(int(n), limit or int(n)) for c, n in enumerate(counts) if n}
+    total = sum(counts.values())
+    latent = int(load_config(ROOT / "configs" / f"{PER_CLASS[recipe]}.yaml").model.latent_dim)
+    components = max(1, min(10, min(counts.values()) // (latent + 1)))
+    return {c: [f"data.keep_labels=[{c}]", f"trainer.max_epochs={math.ceil(epochs * total / n)}",
+                "model.latent_prior=gmm", f"model.latent_prior_components={components}", f"name={recipe}_class{c}"]
+            for c, n in counts.items()}
+
+
+def train_per_class(recipe: str, data: str, runs_dir: Path, epochs: int, extra: list[str], n: int,
+                    features: str, size: int, audit: list[str]) -> dict:
+    """Train one run per class, draw n images as one labelled set and audit it as the zoo audits a
+    run; the row's files: the set's evaluation JSON (`run`) and its grid."""
+    limit = 256 if "data.limit=256" in extra else None
+    start = time.perf_counter()
+    runs = [medsynth("train", f"configs/{PER_CLASS[recipe]}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
+                     *extra, *plan) for plan in per_class_plan(data, recipe, epochs, limit).values()]
+    minutes = (time.perf_counter() - start) / 60  # the runs' training together, as a zoo row's
+    stem = runs_dir / f"{recipe}_set"
+    medsynth("sample", *runs, "-n", str(n), "--out", f"{stem}.npz", "--grid", f"{stem}.png", "--overwrite")
+    medsynth("evaluate", "--real", data, "--fake", f"{stem}.npz", "--features", features,
+             *(["--image-size", str(size)] if size != 28 else []), "--out", f"{stem}.json", "--overwrite", *audit)
+    return {"run": f"{stem}.json", "grid": f"{stem}.png", "class_runs": runs, "minutes": minutes}
+
+
+def evaluation_of(entry: dict) -> dict:
+    """A row's evaluation: its run's evaluation.json, or the JSON a per-class row's set was audited into."""
+    run = Path(entry["run"])
+    return json.loads((run if run.suffix == ".json" else run / "evaluation.json").read_text())
 
 
 def row(ev: dict) -> dict:
@@ -150,9 +201,8 @@ def main() -> None:
         done = json.loads(Path(args.summarise).read_text())
         for dataset, result in done.items():
             if dataset != "failed" and result.get("rows"):
-                rows = {k: {"run": r["run"], "minutes": r["minutes"],
-                            **row(json.loads((Path(r["run"]) / "evaluation.json").read_text()))}
-                        for k, r in result["rows"].items()}
+                rows = {k: {**{key: r[key] for key in ("run", "minutes", "grid", "class_runs") if key in r},
+                            **row(evaluation_of(r))} for k, r in result["rows"].items()}
                 summarise(dataset, rows, args, result.get("budget", {}).get("epochs", args.epochs))
         return
     datasets = args.datasets or (["pneumoniamnist"] if args.quick else sorted(DATASETS))
@@ -178,17 +228,20 @@ def main() -> None:
                                           *extra_train)
             start = time.perf_counter()
             try:
-                run = medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
-                               *budget_overrides(recipe, epochs), *extra_train)
-                minutes = (time.perf_counter() - start) / 60
-                medsynth("evaluate", "--real", data, "--fake", run, "--features", features[size],
-                         *(["--image-size", str(size)] if size != 28 else []), *audit)
+                if recipe in PER_CLASS:
+                    entry = train_per_class(recipe, data, runs_dir, epochs, extra_train, 200 if args.quick
+                                            else real_test_count(data), features[size], size, audit)
+                else:
+                    entry = {"run": medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}",
+                                             f"runs_dir={runs_dir}", *budget_overrides(recipe, epochs), *extra_train)}
+                    entry["minutes"] = (time.perf_counter() - start) / 60  # training alone
+                    medsynth("evaluate", "--real", data, "--fake", entry["run"], "--features", features[size],
+                             *(["--image-size", str(size)] if size != 28 else []), *audit)
             except SystemExit as failure:  # one recipe failing must not lose the rows already measured
                 print(failure, flush=True)
                 failed[f"{dataset}/{recipe}"] = str(failure)[-2000:]
                 continue
-            rows[recipe] = {"run": run, "minutes": minutes,
-                            **row(json.loads((Path(run) / "evaluation.json").read_text()))}
+            rows[recipe] = {**entry, **row(evaluation_of(entry))}
             write_out(args.out, {**results, dataset: {"rows": rows, "partial": True}}, failed)
         results[dataset] = {**summarise(dataset, rows, args, epochs), "budget": {"epochs": epochs, "quick": args.quick,
                                                                                "overrides": list(args.override)}}
@@ -200,7 +253,7 @@ def main() -> None:
 def summarise(dataset: str, rows: dict, args, epochs: int) -> dict:
     """The table, the best run by FID / floor and its goals (printed), the compare page and the figure."""
     if args.figures:
-        grids_side_by_side({RECIPES[k][0]: Path(r["run"]) / "samples.png" for k, r in rows.items()},
+        grids_side_by_side({RECIPES[k][0]: r.get("grid") or Path(r["run"]) / "samples.png" for k, r in rows.items()},
                            Path(args.figures) / f"zoo_{dataset}.png")
     compare_page = Path(args.runs_dir) / f"compare_{dataset}.html"
     print(subprocess.run([str(Path(sys.executable).with_name("medsynth")), "compare",
@@ -210,6 +263,14 @@ def summarise(dataset: str, rows: dict, args, epochs: int) -> dict:
     print(f"\n{dataset} ({epochs} epochs each)\n{table(rows)}\n\nhow far from each goal:\n{gaps(rows)}\n"
           f"best by FID / floor: {best}; goals: {goals(rows[best])}")
     return {"rows": rows, "best_by_fid_over_floor": best, "goals": goals(rows[best]), "compare": str(compare_page)}
+
+
+def real_test_count(data: str) -> int:
+    """How many real test images the audit compares against (it draws as many fake)."""
+    import numpy as np
+
+    with np.load(data) as f:
+        return len(f["test_images"])
 
 
 def write_out(path: str | None, results: dict, failed: dict) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from _cli import medsynth
-from vae_zoo import DATASETS, RECIPES, gaps, image_size, row, table
+from vae_zoo import DATASETS, RECIPES, gaps, image_size, row, table, real_test_count
 
 
 def parse_setting(spec: str) -> list[str]:
@@ -67,7 +67,7 @@ def main() -> None:
         raise SystemExit(f"no {size} px feature network (features{size}-*) beside {run}: the zoo audited this row in one")
     data = str(DATASETS[args.dataset].resolve())
     audit = ["-n", "200", "--resamples", "0", "--utility-steps", "50"] if args.quick else []
-    n_real = 200 if args.quick else _test_size(data)
+    n_real = 200 if args.quick else real_test_count(data)
 
     rows = {f"{args.recipe} (zoo row)": {"minutes": None, **row(json.loads((run / "evaluation.json").read_text()))}}
     for name, options in settings.items():
@@ -89,13 +89,6 @@ def main() -> None:
     print(f"\n{args.dataset}: {run} drawn with each setting (minutes: sampling only)\n{table(rows, label)}\n\n"
           f"how far from each goal:\n{gaps(rows, label)}")
 
-
-def _test_size(data: str) -> int:
-    """How many real test images the audit compares against (it draws as many fake)."""
-    import numpy as np
-
-    with np.load(data) as f:
-        return len(f["test_images"])
 
 
 if __name__ == "__main__":

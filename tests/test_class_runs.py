@@ -2,11 +2,13 @@
 (`medsynth sample RUN_0 RUN_1 ...`, medsynth.class_runs), on real PneumoniaMNIST."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from conftest import overrides, run_cli
+from medsynth.class_runs import class_counts, class_order
 from medsynth.config import load_config
 from medsynth.data.datasets import load_splits
 from medsynth.errors import MedsynthError
@@ -25,6 +27,19 @@ def class_runs(tmp_path_factory, pneumonia):
     made = {c: train("configs/vae_pneumonia.yaml", overrides(data, runs, f"data.keep_labels=[{c}]"), **quiet)
             for c in (0, 1)}
     return data, made
+
+
+def test_class_shares_follow_the_weights_and_spread_evenly():
+    for weights, n in (({0: 1214, 1: 3494}, 624), ({0: 1, 1: 1, 2: 1}, 100), ({3: 5, 7: 1}, 13), ({0: 1, 1: 1}, 1)):
+        counts = class_counts(weights, n)
+        total = sum(weights.values())
+        assert sum(counts.values()) == n
+        assert all(abs(counts[c] - n * w / total) < 1 for c, w in weights.items())
+        order = class_order(counts)
+        assert {c: order.count(c) for c in counts} == counts
+        for i in range(1, n + 1):  # every prefix holds each class within one image of its share
+            assert all(abs(order[:i].count(c) - i * counts[c] / n) <= 1 for c in counts)
+    assert class_order({0: 3, 1: 3}) == [0, 1, 0, 1, 0, 1]
 
 
 def test_keep_labels_keeps_one_class_in_every_split(small_npz):
@@ -57,7 +72,7 @@ def test_one_class_runs_draw_one_labelled_set(class_runs, tmp_path, capsys):
         assert f["labels"][:, 0].tolist() == [0] * 21
         alone = f["images"]
     code, _ = run_cli(capsys, "sample", runs[1], runs[0], "-n", "41", "--out", tmp_path / "set.npz",
-                      "--grid", tmp_path / "set.png")
+                      "--grid", tmp_path / "set.png", "--class-ratio", "balanced")
     assert code == 0 and (tmp_path / "set.png").is_file()
     with np.load(tmp_path / "set.npz") as f:
         labels, images, prov = f["labels"][:, 0], f["images"], json.loads(str(f["provenance"]))
@@ -66,6 +81,24 @@ def test_one_class_runs_draw_one_labelled_set(class_runs, tmp_path, capsys):
     assert np.array_equal(images[labels == 0], alone)
     assert prov["synthetic"] and set(prov["per_class"]) == {"0", "1"}
     assert prov["per_class"]["1"]["n"] == 20 and prov["per_class"]["0"]["label"] == 0
+    # by default each class as often as in the data its run was trained on
+    with np.load(data) as f:
+        trained = {c: int((f["train_labels"] == c).sum()) for c in (0, 1)}
+    for c in (0, 1):
+        assert json.loads((runs[c] / "summary.json").read_text())["train_images"] == trained[c]
+    code, _ = run_cli(capsys, "sample", runs[0], runs[1], "-n", "60", "--out", tmp_path / "mix.npz")
+    assert code == 0
+    with np.load(tmp_path / "mix.npz") as f:
+        mix = f["labels"][:, 0]
+    assert abs((mix == 0).sum() - 60 * trained[0] / sum(trained.values())) <= 0.5
+    # a run from before summary.json said how many images it saw: its split is counted again
+    old = shutil.copytree(runs[0], tmp_path / "old_run")
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["train_images"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    code, _ = run_cli(capsys, "sample", old, runs[1], "-n", "60", "--out", tmp_path / "mix_old.npz")
+    with np.load(tmp_path / "mix_old.npz") as f:
+        assert code == 0 and np.array_equal(f["labels"][:, 0], mix)
     # the labelled set has a train-on-synthetic utility; one class alone says why it has none
     both = evaluate(data, tmp_path / "set.npz", out=tmp_path / "both.json", utility_steps=5, utility_repeats=1,
                     resamples=0, **quiet)
@@ -90,4 +123,6 @@ def test_several_runs_refused_unless_one_class_each(class_runs, run, tmp_path, c
     ):
         code, err = run_cli(capsys, "sample", *args[:2], "-n", "4", *args[2:])
         assert code != 0 and message in err and "Traceback" not in err, err
+    code, err = run_cli(capsys, "sample", runs[0], "-n", "4", "--class-ratio", "train", "--out", out / "x.npz")
+    assert code != 0 and "--class-ratio is for several runs" in err
     assert not any(out.iterdir())  # nothing written

@@ -7,13 +7,19 @@ Training one unconditional model per class (`data.keep_labels=[c]`) and drawing 
 own model keeps each class's samples where that class's images are; the set they make together is
 labelled, so `medsynth evaluate` can score its train-on-synthetic utility.
 
-`sample_classes(run_dirs, n, out)`: image i is of the i-th class in cyclic order (classes sorted),
-so the set is balanced (as a conditional model's default) and its first images show every class;
-each run draws its share with the same seed, so each class's images equal those of `medsynth
-sample RUN -n COUNT` with that seed and that class's count.
+`sample_classes(run_dirs, n, out)`: how many images each class gets is `class_ratio`: "train" (the
+default) in proportion to the images each run was trained on, so the set has the training data's
+class mix, as an unconditional model trained on all classes would draw; "balanced" the same for
+every class (a conditional model's default). The audit compares a set with the real test split,
+so a mix unlike the data's costs fidelity (benchmarks/RESULTS.md: FID 4.6 balanced against 1.2 in
+the data's mix, the same runs). The classes are spread evenly through the set (its first images
+show every class); each run draws its share with the same seed, so each class's images equal
+those of `medsynth sample RUN -n COUNT` with that seed and that class's count.
 """
 
 from __future__ import annotations
+
+import json
 
 from pathlib import Path
 
@@ -23,15 +29,52 @@ from medsynth.data.slices import grid_channel
 from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import medsynth_version, synthetic_provenance
-from medsynth.runs import check_output
+from medsynth.runs import SUMMARY, check_output
 from medsynth.sampling import _check_counts, _write_png_folder, draw, kept_class
 from medsynth.writers import OUTPUT_DTYPES, save_grid, save_npz
 
 
-def class_counts(classes: list[int], n: int) -> dict[int, int]:
-    """How many of n images each class gets when image i is of class classes[i % K] (balanced)."""
-    k = len(classes)
-    return {c: n // k + (1 if j < n % k else 0) for j, c in enumerate(classes)}
+CLASS_RATIOS = ("train", "balanced")
+
+
+def class_counts(weights: dict[int, float], n: int) -> dict[int, int]:
+    """n split between the classes in proportion to `weights` (largest remainders get the rest;
+    ties to the lower class), every count summing to n."""
+    total = sum(weights.values())
+    exact = {c: n * w / total for c, w in weights.items()}
+    counts = {c: int(v) for c, v in exact.items()}
+    for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:n - sum(counts.values())]:
+        counts[c] += 1
+    return counts
+
+
+def class_order(counts: dict[int, int]) -> list[int]:
+    """The class of each image, spread evenly: image i goes to the class furthest behind its share
+    of the first i + 1 images (ties to the lower class). Equal counts give 0, 1, 0, 1, ..."""
+    n = sum(counts.values())
+    given = dict.fromkeys(counts, 0)
+    order = []
+    for i in range(n):
+        c = max(counts, key=lambda c: ((i + 1) * counts[c] / n - given[c], -c))
+        given[c] += 1
+        order.append(c)
+    return order
+
+
+def train_images(run_dir: Path, recipe) -> int:
+    """The images a run was trained on: summary.json's train_images (written since 2026-12-07), else
+    its training split counted again from its data settings."""
+    try:
+        return int(json.loads((Path(run_dir) / SUMMARY).read_text())["train_images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from medsynth.data import load_splits
+
+    try:
+        return len(load_splits(recipe.cfg.data, recipe.cfg.model.spatial_dims, recipe.cfg.seed).train.images)
+    except MedsynthError as exc:
+        raise MedsynthError(f"{run_dir}: how many images it was trained on is not recorded and its data cannot be "
+                            f"read ({exc}); draw with --class-ratio balanced") from None
 
 
 def load_class_runs(run_dirs: list[str | Path], device: str = "cpu") -> dict[int, tuple[Path, object]]:
@@ -57,11 +100,15 @@ def load_class_runs(run_dirs: list[str | Path], device: str = "cpu") -> dict[int
 def sample_classes(run_dirs: list[str | Path], n: int, out: str | Path, grid: str | Path | None = None,
                    seed: int = 0, batch_size: int = 256, device: str = "cpu", overwrite: bool = False,
                    dtype: str | None = None, sampler: str | None = None, steps: int | None = None,
-                   guidance: float | None = None, spacing: str | None = None, prior: str | None = None) -> Path:
+                   guidance: float | None = None, spacing: str | None = None, prior: str | None = None,
+                   class_ratio: str = "train") -> Path:
     """Write n images (B x C x H x W) with their class labels (B) drawn from one-class runs to `out`:
-    an .npz (images, labels, provenance) or a folder of PNGs with labels.csv (2D runs). The
-    provenance holds each run's own record (weights hash, recipe, seed, prior) under "per_class"."""
+    an .npz (images, labels, provenance) or a folder of PNGs with labels.csv (2D runs), each class's
+    share set by `class_ratio` (CLASS_RATIOS). The provenance holds each run's own record (weights
+    hash, recipe, seed, prior) under "per_class"."""
     _check_counts(n, batch_size)
+    if class_ratio not in CLASS_RATIOS:
+        raise MedsynthError(f"--class-ratio {class_ratio}: not one of {list(CLASS_RATIOS)}")
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise MedsynthError(f"--dtype {dtype}: not one of {list(OUTPUT_DTYPES)}")
     out = Path(out)
@@ -73,8 +120,10 @@ def sample_classes(run_dirs: list[str | Path], n: int, out: str | Path, grid: st
     runs = load_class_runs(run_dirs, device)
     if not out.suffix and any(r.cfg.model.spatial_dims != 2 for _, r in runs.values()):
         raise MedsynthError(f"{out}: a folder of PNGs holds 2D images; write 3D runs' set as an .npz")
-    counts = class_counts(list(runs), n)
-    labels = torch.tensor([list(runs)[i % len(runs)] for i in range(n)])
+    weights = {c: (train_images(run_dir, recipe) if class_ratio == "train" else 1)
+               for c, (run_dir, recipe) in runs.items()}
+    counts = class_counts(weights, n)
+    labels = torch.tensor(class_order(counts))
     images, records = None, {}
     for c, (run_dir, recipe) in runs.items():
         if counts[c] == 0:
@@ -90,7 +139,7 @@ def sample_classes(run_dirs: list[str | Path], n: int, out: str | Path, grid: st
         images[labels == c] = drawn
         records[str(c)] = synthetic_provenance(recipe, run_dir, seed, n=counts[c], label=c, **options)
     prov = {"synthetic": True, "generator": f"medsynth {medsynth_version()}", "family": "one run per class",
-            "seed": seed, "n": n, "per_class": records, "labels": labels.tolist()}
+            "seed": seed, "n": n, "class_ratio": class_ratio, "per_class": records, "labels": labels.tolist()}
     first = next(iter(runs.values()))[1]
     if out.suffix == ".npz":
         save_npz(out, images, labels, provenance=prov, dtype=dtype or "uint8")

@@ -18,7 +18,7 @@ from medsynth.models.classifier import FEATURE_DEFAULTS
 from medsynth.models.fcn import SEGMENTATION_FEATURE_DEFAULTS
 from medsynth.compare import compare
 from medsynth.report import report
-from medsynth.class_runs import sample_classes
+from medsynth.class_runs import CLASS_RATIOS, sample_classes
 from medsynth.sampling import sample
 from medsynth.segment import segment
 from medsynth.training import train
@@ -50,10 +50,12 @@ def _sample(args) -> None:
         out = sample_classes(args.run_dir, args.n, args.out, grid=args.grid, seed=args.seed,
                              batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                              dtype=args.dtype, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                             spacing=args.spacing, prior=args.prior)
+                             spacing=args.spacing, prior=args.prior, class_ratio=args.class_ratio or "train")
         print(f"wrote {args.n} samples of {len(args.run_dir)} classes to {out}"
               + (f" and a grid to {args.grid}" if args.grid else ""))
         return
+    if args.class_ratio is not None:
+        raise MedsynthError("--class-ratio is for several runs, one per class")
     out = sample(args.run_dir[0], args.n, args.out, grid=args.grid, label=args.label, seed=args.seed,
                  batch_size=args.batch_size, device=args.device, out_dir=args.out_dir,
                  shard_size=args.shard_size, workers=args.workers, sampler=args.sampler, steps=args.steps,
@@ -212,6 +214,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--prior", choices=list(PRIORS), help="VAE family: draw the latent codes from the Gaussian "
                    "mixture fitted after training (the default for a run trained with model.latent_prior=gmm) "
                    "or from N(0, I) (normal; the only prior of other runs), the same weights either way")
+    p.add_argument("--class-ratio", choices=list(CLASS_RATIOS), help="several one-class runs: how many images "
+                   "each class gets: train (default: as many as in the data each run was trained on, the data's "
+                   "class mix) or balanced (the same for every class)")
     _add_overwrite(p)
     p.set_defaults(func=_sample)
 

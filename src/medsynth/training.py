@@ -204,7 +204,11 @@ def _train_into(run_dir: Path, cfg: DictConfig, trainer: L.Trainer, recipe, spli
             log(f"warning: {value}")
     runs.export_weights(run_dir, recipe)
     extra = {**fitted, **write_artefacts(recipe.to(torch.float32), splits, run_dir, cfg.seed)}
-    _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra)
+    # images trained on (after data.keep_labels / data.limit): what one-class runs are drawn in
+    # proportion to (class_runs.py); patch-trained families have cases, not images
+    images = splits.train.images if hasattr(splits.train, "images") else None
+    _write_summary(run_dir, cfg, trainer, seconds, status="finished", extra=extra,
+                   train_images=None if images is None else len(images))
     _track_artefacts(trainer, run_dir, cfg, log)
     log(f"trained {trainer.global_step} steps in {seconds:.1f} s; weights: {run_dir / runs.WEIGHTS}")
     for name in runs.HEADLINE:
@@ -348,7 +352,7 @@ def merge_metrics(run_dir: Path) -> Path:
 
 
 def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, error: str | None = None,
-                   extra: dict | None = None) -> None:
+                   extra: dict | None = None, train_images: int | None = None) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
                and torch.isfinite(v)}  # e.g. latent diffusion's val_loss is inf while stage 1 trains: not JSON
     metrics.update(extra or {})
@@ -360,6 +364,8 @@ def _write_summary(run_dir: Path, cfg, trainer, seconds: float, status: str, err
         step, epoch = state["global_step"], state["epoch"]
     summary = {"status": status, "global_step": step, "epochs": epoch,
                "train_seconds": round(seconds, 2), "precision": str(trainer.precision), "metrics": metrics}
+    if train_images is not None:
+        summary["train_images"] = train_images
     if error:
         summary["error"] = error
     write_text(run_dir / runs.SUMMARY, json.dumps(summary, indent=2))
