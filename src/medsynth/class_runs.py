@@ -11,16 +11,16 @@ labelled, so `medsynth evaluate` can score its train-on-synthetic utility.
 default) in proportion to the images each run was trained on, so the set has the training data's
 class mix, as an unconditional model trained on all classes would draw; "balanced" the same for
 every class (a conditional model's default). The audit compares a set with the real test split,
-so a mix unlike the data's costs fidelity (benchmarks/RESULTS.md: FID 4.6 balanced against 1.2 in
-the data's mix, the same runs). The classes are spread evenly through the set (its first images
-show every class); each run draws its share with the same seed, so each class's images equal
-those of `medsynth sample RUN -n COUNT` with that seed and that class's count.
+so a mix unlike the data's costs fidelity (benchmarks/RESULTS.md, PneumoniaMNIST: FID 4.56 balanced
+against 0.07 in the training data's mix, the same two runs). The classes are spread evenly
+through the set (its first images show every class); each run draws its share with the same
+seed, so each class's images equal those of `medsynth sample RUN -n COUNT` with that seed and
+that class's count.
 """
 
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import torch

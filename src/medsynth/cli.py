@@ -179,7 +179,7 @@ def _add_sample(sub) -> None:
                                    "marked synthetic.")
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
                    help="a run directory made by `medsynth train`; or several unconditional runs, each trained on "
-                        "one class (data.keep_labels=[c]), drawn into one labelled set, the classes in turn")
+                        "one class (data.keep_labels=[c]), drawn into one labelled set (see --class-ratio)")
     p.add_argument("-n", type=int, required=True, help="number of images to draw")
     p.add_argument("--out", help="output: an .npz file (keys images, labels, provenance); a .nii.gz "
                                  "(single-channel models: volumes in the training data's scanner space along "
