@@ -166,7 +166,8 @@ def brightness(pairs: Path, split: Path, count: int = 26) -> dict:
         inside = image[label == 1]
         return float(inside.mean()) if inside.size else float("nan"), float(np.percentile(image[label != 1], 99))
 
-    rows = list(csv.DictReader(open(pairs / "manifest.csv")))[:count]
+    with open(pairs / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:count]
     drawn = [measure(np.asarray(nib.load(pairs / r["image"]).dataobj), np.asarray(nib.load(pairs / r["label"]).dataobj))
              for r in rows]
     cfg = load_config(ROOT / "configs/unet_la_heart.yaml", [f"data.splits={split}"])

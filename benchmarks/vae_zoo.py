@@ -13,7 +13,7 @@ autoencoder and the rest to its diffusion UNet); the configs' own model sizes an
 The per-class row (`vaegan_pneumonia64_per_class`) trains one unconditional VAE-GAN 64 px per class
 (`data.keep_labels=[c]`), each for as many images as one row sees (ceil(epochs x N / N_c) epochs over
 its N_c images: twice one row's compute with two classes), draws from a mixture prior per class, and
-is audited as one balanced labelled set drawn by `medsynth sample RUN_0 RUN_1`.
+is audited as one labelled set drawn by `medsynth sample RUN_0 RUN_1` in the training class mix.
 Audit: `medsynth evaluate` with a domain feature network trained per dataset and image size (28 or
 64 px) on that dataset's training split; FID / KID / PRDC, diversity (mean pairwise MS-SSIM),
 memorisation and authenticity, and train-on-synthetic-test-on-real AUC for the class-conditional
@@ -96,10 +96,10 @@ def per_class_plan(data: str, recipe: str, epochs: int, limit: int | None) -> di
 
 
 def train_per_class(recipe: str, data: str, runs_dir: Path, epochs: int, extra: list[str], n: int,
-                    features: str, size: int, audit: list[str]) -> dict:
+                    features: str, size: int, audit: list[str], limit: int | None) -> dict:
     """Train one run per class, draw n images as one labelled set and audit it as the zoo audits a
-    run; the row's files: the set's evaluation JSON (`run`) and its grid."""
-    limit = 256 if "data.limit=256" in extra else None
+    run; the row's files: the set's evaluation JSON (`run`) and its grid. limit: the data.limit in
+    `extra` (quick runs), which caps each class's images."""
     start = time.perf_counter()
     runs = [medsynth("train", f"configs/{PER_CLASS[recipe]}.yaml", f"data.path={data}", f"runs_dir={runs_dir}",
                      *extra, *plan) for plan in per_class_plan(data, recipe, epochs, limit).values()]
@@ -208,7 +208,8 @@ def main() -> None:
     datasets = args.datasets or (["pneumoniamnist"] if args.quick else sorted(DATASETS))
     recipes = args.only or list(RECIPES)
     epochs = 1 if args.quick else args.epochs
-    extra_train = (["data.limit=256"] if args.quick else []) + list(args.override)
+    limit = 256 if args.quick else None
+    extra_train = ([f"data.limit={limit}"] if limit else []) + list(args.override)
     audit = ["-n", "200", "--resamples", "0", "--utility-steps", "50"] if args.quick else []
     results: dict = {}
     failed: dict = {}
@@ -230,7 +231,7 @@ def main() -> None:
             try:
                 if recipe in PER_CLASS:
                     entry = train_per_class(recipe, data, runs_dir, epochs, extra_train, 200 if args.quick
-                                            else real_test_count(data), features[size], size, audit)
+                                            else real_test_count(data), features[size], size, audit, limit)
                 else:
                     entry = {"run": medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}",
                                              f"runs_dir={runs_dir}", *budget_overrides(recipe, epochs), *extra_train)}

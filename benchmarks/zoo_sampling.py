@@ -90,6 +90,5 @@ def main() -> None:
           f"how far from each goal:\n{gaps(rows, label)}")
 
 
-
 if __name__ == "__main__":
     main()

@@ -61,6 +61,11 @@ def test_keep_labels_refuses_what_it_cannot_select(small_npz, tmp_path):
         np.savez(tmp_path / "unlabelled.npz", images=f["train_images"])
     with pytest.raises(MedsynthError, match=r"unlabelled\.npz.*no class labels to select by"):
         load_splits(load_config(None, [f"data.path={tmp_path / 'unlabelled.npz'}", "data.keep_labels=[0]"]).data)
+    # formats whose images carry no class label are refused when the config is read
+    with pytest.raises(MedsynthError, match=r"data.keep_labels selects images by their class label.*'volumes'"):
+        load_config(None, ["data.format=volumes", "data.keep_labels=[0]"])
+    with pytest.raises(MedsynthError, match=r"data.keep_labels selects.*model.family='segmentation'"):
+        load_config("configs/unet_la_heart.yaml", ["data.keep_labels=[1]"])
 
 
 def test_one_class_runs_draw_one_labelled_set(class_runs, tmp_path, capsys):

@@ -30,7 +30,7 @@ from medsynth.errors import MedsynthError
 from medsynth.models import load_run
 from medsynth.provenance import medsynth_version, synthetic_provenance
 from medsynth.runs import SUMMARY, check_output
-from medsynth.sampling import _check_counts, _write_png_folder, draw, kept_class
+from medsynth.sampling import check_counts, write_png_folder, draw, kept_class
 from medsynth.writers import OUTPUT_DTYPES, save_grid, save_npz
 
 
@@ -106,7 +106,7 @@ def sample_classes(run_dirs: list[str | Path], n: int, out: str | Path, grid: st
     an .npz (images, labels, provenance) or a folder of PNGs with labels.csv (2D runs), each class's
     share set by `class_ratio` (CLASS_RATIOS). The provenance holds each run's own record (weights
     hash, recipe, seed, prior) under "per_class"."""
-    _check_counts(n, batch_size)
+    check_counts(n, batch_size)
     if class_ratio not in CLASS_RATIOS:
         raise MedsynthError(f"--class-ratio {class_ratio}: not one of {list(CLASS_RATIOS)}")
     if dtype is not None and dtype not in OUTPUT_DTYPES:
@@ -144,7 +144,7 @@ def sample_classes(run_dirs: list[str | Path], n: int, out: str | Path, grid: st
     if out.suffix == ".npz":
         save_npz(out, images, labels, provenance=prov, dtype=dtype or "uint8")
     else:
-        _write_png_folder(out, images, labels, prov, dtype or "uint8", overwrite)
+        write_png_folder(out, images, labels, prov, dtype or "uint8", overwrite)
     if grid is not None:
         save_grid(grid, images[:64], provenance=prov, channel=grid_channel(first.cfg.data))
     return out

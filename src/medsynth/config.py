@@ -349,6 +349,11 @@ def _check(cfg: DictConfig, source: str) -> None:
                             f"(model.family=spade) and models of their maps (data.format=label_maps), "
                             f"not model.family={cfg.model.family!r}: a segmentation model would learn to "
                             "segment the bands")
+    if cfg.data.keep_labels is not None and (cfg.data.format not in ("auto", "npz", "folder")
+                                             or cfg.model.family in PATCH_FAMILIES):
+        raise MedsynthError(f"{source}: data.keep_labels selects images by their class label, which .npz files "
+                            f"and labelled image folders have; data.format={cfg.data.format!r} with "
+                            f"model.family={cfg.model.family!r} has none")
     for key in ("splits", "source_spacing", "synthetic"):
         if cfg.data[key] is not None and cfg.data.format not in ("segmentation", "label_maps"):
             raise MedsynthError(f"{source}: data.{key} is read by data.format=segmentation only (got "

@@ -33,7 +33,7 @@ from medsynth.writers import (OUTPUT_DTYPES, save_grid, save_npz, save_png, stag
                               write_text)
 
 
-def _check_counts(n: int, batch_size: int, shard_size: int = 1, workers: int = 1) -> None:
+def check_counts(n: int, batch_size: int, shard_size: int = 1, workers: int = 1) -> None:
     for name, value in (("number of samples", n), ("batch size", batch_size), ("shard size", shard_size),
                         ("workers", workers)):
         if value <= 0:
@@ -132,7 +132,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
                              spacing=spacing, prior=prior)
     if (out is None) == (out_dir is None):
         raise MedsynthError("give exactly one of --out FILE.npz or --out-dir DIR")
-    _check_counts(n, batch_size)
+    check_counts(n, batch_size)
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise MedsynthError(f"--dtype {dtype}: not one of {list(OUTPUT_DTYPES)}")
     if grid is not None:
@@ -157,7 +157,7 @@ def sample(run_dir: str | Path, n: int, out: str | Path | None = None, grid: str
     elif kind == "nifti":
         _write_nifti(out, images, prov, space, dtype)
     elif recipe.cfg.model.spatial_dims == 2:
-        _write_png_folder(out, images, labels, prov, dtype or "uint8", overwrite)
+        write_png_folder(out, images, labels, prov, dtype or "uint8", overwrite)
     else:
         _write_dicom_folder(out, images, prov, space, overwrite)
     if grid is not None:
@@ -226,7 +226,7 @@ def _write_nifti(out: Path, images: torch.Tensor, prov: dict, space: dict | None
                 dtype=np.dtype(dtype))
 
 
-def _write_png_folder(out: Path, images: torch.Tensor, labels, prov: dict, dtype: str, overwrite: bool) -> None:
+def write_png_folder(out: Path, images: torch.Tensor, labels, prov: dict, dtype: str, overwrite: bool) -> None:
     """sample_00000.png, ... and, for single-label models, labels.csv (filename,label: what
     data.labels_csv reads), staged and renamed into place."""
     with staged_folder(out, overwrite) as staging:
@@ -282,7 +282,7 @@ def sample_shards(run_dir: str | Path, n: int, out_dir: Path, label: int | None 
                   guidance: float | None = None, spacing: str | None = None, overwrite: bool = False,
                   prior: str | None = None) -> Path:
     """Shards into out_dir; every check runs before the folder or its request.json is written."""
-    _check_counts(n, batch_size, shard_size, workers)
+    check_counts(n, batch_size, shard_size, workers)
     resuming = (out_dir / "request.json").is_file()
     if not resuming and out_dir.exists() and any(out_dir.iterdir()):
         check_output(out_dir, overwrite, [run_dir], (), "--out-dir")  # a folder of other files: only if asked
