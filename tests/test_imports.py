@@ -16,7 +16,7 @@ FLOORS = [
     ["losses", "features", "metrics", "latent_prior"],
     ["models"],
     ["feature_runs", "artefacts"],
-    ["training", "sampling", "translate", "segment", "pairs", "class_runs"],
+    ["training", "sampling", "translate", "segment", "pairs", "class_runs", "prior_runs"],
     ["evaluate", "case_evaluation", "segmentation_utility", "report", "compare"],
     ["cli", ""],  # "" is the package itself (medsynth/__init__.py re-exports the API)
 ]

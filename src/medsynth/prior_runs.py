@@ -1,0 +1,90 @@
+"""Fit a trained VAE-family run's latent mixture again, with another number of components, into a
+new run directory: `medsynth fit-prior RUN --components K --out NEW_RUN`.
+
+Why: the mixture prior (latent_prior.py, ex-post density estimation) is fitted after training and
+touches no weight the decoder learned, so how many components it has is a sampling choice, not a
+training one. Its number sets how tightly drawn codes follow the training codes: few broad
+components put codes between the training images' (smoother, more alike samples), many narrow
+ones put them near the training images' (more diverse, nearer to memorising). Choosing it should
+cost a refit (seconds to minutes) rather than a retraining, and should be made on the validation
+split, never on the images the audit reports on. A run trained with model.latent_prior=normal
+gains a mixture the same way.
+
+The new run holds the same weights (the encoder and decoder unchanged, the mixture buffers
+replaced), its config with model.latent_prior=gmm and the new component count, and a summary.json
+that names the run it came from ("prior_refitted_from") with the fit's figures. The source run is
+never written to. Checkpoints (training state) are not copied: the new run samples and is audited
+like any other, but resuming its training means resuming the source run's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from medsynth.config import load_config, to_yaml
+from medsynth.data import load_splits
+from medsynth.errors import MedsynthError
+from medsynth.latent_prior import MixturePrior, check_fit_size, fit_recipe_prior
+from medsynth.models import build_recipe
+from medsynth.runs import CONFIG, ENVIRONMENT, LINEAGE, SUMMARY, check_output, check_run_dir, export_weights, read_weights
+from medsynth.writers import write_text
+
+PRIOR_BUFFERS = ("prior_weights", "prior_means", "prior_scale_tril")
+
+
+def refit_prior(run_dir: str | Path, components: int, out: str | Path, device: str = "cpu") -> Path:
+    """Write `out`: the VAE-family run `run_dir` with its latent mixture fitted again on the run's own
+    training images (its data settings, data.keep_labels included) with `components` full-covariance
+    components. Refused before anything is written: a run of another family, a count below 1 or
+    above what the training split supports (components x (latent_dim + 1) images), an `out` that
+    exists (a run directory is never replaced). Returns the new run directory."""
+    run_dir = check_run_dir(run_dir)
+    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+        raise MedsynthError(f"--components {components}: give a whole number of mixture components, 1 or more")
+    out = check_output(out, False, [run_dir])
+    cfg = load_config(run_dir / CONFIG)
+    cfg.model.latent_prior = "gmm"  # the other families ignore it; refused below
+    cfg.model.latent_prior_components = components
+    recipe = build_recipe(cfg)
+    if not isinstance(recipe, MixturePrior):
+        raise MedsynthError(f"{run_dir}: a {cfg.model.family} run; a latent mixture prior is fitted for the VAE "
+                            "family (vae, vaegan) only")
+    state = {k: v for k, v in read_weights(run_dir, device).items() if k.rsplit(".", 1)[-1] not in PRIOR_BUFFERS}
+    missing, unexpected = recipe.load_state_dict(state, strict=False)
+    if unexpected or any(k.rsplit(".", 1)[-1] not in PRIOR_BUFFERS for k in missing):
+        raise MedsynthError(f"{run_dir}: its weights do not fit its config.yaml (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    recipe = recipe.to(device).eval()
+    splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
+    try:
+        check_fit_size(recipe.cfg.model, len(splits.train.images))
+    except MedsynthError:  # the same rule, said in this command's words
+        need = components * (int(cfg.model.latent_dim) + 1)
+        raise MedsynthError(f"--components {components}: {components} full-covariance components over "
+                            f"{cfg.model.latent_dim} latent dims need at least {need} training images (components "
+                            f"x (latent_dim + 1)); {run_dir} trained on {len(splits.train.images)}. Give fewer "
+                            "components") from None
+    figures = fit_recipe_prior(recipe, splits, cfg.seed)
+    if "latent_prior_error" in figures:
+        raise MedsynthError(f"{run_dir}: {figures['latent_prior_error']}")
+    _write_run(out, run_dir, recipe, figures)
+    return out
+
+
+def _write_run(out: Path, source: Path, recipe, figures: dict) -> None:
+    """The new run directory, its files written only once the fit has succeeded."""
+    out.mkdir(parents=True)
+    write_text(out / CONFIG, to_yaml(recipe.cfg))
+    export_weights(out, recipe)
+    for name in (ENVIRONMENT, LINEAGE):  # where the weights were trained, and on what
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    try:
+        summary = json.loads((source / SUMMARY).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("latent_prior")}
+    summary.update(metrics={**metrics, **figures}, prior_refitted_from=str(source.resolve()))
+    write_text(out / SUMMARY, json.dumps(summary, indent=2))
