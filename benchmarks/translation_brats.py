@@ -13,7 +13,8 @@ Stages (every score: MAE, PSNR and SSIM per whole volume inside the brain mask, 
 2. The L1 weight with the lowest validation MAE is the recipe's choice; that run is scored on the
    test pair (pat0001, pat0002), which chose nothing.
 3. CycleGAN (configs/cyclegan_brats.yaml with the same native-size slices and resize-conv
-   decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, test pair.
+   decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, scored
+   on the validation cases (with 2 training cases) and the test pair.
 4. Segmentation: MONAI's UNet (configs/unet_brats.yaml, FLAIR + T1c in) trained on train +
    validation (four cases) for --seg-epochs, then the test pair segmented three times: with the
    real FLAIR, with the chosen pix2pix's FLAIR (`medsynth translate` of the T1c), and with the T1c
@@ -23,6 +24,10 @@ With --cases 4, pix2pix and CycleGAN train on the four train + validation cases 
 issue allows it "where it helps"): nothing is left to choose on, so --l1 must name one weight, the
 one the validation cases chose with two training cases; the test pair still chooses nothing.
 The budget stays in epochs, so four cases get twice the batches (and wall time) of two.
+
+--ema DECAY: both translators translate with an exponential moving average of their generators'
+weights (model.ema_decay; training itself is unchanged). --skip pix2pix: CycleGAN alone (and no
+segmentation stage, which needs the pix2pix run).
 
 Budgets are epochs (fixed numbers of batches), so the scores do not depend on the machine's
 speed; wall time is printed beside them. Everything trains in fp32 (the same numbers on any CPU).
@@ -100,9 +105,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="pix2pix epochs")
     parser.add_argument("--cyclegan-epochs", type=int, default=10)
     parser.add_argument("--seg-epochs", type=int, default=60)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["cyclegan", "segmentation"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["pix2pix", "cyclegan", "segmentation"])
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="translate with an EMA of the generators' weights (model.ema_decay)")
     parser.add_argument("--pix2pix-runs", nargs="+", metavar="RUN",
-                        help="finished pix2pix runs to score instead of training them (their L1 weight from their config)")
+                        help="finished pix2pix runs to score instead of training them (their L1 weight from their "
+                             "config)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each on the largest slices only")
     parser.add_argument("--cases", type=int, choices=[2, 4], default=2,
                         help="train the translators on the 2 training cases (and choose the L1 weight on the 2 "
@@ -119,45 +127,60 @@ def main() -> None:
     runs_dir = (ROOT / args.runs_dir).resolve()
     work = runs_dir / f"work-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    quick = ["data.min_mask_fraction=0.95"] if args.quick else []
+    shared = ["data.min_mask_fraction=0.95"] if args.quick else []  # both translators' overrides
+    if args.ema:
+        shared.append(f"model.ema_decay={args.ema}")
+    if "pix2pix" in args.skip:
+        args.skip.append("segmentation")  # it segments with the pix2pix run's FLAIR
     epochs = [1, 1, 1] if args.quick else [args.epochs, args.cyclegan_epochs, args.seg_epochs]
-    results: dict = {"budget": {"cyclegan_epochs": epochs[1], "seg_epochs": epochs[2]}, "training_cases": args.cases}
+    results: dict = {"budget": {"cyclegan_epochs": epochs[1], "seg_epochs": epochs[2]}, "training_cases": args.cases,
+                     "ema_decay": args.ema}
     four = _four_cases(work) if args.cases == 4 else None
     # 4 cases: no validation folder, and none held out of the training slices either
     data = [f"data.path={four}", "data.val_fraction=0"] if four else []
     suffix = "_4cases" if four else ""  # run names tell the two apart in --runs-dir
 
     # 1-2. pix2pix per L1 weight: chosen on validation, scored on test
-    chosen, best = None, np.inf
-    results["pix2pix"] = {}
-    given = {float(OmegaConf.load(Path(r) / "config.yaml").loss.l1_weight): Path(r) for r in args.pix2pix_runs or []}
-    for l1 in given or args.l1:
-        run = given.get(l1) or _train("configs/pix2pix_brats.yaml", [f"loss.l1_weight={l1}",
-                                                                     f"trainer.max_epochs={epochs[0]}",
-                                                                     f"name=pix2pix_l1_{l1:g}{suffix}", *data, *quick],
-                                          runs_dir)
-        if four:  # the weight was chosen before, on the validation cases, which it now trains on
-            chosen = f"{l1:g}"
-            results["pix2pix"][chosen] = _run_facts(run)
-            continue
-        val = _score(run, BRATS / "validation", work / f"val_l1_{l1:g}.json")
-        results["pix2pix"][f"{l1:g}"] = {**_run_facts(run), "validation": val, "val_l1_per_epoch": _val_curve(run)}
-        print(f"  L1 weight {l1:g}: validation MAE {val['mean']['mae']:.4f} (copying the T1c "
-              f"{val['mean']['baseline_mae']:.4f}); val L1 per epoch "
-              + " ".join(f"{v:.3f}" for v in _val_curve(run)), flush=True)
-        if val["mean"]["mae"] < best:
-            chosen, best = f"{l1:g}", val["mean"]["mae"]
-    p2p_run = Path(results["pix2pix"][chosen]["run"])
-    results["chosen_l1"] = chosen
-    results["pix2pix_test"] = _score(p2p_run, None, work / "test_pix2pix.json")
+    p2p_run = None
+    if "pix2pix" not in args.skip:
+        chosen, best = None, np.inf
+        results["pix2pix"] = {}
+        given = {float(OmegaConf.load(Path(r) / "config.yaml").loss.l1_weight): Path(r)
+                 for r in args.pix2pix_runs or []}
+        for l1 in given or args.l1:
+            run = given.get(l1) or _train("configs/pix2pix_brats.yaml",
+                                          [f"loss.l1_weight={l1}", f"trainer.max_epochs={epochs[0]}",
+                                           f"name=pix2pix_l1_{l1:g}{suffix}", *data, *shared], runs_dir)
+            if four:  # the weight was chosen before, on the validation cases, which it now trains on
+                chosen = f"{l1:g}"
+                results["pix2pix"][chosen] = _run_facts(run)
+                continue
+            val = _score(run, BRATS / "validation", work / f"val_l1_{l1:g}.json")
+            results["pix2pix"][f"{l1:g}"] = {**_run_facts(run), "validation": val,
+                                             "val_l1_per_epoch": _val_curve(run)}
+            print(f"  L1 weight {l1:g}: validation MAE {val['mean']['mae']:.4f} (copying the T1c "
+                  f"{val['mean']['baseline_mae']:.4f}); val L1 per epoch "
+                  + " ".join(f"{v:.3f}" for v in _val_curve(run)), flush=True)
+            if val["mean"]["mae"] < best:
+                chosen, best = f"{l1:g}", val["mean"]["mae"]
+        p2p_run = Path(results["pix2pix"][chosen]["run"])
+        results["chosen_l1"] = chosen
+        results["pix2pix_test"] = _score(p2p_run, None, work / "test_pix2pix.json")
 
     # 3. CycleGAN at the same native size
     if "cyclegan" not in args.skip:
         run = _train("configs/cyclegan_brats.yaml",
                      ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
                       "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
-                      f"trainer.max_epochs={epochs[1]}", f"name=cyclegan_brats{suffix}", *data, *quick], runs_dir)
+                      f"trainer.max_epochs={epochs[1]}", f"name=cyclegan_brats{suffix}", *data, *shared], runs_dir)
         results["cyclegan"] = {**_run_facts(run), "test": _score(run, None, work / "test_cyclegan.json")}
+        if not four:
+            results["cyclegan"]["validation"] = _score(run, BRATS / "validation", work / "val_cyclegan.json")
+        if args.ema:  # the same run's last weights beside their average: what the EMA alone changed
+            last = _last_weights(run, work / "cyclegan_last_weights")
+            results["cyclegan_last_weights"] = {
+                **_run_facts(run), "test": _score(last, None, work / "test_cyclegan_last.json"),
+                **({} if four else {"validation": _score(last, BRATS / "validation", work / "val_cyclegan_last.json")})}
 
     # 4. Segmentation with the real, translated and copied FLAIR
     if "segmentation" not in args.skip:
@@ -172,6 +195,24 @@ def _run_facts(run: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     return {"run": str(run), "train_minutes": summary["train_seconds"] / 60,
             "epochs": int(OmegaConf.load(run / "config.yaml").trainer.max_epochs)}
+
+
+def _last_weights(run: Path, out: Path) -> Path:
+    """A copy of an EMA run that translates with the generators' last weights (model.ema_decay
+    null, the *_ema weights left out): EMA only watches training, so these are the weights the
+    same run without it would have ended with."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.model.ema_decay = None
+    OmegaConf.save(cfg, out / "config.yaml")
+    weights = load_file(run / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "_ema." not in k}, str(out / "model.safetensors"))
+    for name in ("summary.json", "translation.json", "environment.json", "lineage.json"):
+        if (run / name).is_file():
+            (out / name).write_bytes((run / name).read_bytes())
+    return out
 
 
 def _four_cases(work: Path) -> Path:
@@ -211,25 +252,34 @@ def _segmentation(p2p_run: Path, work: Path, runs_dir: Path, epochs: int, quick:
 
 def _print(results: dict) -> None:
     b, cases = results["budget"], results["training_cases"]
+    ema = f", EMA {results['ema_decay']}" if results.get("ema_decay") else ""
+    p2p, c = results.get("pix2pix") or {}, results.get("cyclegan")
     if cases == 2:
-        print("\n## pix2pix on the validation cases (2 training cases)\n")
+        print("\n## The validation cases (2 training cases)\n")
         print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
         print("|---|---|---|---|---|")
-        first = next(iter(results["pix2pix"].values()))
-        print(_row("copy the T1c (baseline)", first["validation"], "baseline_source"))
-        for l1, r in results["pix2pix"].items():
-            print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs ({r['train_minutes']:.1f} min)",
+        first = next(iter(p2p.values()))["validation"] if p2p else c["validation"]
+        print(_row("copy the T1c (baseline)", first, "baseline_source"))
+        for l1, r in p2p.items():
+            print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs{ema} ({r['train_minutes']:.1f} min)",
                        r["validation"]))
-    print(f"\n## The test pair (L1 weight {results['chosen_l1']}; translators trained on {cases} cases)\n")
+        if c:
+            print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema}, {c['train_minutes']:.1f} min)",
+                       c["validation"]))
+            if "cyclegan_last_weights" in results:
+                print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["validation"]))
+    print(f"\n## The test pair (L1 weight {results.get('chosen_l1')}; translators trained on {cases} cases)\n")
     print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
     print("|---|---|---|---|---|")
-    print(_row("copy the T1c (baseline)", results["pix2pix_test"], "baseline_source"))
-    chosen = results["pix2pix"][results["chosen_l1"]]
-    print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs "
-               f"({chosen['train_minutes']:.1f} min)", results["pix2pix_test"]))
-    if "cyclegan" in results:
-        c = results["cyclegan"]
-        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs, {c['train_minutes']:.1f} min)", c["test"]))
+    print(_row("copy the T1c (baseline)", results["pix2pix_test"] if p2p else c["test"], "baseline_source"))
+    if p2p:
+        chosen = p2p[results["chosen_l1"]]
+        print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs{ema} "
+                   f"({chosen['train_minutes']:.1f} min)", results["pix2pix_test"]))
+    if c:
+        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema}, {c['train_minutes']:.1f} min)", c["test"]))
+        if "cyclegan_last_weights" in results:
+            print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["test"]))
     if "segmentation" in results:
         s = results["segmentation"]
         print(f"\n## Segmentation of the test pair (UNet, 4 training cases, {b['seg_epochs']} epochs, "

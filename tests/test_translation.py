@@ -390,3 +390,30 @@ def space_of(recipe) -> tuple[float, float]:
     """The FLAIR (target) mapping the run stored: [-1, 1] -> FLAIR units of the training data."""
     space = recipe.cfg.model.output_space
     return float(space["scale"][-1]), float(space["offset"][-1])
+
+
+def test_cyclegan_translates_with_the_average_of_its_generators_and_trains_the_same(mini_brats, tmp_path):
+    """model.ema_decay: the EMA generators translate (both directions) and are saved with the run;
+    they only watch training, so the trained generators equal those of the same run without them."""
+    from safetensors.torch import load_file
+
+    from medsynth.training import train
+
+    plain = train("configs/cyclegan_brats.yaml", p2p(mini_brats, tmp_path / "a"), log=lambda *_: None)
+    averaged = train("configs/cyclegan_brats.yaml", p2p(mini_brats, tmp_path / "b", "model.ema_decay=0.9"),
+                     log=lambda *_: None)
+    a, b = load_file(plain / "model.safetensors"), load_file(averaged / "model.safetensors")
+    assert not any("_ema." in k for k in a)
+    assert all(torch.equal(v, b[k]) for k, v in a.items())  # same trained weights, bit for bit
+    for ema in ("generator_ema", "generator_ba_ema"):
+        own = {k: v for k, v in b.items() if k.startswith(f"{ema}.module.") and v.is_floating_point()}
+        raw = ema.replace("_ema", "")
+        assert own and not all(torch.equal(v, b[k.replace(f"{ema}.module.", f"{raw}.")]) for k, v in own.items())
+    recipe = load_run(averaged)
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        for reverse, net in ((False, recipe.generator_ema.module), (True, recipe.generator_ba_ema.module)):
+            expected = torch.tanh(net.eval()(x))
+            assert torch.allclose(recipe.translate(x, reverse=reverse), expected, atol=1e-6)
+            raw = torch.tanh((recipe.generator_ba if reverse else recipe.generator).eval()(x))
+            assert not torch.allclose(expected, raw, atol=1e-3)

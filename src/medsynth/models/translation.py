@@ -11,15 +11,21 @@ discriminators: MONAI's PatchDiscriminator.
   loss = adversarial terms of both directions + cycle_weight (10) * (|F(G(a)) - a| + |G(F(b)) - b|)
   + identity_weight (5) * (|G(b) - b| + |F(a) - a|) (when A and B have the same channels);
   each discriminator learns from a history pool of 50 earlier translations (Shrivastava et al.).
+
+model.ema_decay (both): an exponential moving average of the generators' weights kept beside them
+and used to translate and validate; adversarial updates make the last weights jitter from batch
+to batch, and the average of recent ones gives smoother translations. It only watches training:
+the trained generators are the same with or without it.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import Adversary
-from medsynth.models.base import ManualRecipe
+from medsynth.models.base import ManualRecipe, ema_with_warmup
 from medsynth.nets.unet_gan import build_discriminator, UNetGenerator
 
 
@@ -42,6 +48,29 @@ class TranslationRecipe(ManualRecipe):
         if any(s % 2 ** m.depth for s in m.image_size):
             raise MedsynthError(f"image size {list(m.image_size)} must be divisible by 2^model.depth = {2 ** m.depth}")
 
+    def keep_averages(self) -> None:
+        """With model.ema_decay: an EMA beside each generator (generator_ema, and generator_ba_ema for
+        CycleGAN's reverse one), to call once the generators exist."""
+        decay = self.cfg.model.ema_decay
+        self.generator_ema = self.generator_ba_ema = None
+        if decay:
+            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+            if self.translates_back:
+                self.generator_ba_ema = AveragedModel(self.generator_ba, multi_avg_fn=ema_with_warmup(decay),
+                                                      use_buffers=True)
+
+    def update_averages(self) -> None:
+        """After each generator step."""
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
+        if self.generator_ba_ema is not None:
+            self.generator_ba_ema.update_parameters(self.generator_ba)
+
+    def translator(self, reverse: bool = False) -> torch.nn.Module:
+        """The generator that translates (its EMA when there is one)."""
+        net, ema = (self.generator_ba, self.generator_ba_ema) if reverse else (self.generator, self.generator_ema)
+        return ema.module if ema is not None else net
+
     def unet(self, in_channels: int, out_channels: int) -> UNetGenerator:
         m = self.cfg.model
         return UNetGenerator(2, in_channels, out_channels, m.width, m.depth, m.bottleneck_blocks, m.dropout,
@@ -60,12 +89,12 @@ class TranslationRecipe(ManualRecipe):
     def translate(self, source: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         """B x source channels x H x W in [-1, 1] -> B x target channels x H x W in [-1, 1]
         (reverse: target -> source, for models that learn both directions)."""
-        net = self.generator
         channels = self.source_channels
         if reverse:
             if not self.translates_back:
                 raise MedsynthError(f"a {self.cfg.model.family} model translates one way only (no --reverse)")
-            net, channels = self.generator_ba, self.target_channels
+            channels = self.target_channels
+        net = self.translator(reverse)
         if source.shape[1] != channels:
             raise MedsynthError(f"the model translates {channels}-channel images, got {source.shape[1]}")
         was = net.training
@@ -76,7 +105,7 @@ class TranslationRecipe(ManualRecipe):
 
     def validation_step(self, batch, batch_idx):
         source, target = self.split(batch["image"])
-        l1 = (torch.tanh(self.generator(source)).float() - target.float()).abs().mean()
+        l1 = (torch.tanh(self.translator()(source)).float() - target.float()).abs().mean()
         self.log("val/l1", l1, on_epoch=True, batch_size=len(source), sync_dist=True)
         self.log("val_loss", l1, on_epoch=True, prog_bar=True, batch_size=len(source), logger=False, sync_dist=True)
 
@@ -86,6 +115,7 @@ class Pix2PixRecipe(TranslationRecipe):
         super().__init__(cfg)
         self.generator = self.unet(self.source_channels, self.target_channels)
         self.discriminator = build_discriminator(self.cfg.model, int(self.cfg.model.in_channels))
+        self.keep_averages()
 
     def training_step(self, batch, batch_idx):
         source, target = self.split(batch["image"])
@@ -100,6 +130,7 @@ class Pix2PixRecipe(TranslationRecipe):
         terms = {"g_adv": adv, "l1": l1, **d_terms}
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
+        self.update_averages()
         self.log_train_terms({"loss": g_loss, **terms})
 
     def configure_optimizers(self):
@@ -149,6 +180,7 @@ class CycleGANRecipe(TranslationRecipe):
                                       out_channels=1, num_layers_d=m.disc_layers, norm="INSTANCE")
 
         self.discriminator, self.discriminator_a = patch_d(b), patch_d(a)
+        self.keep_averages()
         self.pools = (HistoryPool(self.cfg.loss.history_pool, self.cfg.seed),
                       HistoryPool(self.cfg.loss.history_pool, self.cfg.seed + 1))
 
@@ -181,6 +213,7 @@ class CycleGANRecipe(TranslationRecipe):
         terms.update(d_terms)
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
+        self.update_averages()
         self.log_train_terms({"loss": g_loss, **terms})
 
     def configure_optimizers(self):
