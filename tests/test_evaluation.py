@@ -140,10 +140,16 @@ def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_
     assert saved["utility"]["repeats"] == 3 and len(saved["utility"]["synthetic"]["auc_runs"]) == 3
     strip = vae_run / "evaluation_nearest.png"
     assert strip.is_file()
+    # diversity's floor: the real val split, scored the same way, with its gap to the real test split
+    d, fd = saved["diversity"], saved["floor"]["diversity"]
+    assert d["gap"] == pytest.approx(d["fake"]["ms_ssim_mean"] / d["real"]["ms_ssim_mean"] - 1)
+    assert fd["images"] == saved["floor"]["fidelity"]["fake_images"] and "val split" in fd["what"]
+    assert fd["gap"] == pytest.approx(fd["ms_ssim_mean"] / d["real"]["ms_ssim_mean"] - 1)
+    assert fd["ms_ssim_mean"] != d["real"]["ms_ssim_mean"] and abs(fd["gap"]) < 0.2  # two real splits: near
 
     page = report(vae_run).read_text()
     for words in ("FID (domain features)", "memorisation rate", "TSTR", "Loss curves", "data:image/png;base64",
-                  "kl_weight", "authenticity", "class consistency", "never trained on"):
+                  "kl_weight", "authenticity", "class consistency", "never trained on", "MS-SSIM gap"):
         assert words in page
     assert "http://" not in page and "https://" not in page and "src='data:" in page
     rows = metric_rows(page)  # parsed, not grepped: each metric row carries its interval and its meaning

@@ -20,7 +20,7 @@ from medsynth.writers import write_text
 
 def _entry(section: dict, key: str):
     """(value, interval or None) of one metric in an evaluation section."""
-    if "." not in key and isinstance(section.get("fake"), dict):  # diversity: the synthetic set's
+    if "." not in key and key not in section and isinstance(section.get("fake"), dict):  # diversity: the fake set's
         section = section["fake"]
     value = _get(section, key)
     interval = _get(section, _interval_key(key))

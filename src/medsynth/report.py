@@ -35,6 +35,9 @@ ROWS = [
      "Share of real images with a synthetic image among their nearest neighbours (robust recall)."),
     ("diversity", "ms_ssim_mean", "mean pairwise MS-SSIM", "near real",
      "Average structural similarity between pairs within a set: higher than real means mode collapse."),
+    ("diversity", "gap", "MS-SSIM gap to the real set (relative)", "near floor",
+     "The set's mean MS-SSIM over the real set's, minus 1; the floor: a second real split (val) the same way, "
+     "how far two real samples of the data differ."),
     ("texture", "sharpness.ratio", "sharpness (synthetic / real)", "~1",
      "Mean gradient magnitude of the synthetic images over the real ones': below 1 means blurrier."),
     ("texture", "checkerboard.ratio", "checkerboard (synthetic / real)", "~1",
@@ -150,7 +153,9 @@ def metric_table(evaluation: dict) -> dict:
         if not isinstance(sec, dict) or (not sec and section == "class_consistency"):
             continue
         floor = evaluation.get("floor", {}).get(section, {})
-        if section == "diversity":
+        if section == "diversity" and key == "gap":
+            value, ref, span, ref_span = _get(sec, key), _get(floor, key), None, None
+        elif section == "diversity":
             value, ref = _get(sec, f"fake.{key}"), _get(sec, f"real.{key}")
             span, ref_span = _get(sec, f"fake.{_interval_key(key)}"), _get(sec, f"real.{_interval_key(key)}")
         elif section == "utility" and key.startswith("synthetic."):
