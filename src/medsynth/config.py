@@ -108,7 +108,7 @@ class ModelConfig:
     latent_prior_components: int = 10
     # GANs (nets/dcgan.py): model.channels are the generator's widths, coarse to fine
     spectral_norm: bool = False  # spectral norm on every discriminator layer (instead of batch norm)
-    ema_decay: Optional[float] = None  # e.g. 0.999: sample from an EMA of the generator's weights
+    ema_decay: Optional[float] = None  # e.g. 0.999: sample / translate with an EMA of the generator's weights
     # segmentation / translation networks (nets/unet_gan.py)
     generator: str = "unet"  # unet (the pix2pix / Vox2Vox U-Net) | monai_unet (MONAI's UNet, the baseline)
     width: float = 1.0  # width factor: encoder widths are 64 * width * 2^i (the paper: 1)

@@ -37,6 +37,15 @@ def ema_with_warmup(decay: float):
     return average
 
 
+def moving_average(net: torch.nn.Module, decay: float | None):
+    """An AveragedModel keeping the EMA of `net`'s weights and buffers (ema_with_warmup), or None
+    when decay is None / 0: what model.ema_decay builds beside a generator or denoiser. Sample or
+    translate with `(ema.module if ema is not None else net)`."""
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(net, multi_avg_fn=ema_with_warmup(decay), use_buffers=True) if decay else None
+
+
 # which runs take each sampling option (medsynth sample --OPTION)
 OPTION_OWNERS = {"sampler": "diffusion models", "steps": "diffusion models", "guidance": "diffusion models",
                  "spacing": "diffusion models", "prior": "the VAE family (model.family=vae or vaegan)"}

@@ -11,11 +11,10 @@ statistics) kept beside it and used for sampling.
 from __future__ import annotations
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import Adversary
-from medsynth.models.base import ManualRecipe, ema_with_warmup
+from medsynth.models.base import ManualRecipe, moving_average
 from medsynth.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
 
@@ -41,8 +40,7 @@ class GANRecipe(ManualRecipe):
         size = int(m.image_size[0])
         self.generator = DCGANGenerator(m.latent_dim, m.in_channels, size, list(m.channels), cond)
         self.discriminator = DCGANDiscriminator(m.in_channels, size, list(m.channels), cond, m.spectral_norm)
-        self.generator_ema = (AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(m.ema_decay),
-                                            use_buffers=True) if m.ema_decay else None)
+        self.generator_ema = moving_average(self.generator, m.ema_decay)
 
     @torch.no_grad()
     def sample(self, n: int, condition=None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -31,14 +31,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from medsynth.diffusion import (build_sampler, build_scheduler, check_sampler, classifier_free_guidance, default_sampler,
                                 sample_loop)
 from medsynth.errors import MedsynthError
 from medsynth.losses import kl_normal
 from medsynth.models.adversarial import Adversary
-from medsynth.models.base import ManualRecipe, ema_with_warmup, refuse_options
+from medsynth.models.base import ManualRecipe, moving_average, refuse_options
 from medsynth.precision import autocast
 from medsynth.runs import AUTOENCODER_SCORES
 
@@ -108,8 +107,7 @@ class LatentDiffusionRecipe(ManualRecipe):
             channels=list(d.unet_channels), attention_levels=list(d.unet_attention_levels),
             num_res_blocks=d.unet_res_blocks, num_head_channels=d.num_head_channels,
             norm_num_groups=norm_groups(d.unet_channels), **context)
-        self.unet_ema = (AveragedModel(self.unet, multi_avg_fn=ema_with_warmup(m.ema_decay), use_buffers=True)
-                         if m.ema_decay else None)
+        self.unet_ema = moving_average(self.unet, m.ema_decay)
         self.scheduler = build_scheduler(d)
         # 0 until stage 2 starts; saved with the weights
         self.register_buffer("scale_factor", torch.tensor(float(d.scale_factor or 0.0)))

@@ -21,11 +21,10 @@ the trained generators are the same with or without it.
 from __future__ import annotations
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from medsynth.errors import MedsynthError
 from medsynth.models.adversarial import Adversary
-from medsynth.models.base import ManualRecipe, ema_with_warmup
+from medsynth.models.base import ManualRecipe, moving_average
 from medsynth.nets.unet_gan import build_discriminator, UNetGenerator
 
 
@@ -52,12 +51,8 @@ class TranslationRecipe(ManualRecipe):
         """With model.ema_decay: an EMA beside each generator (generator_ema, and generator_ba_ema for
         CycleGAN's reverse one), to call once the generators exist."""
         decay = self.cfg.model.ema_decay
-        self.generator_ema = self.generator_ba_ema = None
-        if decay:
-            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
-            if self.translates_back:
-                self.generator_ba_ema = AveragedModel(self.generator_ba, multi_avg_fn=ema_with_warmup(decay),
-                                                      use_buffers=True)
+        self.generator_ema = moving_average(self.generator, decay)
+        self.generator_ba_ema = moving_average(self.generator_ba, decay) if self.translates_back else None
 
     def update_averages(self) -> None:
         """After each generator step."""
