@@ -62,17 +62,19 @@ def fit_latent_prior(net, images: torch.Tensor, conditions: torch.Tensor | None,
             "latent_prior_mean_log_likelihood": fitted["mean_log_likelihood"]}
 
 
-def check_fit_size(model_cfg, n_images: int) -> None:
+def check_fit_size(model_cfg, n_images: int, option: str = "model.latent_prior_components") -> None:
     """Refuse, before anything is trained or written, a mixture the training split cannot support:
     K full covariances of Z dims need at least K x (Z + 1) codes, else a component can sit on one or
-    two training codes and decode to near-copies of those images."""
+    two training codes and decode to near-copies of those images. `option`: what the user sets K
+    with, named in the message."""
     if model_cfg.get("latent_prior", "normal") != "gmm":
         return
     k, z = int(model_cfg.latent_prior_components), int(model_cfg.latent_dim)
     if n_images < k * (z + 1):
         raise MedsynthError(f"model.latent_prior=gmm: {k} full-covariance components over {z} latent dims need "
                             f"at least {k * (z + 1)} training images (components x (latent_dim + 1)); the training "
-                            f"split has {n_images}. Lower model.latent_prior_components or use model.latent_prior=normal")
+                            f"split has {n_images}. Lower {option}" + (" or use model.latent_prior=normal"
+                                                            if option.startswith("model.") else ""))
 
 
 def fit_recipe_prior(recipe, splits, seed: int) -> dict:

@@ -10,11 +10,12 @@ cost a refit (seconds to minutes) rather than a retraining, and should be made o
 split, never on the images the audit reports on. A run trained with model.latent_prior=normal
 gains a mixture the same way.
 
-The new run holds the same weights (the encoder and decoder unchanged, the mixture buffers
-replaced), its config with model.latent_prior=gmm and the new component count, and a summary.json
-that names the run it came from ("prior_refitted_from") with the fit's figures. The source run is
-never written to. Checkpoints (training state) are not copied: the new run samples and is audited
-like any other, but resuming its training means resuming the source run's.
+The new run holds the same weights in the same dtype (the encoder and decoder unchanged, the
+mixture buffers replaced), its config with model.latent_prior=gmm and the new component count,
+samples.png and the reconstructions drawn again, the source's metrics.csv, and a summary.json that
+names the run it came from ("prior_refitted_from") with the fit's figures. The source run is never
+written to. Checkpoints (training state) are not copied: the new run samples, reports and is
+audited like any other, but resuming its training means resuming the source run's.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
+from medsynth.artefacts import write_artefacts
 from medsynth.config import load_config, to_yaml
 from medsynth.data import load_splits
 from medsynth.errors import MedsynthError
 from medsynth.latent_prior import MixturePrior, check_fit_size, fit_recipe_prior
 from medsynth.models import build_recipe
-from medsynth.runs import CONFIG, ENVIRONMENT, LINEAGE, SUMMARY, check_output, check_run_dir, export_weights, read_weights
+from medsynth.runs import (CONFIG, ENVIRONMENT, LINEAGE, METRICS, SUMMARY, check_output, check_run_dir, export_weights,
+                           read_weights)
 from medsynth.writers import write_text
 
 PRIOR_BUFFERS = ("prior_weights", "prior_means", "prior_scale_tril")
@@ -56,35 +61,36 @@ def refit_prior(run_dir: str | Path, components: int, out: str | Path, device: s
     if unexpected or any(k.rsplit(".", 1)[-1] not in PRIOR_BUFFERS for k in missing):
         raise MedsynthError(f"{run_dir}: its weights do not fit its config.yaml (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]})")
-    recipe = recipe.to(device).eval()
+    # the net in the dtype it trained in (bf16-true runs store bf16 weights): codes encoded as
+    # training's own fit encoded them, and the weights written back as they were read
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    recipe = recipe.to(device=device, dtype=dtype).eval()
     splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
-    try:
-        check_fit_size(recipe.cfg.model, len(splits.train.images))
-    except MedsynthError:  # the same rule, said in this command's words
-        need = components * (int(cfg.model.latent_dim) + 1)
-        raise MedsynthError(f"--components {components}: {components} full-covariance components over "
-                            f"{cfg.model.latent_dim} latent dims need at least {need} training images (components "
-                            f"x (latent_dim + 1)); {run_dir} trained on {len(splits.train.images)}. Give fewer "
-                            "components") from None
-    figures = fit_recipe_prior(recipe, splits, cfg.seed)
+    check_fit_size(recipe.cfg.model, len(splits.train.images), option="--components")
+    figures = fit_recipe_prior(recipe, splits, cfg.seed)  # the mixture's buffers float32 whatever the net's dtype
     if "latent_prior_error" in figures:
         raise MedsynthError(f"{run_dir}: {figures['latent_prior_error']}")
-    _write_run(out, run_dir, recipe, figures)
+    _write_run(out, run_dir, recipe, splits, figures)
     return out
 
 
-def _write_run(out: Path, source: Path, recipe, figures: dict) -> None:
-    """The new run directory, its files written only once the fit has succeeded."""
+def _write_run(out: Path, source: Path, recipe, splits, figures: dict) -> None:
+    """The new run directory, its files written only once the fit has succeeded: config, weights,
+    the end-of-training artefacts drawn again (samples.png from the new mixture), the source's
+    training curves and records, and summary.json with the refit's figures."""
+    cfg = recipe.cfg
     out.mkdir(parents=True)
-    write_text(out / CONFIG, to_yaml(recipe.cfg))
+    write_text(out / CONFIG, to_yaml(cfg))
     export_weights(out, recipe)
-    for name in (ENVIRONMENT, LINEAGE):  # where the weights were trained, and on what
+    for name in (ENVIRONMENT, LINEAGE, METRICS):  # where and on what the weights were trained, how it went
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
+    drawn = write_artefacts(recipe.to(torch.float32), splits, out, cfg.seed)
     try:
         summary = json.loads((source / SUMMARY).read_text())
     except (OSError, ValueError):
         summary = {}
     metrics = {k: v for k, v in summary.get("metrics", {}).items() if not k.startswith("latent_prior")}
-    summary.update(metrics={**metrics, **figures}, prior_refitted_from=str(source.resolve()))
+    summary.update(metrics={**metrics, **drawn, **figures}, prior_refitted_from=str(source.resolve()))
     write_text(out / SUMMARY, json.dumps(summary, indent=2))
