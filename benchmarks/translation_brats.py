@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/bench_translation")
     parser.add_argument("--out", help="write every score as JSON here")
     args = parser.parse_args()
+    if {"pix2pix", "cyclegan"} <= set(args.skip):
+        parser.error("--skip pix2pix cyclegan leaves no translator to score")
     if args.cases == 4 and len(args.pix2pix_runs or args.l1) != 1:
         parser.error("--cases 4 leaves no validation case to choose on: give one --l1 weight (or one --pix2pix-runs)")
     for run in args.pix2pix_runs or []:  # a given run must have trained on the cases --cases says
@@ -193,8 +195,9 @@ def main() -> None:
 
 def _run_facts(run: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
-    return {"run": str(run), "train_minutes": summary["train_seconds"] / 60,
-            "epochs": int(OmegaConf.load(run / "config.yaml").trainer.max_epochs)}
+    cfg = OmegaConf.load(run / "config.yaml")
+    return {"run": str(run), "train_minutes": summary["train_seconds"] / 60, "epochs": int(cfg.trainer.max_epochs),
+            "ema_decay": cfg.model.get("ema_decay")}
 
 
 def _last_weights(run: Path, out: Path) -> Path:
@@ -209,7 +212,7 @@ def _last_weights(run: Path, out: Path) -> Path:
     OmegaConf.save(cfg, out / "config.yaml")
     weights = load_file(run / "model.safetensors")
     save_file({k: v for k, v in weights.items() if "_ema." not in k}, str(out / "model.safetensors"))
-    for name in ("summary.json", "translation.json", "environment.json", "lineage.json"):
+    for name in ("summary.json", "environment.json", "lineage.json"):  # not translation.json: the EMA's scores
         if (run / name).is_file():
             (out / name).write_bytes((run / name).read_bytes())
     return out
@@ -252,7 +255,9 @@ def _segmentation(p2p_run: Path, work: Path, runs_dir: Path, epochs: int, quick:
 
 def _print(results: dict) -> None:
     b, cases = results["budget"], results["training_cases"]
-    ema = f", EMA {results['ema_decay']}" if results.get("ema_decay") else ""
+    def ema(r: dict) -> str:  # each run's own setting (a given --pix2pix-runs run may have none)
+        return f", EMA {r['ema_decay']}" if r.get("ema_decay") else ""
+
     p2p, c = results.get("pix2pix") or {}, results.get("cyclegan")
     if cases == 2:
         print("\n## The validation cases (2 training cases)\n")
@@ -261,10 +266,10 @@ def _print(results: dict) -> None:
         first = next(iter(p2p.values()))["validation"] if p2p else c["validation"]
         print(_row("copy the T1c (baseline)", first, "baseline_source"))
         for l1, r in p2p.items():
-            print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs{ema} ({r['train_minutes']:.1f} min)",
+            print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs{ema(r)} ({r['train_minutes']:.1f} min)",
                        r["validation"]))
         if c:
-            print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema}, {c['train_minutes']:.1f} min)",
+            print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema(c)}, {c['train_minutes']:.1f} min)",
                        c["validation"]))
             if "cyclegan_last_weights" in results:
                 print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["validation"]))
@@ -274,10 +279,10 @@ def _print(results: dict) -> None:
     print(_row("copy the T1c (baseline)", results["pix2pix_test"] if p2p else c["test"], "baseline_source"))
     if p2p:
         chosen = p2p[results["chosen_l1"]]
-        print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs{ema} "
+        print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs{ema(chosen)} "
                    f"({chosen['train_minutes']:.1f} min)", results["pix2pix_test"]))
     if c:
-        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema}, {c['train_minutes']:.1f} min)", c["test"]))
+        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema(c)}, {c['train_minutes']:.1f} min)", c["test"]))
         if "cyclegan_last_weights" in results:
             print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["test"]))
     if "segmentation" in results:

@@ -156,6 +156,8 @@ def test_evaluate_and_report_on_a_vae_run(vae_run, feature_run, medium_npz, tmp_
     fid_row = next(r for r in rows if r[0] == "FID (domain features)")
     assert re.fullmatch(r"[\d.e+-]+ \[[\d.e+-]+, [\d.e+-]+\]", fid_row[1]) and fid_row[3] == "lower"
     assert all(r[-1] for r in rows)  # every metric says what it measures
+    gap_row = next(r for r in rows if r[0].startswith("MS-SSIM gap"))
+    assert float(gap_row[1]) == pytest.approx(d["gap"], abs=1e-3) and float(gap_row[2]) == pytest.approx(fd["gap"], abs=1e-3)
 
 
 def metric_rows(page: str) -> list[list[str]]:
@@ -254,7 +256,7 @@ def test_compare_marks_a_best_run_only_where_intervals_do_not_overlap(tmp_path, 
 
     def ev(fid, fid_iv, prec, prec_iv):
         return {"fidelity": {"fid": fid, "fid_interval": fid_iv, "precision": prec, "precision_interval": prec_iv},
-                "diversity": {"fake": {"ms_ssim_mean": 0.3}, "real": {"ms_ssim_mean": 0.4}}}
+                "diversity": {"fake": {"ms_ssim_mean": 0.3}, "real": {"ms_ssim_mean": 0.4}, "gap": -0.25}}
 
     files = []
     for name, e in (("a", ev(10.0, [9, 11], 0.9, [0.85, 0.95])), ("b", ev(3.0, [2.5, 3.5], 0.5, [0.4, 0.6])),
@@ -269,6 +271,7 @@ def test_compare_marks_a_best_run_only_where_intervals_do_not_overlap(tmp_path, 
     precision = next(line for line in md.splitlines() if line.startswith("| precision"))
     assert "**" not in fid and "**0.9 [0.85, 0.95]**" in precision
     assert "mean pairwise MS-SSIM | near real | 0.3 | 0.3 | 0.3" in md  # "near real": shown, never ranked
+    assert "MS-SSIM gap to the real set (relative) | near floor | -0.25 | -0.25 | -0.25" in md  # the section's own key
     assert code == 0
     rows = metric_rows((tmp_path / "c.html").read_text())
     assert rows[0][0] == "FID (domain features)" and len(rows[0]) == 5
