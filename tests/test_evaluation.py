@@ -277,3 +277,16 @@ def test_compare_marks_a_best_run_only_where_intervals_do_not_overlap(tmp_path, 
     assert rows[0][0] == "FID (domain features)" and len(rows[0]) == 5
     with pytest.raises(MedsynthError, match="at least two runs"):
         compare(files[:1])
+
+
+def test_the_diversity_gap_row_says_why_it_has_no_floor():
+    """Without a second held-out real split the gap row's floor cell gives the reason, not a dash."""
+    from medsynth.report import metric_table
+
+    ev = {"diversity": {"fake": {"ms_ssim_mean": 0.45}, "real": {"ms_ssim_mean": 0.5}, "gap": -0.1},
+          "floor": {"diversity": {"not_computed": "needs a second held-out real split"}}}
+    row = next(r for r in metric_table(ev)["rows"] if r[0]["text"].startswith("MS-SSIM gap"))
+    assert row[1]["text"] == "-0.1" and row[2]["text"] == "not computed: needs a second held-out real split"
+    ev["floor"]["diversity"] = {"ms_ssim_mean": 0.47, "gap": -0.06}
+    row = next(r for r in metric_table(ev)["rows"] if r[0]["text"].startswith("MS-SSIM gap"))
+    assert row[2]["text"] == "-0.06"

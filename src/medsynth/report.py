@@ -153,8 +153,9 @@ def metric_table(evaluation: dict) -> dict:
         if not isinstance(sec, dict) or (not sec and section == "class_consistency"):
             continue
         floor = evaluation.get("floor", {}).get(section, {})
-        if section == "diversity" and key == "gap":
-            value, ref, span, ref_span = _get(sec, key), _get(floor, key), None, None
+        if section == "diversity" and key == "gap":  # the floor: a second real split, or why there is none
+            value, span, ref_span = _get(sec, key), None, None
+            ref = f"not computed: {floor['not_computed']}" if "not_computed" in floor else _get(floor, key)
         elif section == "diversity":
             value, ref = _get(sec, f"fake.{key}"), _get(sec, f"real.{key}")
             span, ref_span = _get(sec, f"fake.{_interval_key(key)}"), _get(sec, f"real.{_interval_key(key)}")
