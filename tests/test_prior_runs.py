@@ -4,6 +4,7 @@ against the analytic one-component fit (the sample mean and covariance of the en
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -77,6 +78,15 @@ def test_a_refit_that_cannot_be_made_is_refused_before_anything_is_written(small
         assert code == 2 and says in err and "Traceback" not in err, err
         assert k == 0 or "Lower --components" in err
         assert not out.exists()
+    if not torch.cuda.is_available():  # a device this machine lacks: one message, not a traceback
+        code, err = run_cli(capsys, "fit-prior", source, "--components", 2, "--out", out, "--device", "cuda")
+        assert code == 2 and "CUDA is not available" in err and "Traceback" not in err, err
+        assert not out.exists()
+    edited = shutil.copytree(OLD_RUNS / "cvae", tmp_path / "edited")  # a config its weights do not fit
+    (edited / "config.yaml").write_text((edited / "config.yaml").read_text().replace("latent_dim: 4", "latent_dim: 6"))
+    code, err = run_cli(capsys, "fit-prior", edited, "--components", 1, "--out", out)
+    assert code == 2 and "weights do not fit" in err and "Traceback" not in err, err
+    assert not out.exists()
     code, err = run_cli(capsys, "fit-prior", OLD_RUNS / "dcgan", "--components", 2, "--out", out)
     assert code == 2 and "a gan run; a latent mixture prior is fitted for the VAE family" in err, err
     assert not out.exists()

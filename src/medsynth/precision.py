@@ -39,6 +39,13 @@ def resolve_precision(precision: str = "auto", accelerator: str = "auto") -> str
     return "bf16-mixed" if native_bf16() else "32"
 
 
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype a run trained with trainer.precision=`precision` stores its weights in: bf16 under
+    "bf16-true" (Lightning casts the whole module), float32 otherwise (mixed precision, and "auto",
+    which resolves to mixed or 32, keep float32 weights)."""
+    return torch.bfloat16 if precision == "bf16-true" else torch.float32
+
+
 def precision_for(device: torch.device | str, precision: str = "auto") -> str:
     """resolve_precision for a torch device ("cpu", "cuda:0", ...)."""
     return resolve_precision(precision, "cpu" if torch.device(device).type == "cpu" else "gpu")

@@ -31,9 +31,9 @@ from medsynth.config import load_config, to_yaml
 from medsynth.data import load_splits
 from medsynth.errors import MedsynthError
 from medsynth.latent_prior import MixturePrior, check_fit_size, fit_recipe_prior
-from medsynth.models import build_recipe
-from medsynth.runs import (CONFIG, ENVIRONMENT, LINEAGE, METRICS, SUMMARY, check_output, check_run_dir, export_weights,
-                           read_weights)
+from medsynth.models import build_recipe, load_weights
+from medsynth.precision import weights_dtype
+from medsynth.runs import CONFIG, ENVIRONMENT, LINEAGE, METRICS, SUMMARY, check_output, check_run_dir, export_weights
 from medsynth.writers import write_text
 
 PRIOR_BUFFERS = ("prior_weights", "prior_means", "prior_scale_tril")
@@ -56,16 +56,10 @@ def refit_prior(run_dir: str | Path, components: int, out: str | Path, device: s
     if not isinstance(recipe, MixturePrior):
         raise MedsynthError(f"{run_dir}: a {cfg.model.family} run; a latent mixture prior is fitted for the VAE "
                             "family (vae, vaegan) only")
-    state = {k: v for k, v in read_weights(run_dir, device).items() if k.rsplit(".", 1)[-1] not in PRIOR_BUFFERS}
-    missing, unexpected = recipe.load_state_dict(state, strict=False)
-    if unexpected or any(k.rsplit(".", 1)[-1] not in PRIOR_BUFFERS for k in missing):
-        raise MedsynthError(f"{run_dir}: its weights do not fit its config.yaml (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
     # the net in the dtype it trained in (bf16-true runs store bf16 weights): codes encoded as
     # training's own fit encoded them, and the weights written back as they were read
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    recipe = recipe.to(device=device, dtype=dtype).eval()
+    recipe = load_weights(recipe, run_dir, device, leave_out=PRIOR_BUFFERS)
+    recipe = recipe.to(dtype=weights_dtype(cfg.trainer.precision))
     splits = load_splits(cfg.data, cfg.model.spatial_dims, cfg.seed)
     check_fit_size(recipe.cfg.model, len(splits.train.images), option="--components")
     figures = fit_recipe_prior(recipe, splits, cfg.seed)  # the mixture's buffers float32 whatever the net's dtype

@@ -45,13 +45,24 @@ def _device(device: str | torch.device) -> torch.device:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a trained recipe from a run directory's config.yaml and model.safetensors (no pickle),
     in eval mode on `device`."""
-    _device(device)
+    _device(device)  # a device this machine lacks is named before anything is read
     run_dir = check_run_dir(run_dir)
-    recipe = build_recipe(load_config(run_dir / CONFIG))
-    state = read_weights(run_dir, device)
+    return load_weights(build_recipe(load_config(run_dir / CONFIG)), run_dir, device)
+
+
+def load_weights(recipe, run_dir: Path, device: str | torch.device = "cpu", leave_out: tuple[str, ...] = ()):
+    """`recipe` (built from the run's config, perhaps edited) with the run's weights, strictly: every
+    tensor fits, none is missing, except those whose last dotted name is in `leave_out`, which keep
+    the recipe's own (e.g. a mixture prior refitted with another size); in eval mode on `device`."""
+    _device(device)
+    state = {k: v for k, v in read_weights(run_dir, device).items() if k.rsplit(".", 1)[-1] not in leave_out}
     try:
-        recipe.load_state_dict(state, strict=True)
+        missing, unexpected = recipe.load_state_dict(state, strict=not leave_out)
     except RuntimeError as exc:
         raise MedsynthError(f"{run_dir / WEIGHTS}: weights do not fit {run_dir / CONFIG} "
                             f"({reason(exc)})") from None
+    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in leave_out]
+    if missing or unexpected:
+        raise MedsynthError(f"{run_dir / WEIGHTS}: weights do not fit {run_dir / CONFIG} (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
     return recipe.to(device).eval()
