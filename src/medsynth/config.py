@@ -197,8 +197,9 @@ class DiffusionConfig:
     # (straight paths from data to noise, velocity target; the schedule is unused); was prediction_type
     objective: str = "epsilon"
     condition_dropout: float = 0.1  # share of training batches' conditions replaced by the null condition
-    # `medsynth sample`'s default (medsynth.diffusion.SAMPLERS): ddpm | ddim | dpmpp | unipc for epsilon and v,
-    # euler | heun for rectified flow; None: ddim, or euler for rectified flow
+    # `medsynth sample`'s default (medsynth.diffusion.SAMPLERS): ddpm | ddim | dpmpp | dpmpp_sde | unipc for
+    # epsilon and v, euler | heun for rectified flow; None: medsynth.diffusion.default_sampler (dpmpp_sde, or
+    # euler for rectified flow)
     sampler: Optional[str] = None
     sampling_steps: int = 50
     timestep_spacing: str = "trailing"  # leading | trailing | linspace: which trained timesteps a short chain visits
