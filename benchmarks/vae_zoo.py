@@ -78,7 +78,10 @@ def per_class_plan(data: str, recipe: str, epochs: int, limit: int | None) -> di
     """class -> the overrides of its run: each run trains ceil(epochs x N / N_c) epochs over its
     N_c training images, so it sees at least as many images as one zoo row's `epochs` over all N;
     every run draws from a mixture prior of the most components (at most 10) that the smallest
-    class supports (latent_prior.check_fit_size: K x (latent_dim + 1) codes)."""
+    class supports (latent_prior.check_fit_size: K x (latent_dim + 1) codes).
+    limit (quick runs: a row trains on `limit` of the N images): each class keeps its share of them,
+    data.limit = round(limit x N_c / N) (at least latent_dim + 1), so each per-class run sees about as
+    many images as a row does, not `limit` per class (which made the quick per-class row 4x a quick row)."""
     import math
 
     import numpy as np
@@ -86,11 +89,15 @@ def per_class_plan(data: str, recipe: str, epochs: int, limit: int | None) -> di
 
     with np.load(data) as f:
         counts = np.bincount(f["train_labels"].ravel())
-    counts = {c: min(int(n), limit or int(n)) for c, n in enumerate(counts) if n}
+    counts = {c: int(n) for c, n in enumerate(counts) if n}
     total = sum(counts.values())
     latent = int(load_config(ROOT / "configs" / f"{PER_CLASS[recipe]}.yaml").model.latent_dim)
+    if limit and limit < total:  # but at least latent_dim + 1 images, the fewest a 1-component prior fits
+        counts = {c: min(n, max(latent + 1, round(limit * n / total))) for c, n in counts.items()}
+        total = limit
     components = max(1, min(10, min(counts.values()) // (latent + 1)))
-    return {c: [f"data.keep_labels=[{c}]", f"trainer.max_epochs={math.ceil(epochs * total / n)}",
+    return {c: [f"data.keep_labels=[{c}]", *([f"data.limit={n}"] if limit else []),
+                f"trainer.max_epochs={math.ceil(epochs * total / n)}",
                 "model.latent_prior=gmm", f"model.latent_prior_components={components}", f"name={recipe}_class{c}"]
             for c, n in counts.items()}
 
