@@ -83,7 +83,9 @@ def test_a_refit_that_cannot_be_made_is_refused_before_anything_is_written(small
         assert code == 2 and "CUDA is not available" in err and "Traceback" not in err, err
         assert not out.exists()
     edited = shutil.copytree(OLD_RUNS / "cvae", tmp_path / "edited")  # a config its weights do not fit
-    (edited / "config.yaml").write_text((edited / "config.yaml").read_text().replace("latent_dim: 4", "latent_dim: 6"))
+    text = (edited / "config.yaml").read_text()
+    assert "latent_dim: 4" in text  # the edit below must change the net, or the refusal is not tested
+    (edited / "config.yaml").write_text(text.replace("latent_dim: 4", "latent_dim: 6"))
     code, err = run_cli(capsys, "fit-prior", edited, "--components", 1, "--out", out)
     assert code == 2 and "weights do not fit" in err and "Traceback" not in err, err
     assert not out.exists()
