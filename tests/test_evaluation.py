@@ -209,6 +209,68 @@ def test_the_floor_comes_from_images_the_feature_network_never_saw(feature_run, 
     assert new["kid"] < old["kid"]  # the inflation the old floor carried
 
 
+def test_the_reference_cache_gives_the_numbers_computed_afresh(vae_run, feature_run, medium_npz, tmp_path):
+    """What depends on the real sets alone is computed once and read back for another synthetic set:
+    every number equals the one computed without the cache (a run's samples, then a file's images
+    read from a cache the run's evaluation filled); an unreadable cache file is computed again."""
+    cheap = dict(features=feature_run, diversity_images=40, resamples=10, utility_steps=10, utility_repeats=1,
+                 **quiet)
+    cache = tmp_path / "cache"
+    names = {"embeddings", "fidelity_floor", "diversity_real", "diversity_floor", "texture_floor",
+             "privacy_neighbours", "privacy_floor", "utility_real"}
+
+    def numbers(result):  # all but the timings, where the cache is and the strip's path
+        result = json.loads(json.dumps(result))
+        result.pop("seconds"), result["settings"].pop("reference_cache"), result["privacy"].pop("strip")
+        return result
+
+    fresh = evaluate(medium_npz, vae_run, out=tmp_path / "a.json", **cheap)
+    cold = evaluate(medium_npz, vae_run, out=tmp_path / "b.json", reference_cache=cache, **cheap)
+    assert set(cold["settings"]["reference_cache"]["computed"]) == names and not cold["settings"]["reference_cache"]["read"]
+    assert numbers(cold) == numbers(fresh)
+    assert fresh["settings"]["reference_cache"] == {"dir": None}
+    # another synthetic set of the same size (the file's train split) against the same real sets
+    (next(cache.glob("utility_real-*.json"))).write_text("{not json")
+    (next(cache.glob("embeddings-*.safetensors"))).write_bytes(b"truncated")
+    warm = evaluate(medium_npz, medium_npz, out=tmp_path / "c.json", reference_cache=cache, **cheap)
+    record = warm["settings"]["reference_cache"]
+    assert set(record["computed"]) == {"utility_real", "embeddings"} and set(record["read"]) == names - set(record["computed"])
+    assert numbers(warm) == numbers(evaluate(medium_npz, medium_npz, out=tmp_path / "d.json", **cheap))
+    again = evaluate(medium_npz, medium_npz, out=tmp_path / "e.json", reference_cache=cache, **cheap)
+    assert set(again["settings"]["reference_cache"]["read"]) == names  # the two replaced files read back
+
+
+def test_the_reference_cache_key_holds_everything_a_value_depends_on(tmp_path):
+    from medsynth.reference_cache import ReferenceCache, tensor_digest
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls), "nan": float("nan")}
+
+    x = torch.arange(6.0).reshape(2, 3)
+    first = ReferenceCache(tmp_path, sets=tensor_digest(x), k=5)
+    assert first.get_json("floor", compute)["value"] == 1
+    assert first.get_json("floor", compute)["value"] == 1 and len(calls) == 1  # read back
+    value = ReferenceCache(tmp_path, sets=tensor_digest(x), k=5).get_json("floor", compute)
+    assert value["value"] == 1 and np.isnan(value["nan"])  # another evaluation, same key: read
+    assert ReferenceCache(tmp_path, sets=tensor_digest(x), k=5).get_json("floor", compute, n=3)["value"] == 2
+    assert ReferenceCache(tmp_path, sets=tensor_digest(x), k=3).get_json("floor", compute)["value"] == 3
+    y = x.clone()
+    y[1, 2] += 1e-6  # one value of the real set changed
+    assert ReferenceCache(tmp_path, sets=tensor_digest(y), k=5).get_json("floor", compute)["value"] == 4
+    assert tensor_digest(x) != tensor_digest(x.reshape(3, 2)) != tensor_digest(x.double())
+    assert ReferenceCache(None, k=5).get_json("floor", compute)["value"] == 5  # no folder: always computed
+    tensors = ReferenceCache(tmp_path, k=5).get_tensors("emb", lambda: {"a": x, "i": torch.arange(3)})
+    back = ReferenceCache(tmp_path, k=5).get_tensors("emb", lambda: pytest.fail("should be read back"))
+    assert torch.equal(back["a"], tensors["a"]) and back["i"].dtype == torch.int64
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(MedsynthError, match="reference-cache .*file"):
+        ReferenceCache(blocker / "sub")
+
+
 def test_evaluate_without_features_says_why(vae_run, medium_npz, tmp_path):
     result = evaluate(medium_npz, vae_run, out=tmp_path / "m.json", utility=False, **quiet)
     assert "not_computed" in result["fidelity"] and "--features" in result["fidelity"]["not_computed"]

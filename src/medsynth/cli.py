@@ -103,7 +103,8 @@ def _evaluate(args) -> None:
                       resamples=args.resamples,
                       overwrite=args.overwrite, allow_synthetic_real=args.allow_synthetic_real,
                       seg_config=args.seg_config, seg_overrides=args.seg_override,
-                      synthetic_share=args.synthetic_share, seg_real_run=args.seg_real_run, log=_log())
+                      synthetic_share=args.synthetic_share, seg_real_run=args.seg_real_run,
+                      reference_cache=args.reference_cache, log=_log())
     if result.get("task") == "segmentation_utility":
         section = result["segmentation_utility"]
         print(json.dumps({"dice": {arm: {k: v for k, v in s["mean"].items() if k.startswith("dice")}
@@ -339,6 +340,12 @@ def _add_evaluate(sub) -> None:
                                                             "PRDC and diversity (default 200; 0: none)")
     p.add_argument("--image-size", type=int, help="resize the image files' sets to this size, e.g. 64 for a model "
                                                   "trained with data.image_size=64 on 28 px MedMNIST")
+    p.add_argument("--reference-cache", metavar="DIR",
+                   help="keep what depends on the real sets alone (embeddings, floors, the held-out images' nearest "
+                        "training images, the train-on-real classifiers) in DIR and read it back when evaluating "
+                        "other synthetic sets against the same real sets and settings: the same numbers, computed "
+                        "once (keyed on the sets' bytes, the settings, the feature network, torch's version and "
+                        "thread count and medsynth's code)")
     _add_overwrite(p)
     p.set_defaults(func=_evaluate)
 

@@ -28,11 +28,12 @@ from medsynth.errors import MedsynthError
 from medsynth.feature_runs import load_feature_net
 from medsynth.metrics.fidelity import fid_with_interval, frechet_distance, kernel_inception_distance, prdc
 from medsynth.metrics.intervals import LEVEL, RESAMPLES, mean_interval
-from medsynth.metrics.privacy import privacy_report
+from medsynth.metrics.privacy import privacy_report, reference_neighbours
 from medsynth.metrics.similarity import diversity, reconstruction_scores
-from medsynth.metrics.utility import tstr
+from medsynth.metrics.utility import trtr_runs, tstr
 from medsynth.models import load_run
 from medsynth.provenance import medsynth_version, synthetic_lineage
+from medsynth.reference_cache import ReferenceCache, tensor_digest
 from medsynth.tracking import flat_metrics, log_to_tracked_run
 from medsynth.runs import CONFIG, EVALUATION, check_output, is_run
 from medsynth.sampling import check_samples, draw
@@ -155,7 +156,8 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
              image_size: int | None = None,
              overwrite: bool = False, allow_synthetic_real: bool = False, resamples: int = RESAMPLES,
              seg_config: str | Path | None = None, seg_overrides: list[str] | tuple = (),
-             synthetic_share: float | None = None, seg_real_run: str | Path | None = None, log=print) -> dict:
+             synthetic_share: float | None = None, seg_real_run: str | Path | None = None,
+             reference_cache: str | Path | None = None, log=print) -> dict:
     """Compute every metric and write them as JSON to `out` (default: <fake run>/evaluation.json or
     ./metrics.json) with the closest synthetic / training pairs as a PNG strip beside it.
     image_size: resize the image files' sets to this size (a run's samples keep the model's).
@@ -170,7 +172,11 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     (segmentation_utility.py: the recipe trained on real, synthetic and both, scored on the real
     test cases; `seg_overrides` adjust the recipe for all three alike; `synthetic_share`: the share of
     the real+synthetic arm's patches cut from the pairs, None: every case alike; `seg_real_run`: a
-    real arm trained earlier with the same settings, reused instead of trained again)."""
+    real arm trained earlier with the same settings, reused instead of trained again).
+    reference_cache: a folder where what depends on the real sets alone (their embeddings, the
+    floors, the held-out images' nearest training images, the train-on-real classifiers) is kept
+    and read back by later evaluations against the same real sets and settings
+    (reference_cache.py); None: all computed here."""
     for name, value, least in (("k", k, 1), ("-n", n, 1), ("--utility-steps", utility_steps, 1),
                                ("--utility-repeats", utility_repeats, 1),
                                ("--diversity-images", diversity_images, 2), ("--resamples", resamples, 0)):
@@ -220,27 +226,36 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
                     "floor": {}}
     if lineage is not None:
         result["sets"]["real"]["synthetic"] = lineage
-    feats, net = _features(result, sets, floor_set, features)
+    net = _feature_net(result, features)
+    ref = ReferenceCache(reference_cache, **_reference_depends(sets, floor_set, net, k, seed, resamples,
+                                                              diversity_images, utility_steps, utility_repeats))
+    feats = _embeddings(sets, floor_set, net, ref)
     clock.lap("features")
-    _fidelity_section(result, feats, k, seed, resamples)
+    _fidelity_section(result, feats, k, seed, resamples, ref)
     clock.lap("fidelity")
-    result["diversity"] = {name: diversity(_subset(sets[name].images, diversity_images, seed), seed=seed,
-                                           resamples=resamples) for name in ("fake", "real")}
-    result["floor"]["diversity"] = _diversity_floor(result["diversity"], floor_set, diversity_images, seed, resamples)
-    _texture_section(result, sets, floor_set, diversity_images, seed, resamples)
+    result["diversity"] = {
+        "fake": diversity(_subset(sets["fake"].images, diversity_images, seed), seed=seed, resamples=resamples),
+        "real": ref.get_json("diversity_real", lambda: diversity(_subset(sets["real"].images, diversity_images, seed),
+                                                                 seed=seed, resamples=resamples))}
+    result["floor"]["diversity"] = _diversity_floor(result["diversity"], floor_set, diversity_images, seed, resamples,
+                                                    ref)
+    _texture_section(result, sets, floor_set, diversity_images, seed, resamples, ref)
     clock.lap("diversity")
     _per_class_section(result, sets, feats, net, k, seed, resamples, diversity_images)
     clock.lap("per_class")
     result["reconstruction"] = _reconstruction(sets["fake"].recipe, sets["real"])
     clock.lap("reconstruction")
-    _privacy_section(result, sets, floor_set, feats, _strip_path(out))
+    _privacy_section(result, sets, floor_set, feats, _strip_path(out), ref)
     clock.lap("privacy")
-    _utility_section(result, sets, utility, utility_steps, seed, utility_repeats)
+    _utility_section(result, sets, utility, utility_steps, seed, utility_repeats, ref)
     clock.lap("utility")
     result["seconds"] = clock.seconds
     result["settings"] = {"k": k, "diversity_images": diversity_images, "seed": seed, "utility_steps": utility_steps,
                           "utility_repeats": utility_repeats,
-                          "intervals": {"level": LEVEL, "resamples": resamples, "method": INTERVAL_METHOD}}
+                          "intervals": {"level": LEVEL, "resamples": resamples, "method": INTERVAL_METHOD},
+                          "reference_cache": ref.record()}
+    if ref.read:
+        log(f"read from the reference cache {reference_cache}: {', '.join(ref.read)}")
     result = _clean(result)
     write_text(out, json.dumps(result, indent=2))
     log(f"metrics: {out}")
@@ -296,22 +311,43 @@ def load_sets(real, fake, train, n: int | None, seed: int, image_size: int | Non
     return sets, floor_set
 
 
-def _features(result: dict, sets: dict, floor_set, features):
-    """(embeddings of every set (and the floor set) in the feature network's space, the network);
-    ({}, None) without one."""
+def _feature_net(result: dict, features):
+    """The feature network (None without one), recorded in result["features"]."""
     if features is None:
         result["features"] = {"not_computed": "no feature network given (--features; train one with "
                                               "`medsynth features train`)"}
-        return {}, None
+        return None
     net = load_feature_net(features)
     result["features"] = {**net.info, "dim": net.dim}
-    feats = {name: net.embed(s.images) for name, s in sets.items()}
+    return net
+
+
+def _reference_depends(sets: dict, floor_set, net, k: int, seed: int, resamples: int, diversity_images: int,
+                       utility_steps: int, utility_repeats: int) -> dict:
+    """What every value computed from the real sets alone depends on (reference_cache.py's key)."""
+    real_sets = {name: s for name, s in sets.items() if name != "fake"}
     if floor_set is not None:
-        feats["floor"] = net.embed(floor_set.images)
-    return feats, net
+        real_sets["floor"] = floor_set
+    return {"sets": {name: {"images": tensor_digest(s.images), "labels": tensor_digest(s.labels)}
+                     for name, s in real_sets.items()},
+            "features": None if net is None else {"weights": net.info.get("sha256") or net.info.get("source"),
+                                                  "precision": net.precision},
+            "k": k, "seed": seed, "resamples": resamples, "diversity_images": diversity_images,
+            "utility_steps": utility_steps, "utility_repeats": utility_repeats}
 
 
-def _fidelity_section(result: dict, feats: dict, k: int, seed: int, resamples: int) -> None:
+def _embeddings(sets: dict, floor_set, net, ref: ReferenceCache) -> dict:
+    """Every set's (and the floor set's) embeddings in the feature network's space; {} without one.
+    The real ones come from the reference cache when it holds them."""
+    if net is None:
+        return {}
+    feats = ref.get_tensors("embeddings", lambda: {
+        **{name: net.embed(s.images) for name, s in sets.items() if name != "fake"},
+        **({"floor": net.embed(floor_set.images)} if floor_set is not None else {})})
+    return {"fake": net.embed(sets["fake"].images), **feats}
+
+
+def _fidelity_section(result: dict, feats: dict, k: int, seed: int, resamples: int, ref: ReferenceCache) -> None:
     if not feats:
         result["fidelity"] = {"not_computed": "FID, KID and PRDC need a feature network (--features)"}
         return
@@ -320,16 +356,16 @@ def _fidelity_section(result: dict, feats: dict, k: int, seed: int, resamples: i
     # sits apart from held-out images in the space of a network fitted to it, so a train-vs-test floor
     # was inflated (the demo's blurry VAE scored below it).
     if "floor" in feats:
-        result["floor"]["fidelity"] = {**_fidelity(feats["real"], feats["floor"], k, seed, resamples),
-                                       "what": "real val vs real test: two held-out splits, neither trained the "
-                                               "feature network"}
+        floor = ref.get_json("fidelity_floor", lambda: _fidelity(feats["real"], feats["floor"], k, seed, resamples))
+        result["floor"]["fidelity"] = {**floor, "what": "real val vs real test: two held-out splits, neither trained "
+                                                        "the feature network"}
     else:
         result["floor"]["fidelity"] = {"not_computed": "needs a second held-out real split (a data file with val "
                                                        "and test splits as --real): a floor from the training "
                                                        "split would sit in the feature network's own training data"}
 
 
-def _diversity_floor(section: dict, floor_set, n: int, seed: int, resamples: int) -> dict:
+def _diversity_floor(section: dict, floor_set, n: int, seed: int, resamples: int, ref: ReferenceCache) -> dict:
     """Adds "gap" (the synthetic set's mean MS-SSIM over the real set's, minus 1) to the diversity
     section, and returns the floor: a second held-out real split (val) scored the same way, with
     its own gap to the real set. Two real samples of one dataset differ in MS-SSIM too (on
@@ -340,12 +376,14 @@ def _diversity_floor(section: dict, floor_set, n: int, seed: int, resamples: int
     if floor_set is None:
         return {"not_computed": "needs a second held-out real split (a data file with val and test splits as "
                                 "--real)"}
-    floor = diversity(_subset(floor_set.images, n, seed), seed=seed, resamples=resamples)
+    floor = ref.get_json("diversity_floor", lambda: diversity(_subset(floor_set.images, n, seed), seed=seed,
+                                                              resamples=resamples))
     return {**floor, "gap": floor["ms_ssim_mean"] / real - 1,
             "what": "the real val split's MS-SSIM, and its gap to the real test split's"}
 
 
-def _texture_section(result: dict, sets: dict, floor_set, n: int, seed: int, resamples: int) -> None:
+def _texture_section(result: dict, sets: dict, floor_set, n: int, seed: int, resamples: int,
+                     ref: ReferenceCache) -> None:
     """Checkerboard and sharpness of the synthetic set relative to the real one (2D sets), on the
     diversity subsets; the floor: a second held-out real split against the real set."""
     from medsynth.metrics.texture import texture_scores
@@ -356,7 +394,8 @@ def _texture_section(result: dict, sets: dict, floor_set, n: int, seed: int, res
     real = _subset(sets["real"].images, n, seed)
     result["texture"] = texture_scores(_subset(sets["fake"].images, n, seed), real, resamples, seed)
     if floor_set is not None:
-        result["floor"]["texture"] = texture_scores(_subset(floor_set.images, n, seed), real, resamples, seed)
+        result["floor"]["texture"] = ref.get_json("texture_floor", lambda: texture_scores(
+            _subset(floor_set.images, n, seed), real, resamples, seed))
 
 
 def _per_class_section(result: dict, sets: dict, feats: dict, net, k: int, seed: int, resamples: int,
@@ -415,14 +454,16 @@ def _strip_path(out: Path) -> Path:
     return out.with_name(out.stem + "_nearest.png")
 
 
-def _privacy_section(result: dict, sets: dict, floor_set, feats: dict, strip: Path) -> None:
+def _privacy_section(result: dict, sets: dict, floor_set, feats: dict, strip: Path, ref: ReferenceCache) -> None:
     real_set, fake_set, train_set = sets["real"], sets["fake"], sets.get("train")
     if train_set is None:
         result["privacy"] = {"not_computed": "no training set (--train, or a real file with a train split)"}
         result["floor"]["privacy"] = result["privacy"]
         return
+    neighbours = ref.get_tensors("privacy_neighbours", lambda: reference_neighbours(
+        train_set.images, real_set.images, feats.get("train"), feats.get("real")))
     priv, pairs = privacy_report(fake_set.images, train_set.images, real_set.images,
-                                 feats.get("fake"), feats.get("train"), feats.get("real"))
+                                 feats.get("fake"), feats.get("train"), feats.get("real"), reference=neighbours)
     result["privacy"] = {**priv, "heldout": f"{real_set.source} [{real_set.split}]", "strip": str(strip)}
     top = pairs[:8]
     provenance = {"synthetic": True, "contains_real_images": True, "generator": f"medsynth {medsynth_version()}",
@@ -434,12 +475,14 @@ def _privacy_section(result: dict, sets: dict, floor_set, feats: dict, strip: Pa
     if floor_set is None:
         result["floor"]["privacy"] = {"not_computed": "no second held-out real split (val) for a floor"}
         return
-    floor, _ = privacy_report(floor_set.images, train_set.images, real_set.images,
-                              feats.get("floor"), feats.get("train"), feats.get("real"))
+    floor = ref.get_json("privacy_floor", lambda: privacy_report(
+        floor_set.images, train_set.images, real_set.images, feats.get("floor"), feats.get("train"), feats.get("real"),
+        reference=neighbours)[0])
     result["floor"]["privacy"] = {**floor, "what": "real val images in place of the synthetic set"}
 
 
-def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: int, repeats: int) -> None:
+def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: int, repeats: int,
+                     ref: ReferenceCache) -> None:
     real_set, fake_set, train_set = sets["real"], sets["fake"], sets.get("train")
     why = None
     if not utility:
@@ -456,7 +499,12 @@ def _utility_section(result: dict, sets: dict, utility: bool, steps: int, seed: 
         result["floor"]["utility"] = result["utility"]
         return
     classes = real_set.num_classes or int(max(real_set.labels.max(), fake_set.labels.max())) + 1
-    res = tstr(ImageSet(fake_set.images, fake_set.labels), ImageSet(train_set.images, train_set.labels),
-               ImageSet(real_set.images, real_set.labels), classes, real_set.multilabel, steps, seed, repeats=repeats)
+    train, test = ImageSet(train_set.images, train_set.labels), ImageSet(real_set.images, real_set.labels)
+    n_fake = len(fake_set.images)
+    real_runs = ref.get_json("utility_real", lambda: trtr_runs(n_fake, train, test, classes, real_set.multilabel, steps,
+                                                                seed, repeats=repeats),
+                             synthetic_images=n_fake, classes=classes)
+    res = tstr(ImageSet(fake_set.images, fake_set.labels), train, test, classes, real_set.multilabel, steps, seed,
+               repeats=repeats, real_runs=real_runs)
     result["utility"] = res
     result["floor"]["utility"] = {"what": "train on real, test on real (the ratio's denominator)", **res["real"]}

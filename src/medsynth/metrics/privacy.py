@@ -72,14 +72,35 @@ def memorisation(fake_d: torch.Tensor, heldout_d: torch.Tensor, percentile: floa
             "heldout_distance_median": float(heldout_d.median())}
 
 
-def privacy_report(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
-                   fake_feats: torch.Tensor | None = None, train_feats: torch.Tensor | None = None,
-                   heldout_feats: torch.Tensor | None = None, copy_rms: float = COPY_RMS) -> tuple[dict, torch.Tensor]:
-    """Metrics, and the indices (fake, train) of the closest pairs in pixel space, closest first.
-    Images may be 2D or 3D (flattened: voxel-space distances for volumes)."""
-    fd, fi = pixel_rms_nearest(fake, train)
+def reference_neighbours(train: torch.Tensor, heldout: torch.Tensor, train_feats: torch.Tensor | None = None,
+                         heldout_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What `privacy_report` reads from the real sets alone: the nearest training image of every
+    held-out image (distance "heldout_d", index "heldout_i") and every training image's distance to
+    its nearest other training image ("train_nn"), in pixels (RMS), and with features given the same
+    in feature space ("feature_heldout_d", ...). The costly part of a report (train x train), the
+    same for every synthetic set audited against these sets."""
     hd, hi = pixel_rms_nearest(heldout, train)
     train_nn, _ = pixel_rms_nearest(train, train, exclude_self=True)
+    out = {"heldout_d": hd, "heldout_i": hi, "train_nn": train_nn}
+    if train_feats is not None and heldout_feats is not None:
+        hfd, hfi = nearest(heldout_feats, train_feats)
+        train_fnn, _ = nearest(train_feats, train_feats, exclude_self=True)
+        out.update({"feature_heldout_d": hfd, "feature_heldout_i": hfi, "feature_train_nn": train_fnn})
+    return out
+
+
+def privacy_report(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
+                   fake_feats: torch.Tensor | None = None, train_feats: torch.Tensor | None = None,
+                   heldout_feats: torch.Tensor | None = None, copy_rms: float = COPY_RMS,
+                   reference: dict[str, torch.Tensor] | None = None) -> tuple[dict, torch.Tensor]:
+    """Metrics, and the indices (fake, train) of the closest pairs in pixel space, closest first.
+    Images may be 2D or 3D (flattened: voxel-space distances for volumes). reference: what
+    `reference_neighbours(train, heldout, train_feats, heldout_feats)` returned (computed when None)."""
+    if reference is None or (fake_feats is not None and "feature_train_nn" not in reference):
+        reference = reference_neighbours(train, heldout, *((train_feats, heldout_feats) if fake_feats is not None
+                                                           else ()))
+    fd, fi = pixel_rms_nearest(fake, train)
+    hd, hi, train_nn = reference["heldout_d"], reference["heldout_i"], reference["train_nn"]
     out = {"pixel": {**memorisation(fd, hd), "authenticity": authenticity(fd, fi, train_nn),
                      "heldout_authenticity": authenticity(hd, hi, train_nn)},
            "copy_rms": copy_rms,
@@ -87,8 +108,8 @@ def privacy_report(fake: torch.Tensor, train: torch.Tensor, heldout: torch.Tenso
            "heldout_near_copies": float((hd < copy_rms).float().mean())}
     if fake_feats is not None:
         ffd, ffi = nearest(fake_feats, train_feats)
-        hfd, hfi = nearest(heldout_feats, train_feats)
-        train_fnn, _ = nearest(train_feats, train_feats, exclude_self=True)
+        hfd, hfi = reference["feature_heldout_d"], reference["feature_heldout_i"]
+        train_fnn = reference["feature_train_nn"]
         out["feature"] = {**memorisation(ffd, hfd), "authenticity": authenticity(ffd, ffi, train_fnn),
                           "heldout_authenticity": authenticity(hfd, hfi, train_fnn)}
     order = torch.argsort(fd)

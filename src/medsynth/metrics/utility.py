@@ -78,8 +78,34 @@ def scores_of(net: VGGClassifier, images: torch.Tensor, multilabel: bool) -> tor
     return torch.sigmoid(logits) if multilabel else logits.softmax(1)
 
 
+def _picks(n_synthetic: int, n_real: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair r's training subsets (seed = seed + r): n of the synthetic and n of the real images. The
+    real pick is drawn after the synthetic one from the same generator, as it always was, so the
+    real arm depends on the synthetic set's size (not its images)."""
+    rng = torch.Generator().manual_seed(seed)
+    pick_s = torch.randperm(n_synthetic, generator=rng)[:n]
+    return pick_s, torch.randperm(n_real, generator=rng)[:n]
+
+
+def _arm(images, labels, pick, real_test, num_classes: int, multilabel: bool, steps: int, seed: int,
+         precision: str) -> dict[str, float]:
+    net = train_classifier(images[pick], labels[pick], num_classes, multilabel, steps=steps, seed=seed,
+                           precision=precision)
+    return accuracy_auc(scores_of(net, real_test.images, multilabel), real_test.labels, multilabel)
+
+
+def trtr_runs(n_synthetic: int, real_train, real_test, num_classes: int, multilabel: bool = False,
+              steps: int = 300, seed: int = 0, precision: str = "32", repeats: int = 3) -> list[dict[str, float]]:
+    """The real arm of `tstr` alone (train on real, test on real): one {"accuracy", "auc"} per pair.
+    It depends on the real sets and the synthetic set's size only, so an audit of several synthetic
+    sets of one size can compute it once (reference_cache.py)."""
+    n = min(n_synthetic, len(real_train))
+    return [_arm(real_train.images, real_train.labels, _picks(n_synthetic, len(real_train), n, seed + r)[1],
+                 real_test, num_classes, multilabel, steps, seed + r, precision) for r in range(repeats)]
+
+
 def tstr(synthetic, real_train, real_test, num_classes: int, multilabel: bool = False, steps: int = 300,
-         seed: int = 0, precision: str = "32", repeats: int = 3) -> dict:
+         seed: int = 0, precision: str = "32", repeats: int = 3, real_runs: list[dict] | None = None) -> dict:
     """Scores of a classifier trained on synthetic vs one trained on as many real images; both tested on real.
 
     synthetic / real_train / real_test are ImageSets with labels. precision: of the classifiers'
@@ -87,7 +113,8 @@ def tstr(synthetic, real_train, real_test, num_classes: int, multilabel: bool = 
     ratio by 0.09 between two machines). repeats: pairs of classifiers, pair r with seed + r for
     its training subsets, initialisation and batches; "synthetic" / "real" hold the means over the
     pairs with each pair's figure under "<key>_runs" and their range under "<key>_range", and the
-    ratios are of the means (per-pair ratios under "<key>_ratio_runs").
+    ratios are of the means (per-pair ratios under "<key>_ratio_runs"). real_runs: the real arm as
+    `trtr_runs` returned it for these sets and settings (computed here when None).
     """
     for name, s in (("synthetic", synthetic), ("real train", real_train), ("real test", real_test)):
         if s.labels is None:
@@ -95,15 +122,10 @@ def tstr(synthetic, real_train, real_test, num_classes: int, multilabel: bool = 
     if repeats < 1:
         raise MedsynthError(f"utility repeats must be >= 1, got {repeats}")
     n = min(len(synthetic), len(real_train))
-    runs = {"synthetic": [], "real": []}
-    for r in range(repeats):
-        rng = torch.Generator().manual_seed(seed + r)
-        pick_s = torch.randperm(len(synthetic), generator=rng)[:n]
-        pick_r = torch.randperm(len(real_train), generator=rng)[:n]
-        for name, s, pick in (("synthetic", synthetic, pick_s), ("real", real_train, pick_r)):
-            net = train_classifier(s.images[pick], s.labels[pick], num_classes, multilabel, steps=steps,
-                                   seed=seed + r, precision=precision)
-            runs[name].append(accuracy_auc(scores_of(net, real_test.images, multilabel), real_test.labels, multilabel))
+    runs = {"synthetic": [_arm(synthetic.images, synthetic.labels, _picks(len(synthetic), len(real_train), n, seed + r)[0],
+                               real_test, num_classes, multilabel, steps, seed + r, precision) for r in range(repeats)],
+            "real": real_runs if real_runs is not None else trtr_runs(len(synthetic), real_train, real_test, num_classes,
+                                                                      multilabel, steps, seed, precision, repeats)}
     out = {"train_images": n, "steps": steps, "test_images": len(real_test), "precision": precision,
            "repeats": repeats}
     for name, scores in runs.items():
