@@ -17,7 +17,10 @@ is audited as one labelled set drawn by `medsynth sample RUN_0 RUN_1` in the tra
 Audit: `medsynth evaluate` with a domain feature network trained per dataset and image size (28 or
 64 px) on that dataset's training split; FID / KID / PRDC, diversity (mean pairwise MS-SSIM),
 memorisation and authenticity, and train-on-synthetic-test-on-real AUC for the class-conditional
-models, each with its 95% interval, beside the real-vs-real floor.
+models, each with its 95% interval, beside the real-vs-real floor. What depends on the real sets
+alone (floors, embeddings, nearest training images, train-on-real classifiers) is computed by the
+first audit of a dataset and image size and read back by the others (`--reference-cache`, kept in
+RUNS_DIR/<dataset>/reference_cache): the same numbers, computed once.
 
 The goals of the issue are checked on PneumoniaMNIST for the best run by FID over its floor (28 and
 64 px models are scored in different feature spaces, so raw FIDs do not compare): FID within 2x of
@@ -225,6 +228,9 @@ def main() -> None:
         runs_dir = Path(args.runs_dir) / dataset
         features: dict[int, str] = {}
         rows = {}
+        # every row is audited against the same real sets: their floors, embeddings, nearest training
+        # images and train-on-real classifiers are computed once per image size, not once per row
+        audit_here = [*audit, "--reference-cache", str(runs_dir / "reference_cache")]
         for recipe in recipes:
             size = image_size(recipe)
             earlier = sorted(runs_dir.glob(f"features{size}-*/features.json")) if args.reuse_features else []
@@ -238,13 +244,13 @@ def main() -> None:
             try:
                 if recipe in PER_CLASS:
                     entry = train_per_class(recipe, data, runs_dir, epochs, extra_train, 200 if args.quick
-                                            else real_test_count(data), features[size], size, audit, limit)
+                                            else real_test_count(data), features[size], size, audit_here, limit)
                 else:
                     entry = {"run": medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}",
                                              f"runs_dir={runs_dir}", *budget_overrides(recipe, epochs), *extra_train)}
                     entry["minutes"] = (time.perf_counter() - start) / 60  # training alone
                     medsynth("evaluate", "--real", data, "--fake", entry["run"], "--features", features[size],
-                             *(["--image-size", str(size)] if size != 28 else []), *audit)
+                             *(["--image-size", str(size)] if size != 28 else []), *audit_here)
             except SystemExit as failure:  # one recipe failing must not lose the rows already measured
                 print(failure, flush=True)
                 failed[f"{dataset}/{recipe}"] = str(failure)[-2000:]
