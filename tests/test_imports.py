@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "medsynth"
 FLOORS = [
     ["errors", "families", "precision", "writers", "console", "diffusion", "pages"],
-    ["config", "runs", "dicom", "tracking"],
+    ["config", "runs", "dicom", "tracking", "reference_cache"],
     ["provenance", "msssim", "data", "nets"],
     ["losses", "features", "metrics", "latent_prior"],
     ["models"],
