@@ -238,6 +238,17 @@ def test_the_reference_cache_gives_the_numbers_computed_afresh(vae_run, feature_
     assert numbers(warm) == numbers(evaluate(medium_npz, medium_npz, out=tmp_path / "d.json", **cheap))
     again = evaluate(medium_npz, medium_npz, out=tmp_path / "e.json", reference_cache=cache, **cheap)
     assert set(again["settings"]["reference_cache"]["read"]) == names  # the two replaced files read back
+    assert numbers(again) == numbers(warm)
+    # a smaller synthetic set (its size sets the real classifiers' subsets) and another setting: not
+    # read from the values above, and again equal to a fresh evaluation
+    with np.load(medium_npz) as f:
+        np.savez(tmp_path / "small.npz", train_images=f["train_images"][::10], train_labels=f["train_labels"][::10])
+    other = {**cheap, "diversity_images": 30}
+    small = evaluate(medium_npz, tmp_path / "small.npz", out=tmp_path / "f.json", reference_cache=cache, **other)
+    assert {"utility_real", "diversity_real", "diversity_floor"} <= set(small["settings"]["reference_cache"]["computed"])
+    assert numbers(small) == numbers(evaluate(medium_npz, tmp_path / "small.npz", out=tmp_path / "g.json", **other))
+    with pytest.raises(MedsynthError, match="reference-cache .*seg-config"):
+        evaluate(medium_npz, tmp_path, seg_config="configs/unet_la_heart.yaml", reference_cache=cache, **quiet)
 
 
 def test_the_reference_cache_key_holds_everything_a_value_depends_on(tmp_path):
@@ -262,6 +273,15 @@ def test_the_reference_cache_key_holds_everything_a_value_depends_on(tmp_path):
     assert ReferenceCache(tmp_path, sets=tensor_digest(y), k=5).get_json("floor", compute)["value"] == 4
     assert tensor_digest(x) != tensor_digest(x.reshape(3, 2)) != tensor_digest(x.double())
     assert ReferenceCache(None, k=5).get_json("floor", compute)["value"] == 5  # no folder: always computed
+    stored = tmp_path / next(p.name for p in tmp_path.glob("floor-*.json")
+                             if json.loads(p.read_text())["key"]["k"] == 5 and "n" not in json.loads(p.read_text())["key"]
+                             and json.loads(p.read_text())["key"]["sets"] == tensor_digest(x))
+    text = json.loads(stored.read_text())
+    text["key"]["k"] = 4  # a file whose stored key is not the one asked for (a collision, a foreign file)
+    stored.write_text(json.dumps(text))
+    assert ReferenceCache(tmp_path, sets=tensor_digest(x), k=5).get_json("floor", compute)["value"] == 6
+    stored.write_text("[]")  # valid JSON, not a cache entry
+    assert ReferenceCache(tmp_path, sets=tensor_digest(x), k=5).get_json("floor", compute)["value"] == 7
     tensors = ReferenceCache(tmp_path, k=5).get_tensors("emb", lambda: {"a": x, "i": torch.arange(3)})
     back = ReferenceCache(tmp_path, k=5).get_tensors("emb", lambda: pytest.fail("should be read back"))
     assert torch.equal(back["a"], tensors["a"]) and back["i"].dtype == torch.int64

@@ -188,6 +188,9 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
         raise MedsynthError(f"--synthetic-share={synthetic_share}: expected a share in (0, 1), with --seg-config")
     if seg_real_run is not None and seg_config is None:
         raise MedsynthError(f"--seg-real-run {seg_real_run}: is for --seg-config (a real arm to reuse)")
+    if reference_cache is not None and seg_config is not None:
+        raise MedsynthError(f"--reference-cache {reference_cache}: is for synthetic image sets, not --seg-config "
+                            "(reuse the real arm with --seg-real-run)")
     if seg_config is not None:  # synthetic pairs' segmentation utility
         if out is None:
             out = Path(fake) / EVALUATION if Path(fake).is_dir() else Path("metrics.json")
@@ -202,6 +205,9 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     out = check_output(out, overwrite, inputs, (".json",), flag)
     mapping = _mapping_run(fake)
     if mapping is not None:  # translation / segmentation: scored per held-out case, not as a synthetic set
+        if reference_cache is not None:
+            raise MedsynthError(f"--reference-cache {reference_cache}: is for synthetic image sets; {fake} is a "
+                                f"{mapping.cfg.model.family} run, scored per held-out case")
         result = _clean(evaluate_cases(mapping, real, resamples, seed, log))
         write_text(out, json.dumps(result, indent=2))
         log(f"metrics: {out}")
@@ -227,8 +233,8 @@ def evaluate(real: str | Path | None, fake: str | Path, train: str | Path | None
     if lineage is not None:
         result["sets"]["real"]["synthetic"] = lineage
     net = _feature_net(result, features)
-    ref = ReferenceCache(reference_cache, **_reference_depends(sets, floor_set, net, k, seed, resamples,
-                                                              diversity_images, utility_steps, utility_repeats))
+    ref = ReferenceCache(reference_cache, **(_reference_depends(sets, floor_set, net, k, seed, resamples, diversity_images,
+                                                                utility_steps, utility_repeats) if reference_cache else {}))
     feats = _embeddings(sets, floor_set, net, ref)
     clock.lap("features")
     _fidelity_section(result, feats, k, seed, resamples, ref)

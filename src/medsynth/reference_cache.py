@@ -6,26 +6,31 @@ training image of every held-out image, and the train-on-real classifiers of the
 None of it depends on the synthetic set, yet comparing several models on one dataset (the VAE zoo
 audits 12 a dataset) recomputed it for every model. `ReferenceCache(dir, ...)` keeps each such
 result in `dir` under a key made of everything it depends on: the bytes of the real sets, the
-settings, the feature network's weights and precision, the torch version and thread count (float
-sums in another order train another classifier: metrics/utility.py) and the medsynth source
-itself, so a change to any of them computes afresh rather than reading a stale value. A value
-read back is the value this process would have computed (tests/test_evaluation.py compares whole
-evaluations with and without the cache).
+settings, the feature network's weights and precision, the machine (CPU model and the kernels torch
+picks for it, torch's thread count: float sums in another order train another classifier,
+metrics/utility.py), the versions of torch, numpy and scipy, and the medsynth source itself, so a
+change to any of them computes afresh rather than reading a stale value. A value read back is the
+value this process would have computed (tests/test_evaluation.py compares whole evaluations with
+and without the cache).
 
 Values are JSON (sections of the result) or named tensors (safetensors). A file that cannot be
-read back is computed again and replaced, never trusted.
+read back, or whose stored name and key are not the ones asked for, is computed again and
+replaced. The cache holds embeddings and distances of the real images: keep it where the real data
+may be kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from medsynth.errors import MedsynthError
 from medsynth.writers import atomic_path, write_text
@@ -38,8 +43,25 @@ def tensor_digest(x: torch.Tensor | None) -> str | None:
     if x is None:
         return None
     h = hashlib.sha256(f"{x.dtype}{list(x.shape)}".encode())
-    h.update(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # a view: no copy
     return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def machine() -> dict:
+    """What the numbers may differ by between machines: the CPU model, the kernels torch uses on it,
+    the versions of the libraries that compute them."""
+    import numpy
+    import scipy
+
+    model = platform.processor()
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "arch": platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__}
 
 
 @lru_cache(maxsize=1)
@@ -68,14 +90,14 @@ class ReferenceCache:
             except OSError as exc:
                 raise MedsynthError(f"--reference-cache {self.root}: cannot be used as a folder "
                                     f"({exc.strerror or exc})") from None
-        self.depends = {**depends, "code": code_digest(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()}
+        self.depends = ({} if self.root is None else
+                        {**depends, "code": code_digest(), "machine": machine(), "threads": torch.get_num_threads()})
         self.read: list[str] = []
         self.computed: list[str] = []
         self.not_written: list[str] = []
 
     def _path(self, name: str, key: dict, suffix: str) -> Path:
-        text = json.dumps({"name": name, **self.depends, **key}, sort_keys=True, default=str)
+        text = json.dumps({"name": name, **self.depends, **key}, sort_keys=True)
         return self.root / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:24]}{suffix}"
 
     def get_json(self, name: str, compute: Callable[[], dict | list], **key):
@@ -83,17 +105,19 @@ class ReferenceCache:
         if self.root is None:
             return compute()
         path = self._path(name, key, ".json")
+        full_key = json.loads(json.dumps({**self.depends, **key}))  # as it reads back
         if path.is_file():
             try:
-                value = json.loads(path.read_text())["value"]
-                self.read.append(name)
-                return value
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: computed again below and replaced
+                stored = json.loads(path.read_text())
+                if stored["name"] == name and stored["key"] == full_key and stored["value"] is not None:
+                    self.read.append(name)
+                    return stored["value"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable or another value's: computed again below and replaced
         value = compute()
         self.computed.append(name)
         try:
-            write_text(path, json.dumps({"name": name, "key": {**self.depends, **key}, "value": value}, default=str))
+            write_text(path, json.dumps({"name": name, "key": full_key, "value": value}))
         except MedsynthError:
             self.not_written.append(name)
         return value
@@ -103,18 +127,21 @@ class ReferenceCache:
         if self.root is None:
             return compute()
         path = self._path(name, key, ".safetensors")
+        stamp = {"name": name, "key": json.dumps({**self.depends, **key}, sort_keys=True)}
         if path.is_file():
             try:
-                value = load_file(str(path))
-                self.read.append(name)
-                return value
+                with safe_open(str(path), "pt") as f:
+                    if f.metadata() == stamp:
+                        value = {k: f.get_tensor(k) for k in f.keys()}
+                        self.read.append(name)
+                        return value
             except Exception:  # noqa: BLE001 - a truncated or foreign file: computed again and replaced
                 pass
         value = compute()
         self.computed.append(name)
         try:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(save({k: v.contiguous() for k, v in value.items()}))  # keeps the umask's mode
+            with atomic_path(path) as tmp:  # bytes written into the temporary file keep the umask's mode
+                tmp.write_bytes(save({k: v.contiguous() for k, v in value.items()}, metadata=stamp))
         except MedsynthError:
             self.not_written.append(name)
         return value

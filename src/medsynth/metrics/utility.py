@@ -97,8 +97,9 @@ def _arm(images, labels, pick, real_test, num_classes: int, multilabel: bool, st
 def trtr_runs(n_synthetic: int, real_train, real_test, num_classes: int, multilabel: bool = False,
               steps: int = 300, seed: int = 0, precision: str = "32", repeats: int = 3) -> list[dict[str, float]]:
     """The real arm of `tstr` alone (train on real, test on real): one {"accuracy", "auc"} per pair.
-    It depends on the real sets and the synthetic set's size only, so an audit of several synthetic
-    sets of one size can compute it once (reference_cache.py)."""
+    It depends on the real sets, the synthetic set's size and num_classes only (not the synthetic
+    images), so an audit of several synthetic sets of one size can compute it once
+    (reference_cache.py)."""
     n = min(n_synthetic, len(real_train))
     return [_arm(real_train.images, real_train.labels, _picks(n_synthetic, len(real_train), n, seed + r)[1],
                  real_test, num_classes, multilabel, steps, seed + r, precision) for r in range(repeats)]
