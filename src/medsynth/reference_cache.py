@@ -102,47 +102,51 @@ class ReferenceCache:
 
     def get_json(self, name: str, compute: Callable[[], dict | list], **key):
         """A JSON value (dicts, lists, numbers, strings; NaN allowed)."""
-        if self.root is None:
-            return compute()
-        path = self._path(name, key, ".json")
         full_key = json.loads(json.dumps({**self.depends, **key}))  # as it reads back
-        if path.is_file():
-            try:
-                stored = json.loads(path.read_text())
-                if stored["name"] == name and stored["key"] == full_key and stored["value"] is not None:
-                    self.read.append(name)
-                    return stored["value"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # unreadable or another value's: computed again below and replaced
-        value = compute()
-        self.computed.append(name)
-        try:
+
+        def read(path: Path):
+            stored = json.loads(path.read_text())
+            return stored["value"] if stored["name"] == name and stored["key"] == full_key else None
+
+        def write(path: Path, value) -> None:
             write_text(path, json.dumps({"name": name, "key": full_key, "value": value}))
-        except MedsynthError:
-            self.not_written.append(name)
-        return value
+
+        return self._get(name, key, ".json", compute, read, write)
 
     def get_tensors(self, name: str, compute: Callable[[], dict[str, torch.Tensor]], **key) -> dict[str, torch.Tensor]:
-        """Named tensors (safetensors on disk)."""
+        """Named tensors (safetensors on disk, the name and key in its metadata)."""
+        stamp = {"name": name, "key": json.dumps({**self.depends, **key}, sort_keys=True)}
+
+        def read(path: Path):
+            with safe_open(str(path), "pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()} if f.metadata() == stamp else None
+
+        def write(path: Path, value: dict[str, torch.Tensor]) -> None:
+            with atomic_path(path) as tmp:  # bytes written into the temporary file keep the umask's mode
+                tmp.write_bytes(save({k: v.contiguous() for k, v in value.items()}, metadata=stamp))
+
+        return self._get(name, key, ".safetensors", compute, read, write)
+
+    def _get(self, name: str, key: dict, suffix: str, compute, read, write):
+        """read(path) -> the stored value, or None when the file holds another name or key; compute()
+        and write(path, value) when there is none to read."""
         if self.root is None:
             return compute()
-        path = self._path(name, key, ".safetensors")
-        stamp = {"name": name, "key": json.dumps({**self.depends, **key}, sort_keys=True)}
+        path = self._path(name, key, suffix)
+        value = None
         if path.is_file():
             try:
-                with safe_open(str(path), "pt") as f:
-                    if f.metadata() == stamp:
-                        value = {k: f.get_tensor(k) for k in f.keys()}
-                        self.read.append(name)
-                        return value
-            except Exception:  # noqa: BLE001 - a truncated or foreign file: computed again and replaced
-                pass
+                value = read(path)
+            except Exception:  # noqa: BLE001 - truncated, foreign, another shape: computed again and replaced
+                value = None
+        if value is not None:
+            self.read.append(name)
+            return value
         value = compute()
         self.computed.append(name)
         try:
-            with atomic_path(path) as tmp:  # bytes written into the temporary file keep the umask's mode
-                tmp.write_bytes(save({k: v.contiguous() for k, v in value.items()}, metadata=stamp))
-        except MedsynthError:
+            write(path, value)
+        except MedsynthError:  # a full disk, a lost race: the value is used all the same
             self.not_written.append(name)
         return value
 
