@@ -20,7 +20,9 @@ memorisation and authenticity, and train-on-synthetic-test-on-real AUC for the c
 models, each with its 95% interval, beside the real-vs-real floor. What depends on the real sets
 alone (floors, embeddings, nearest training images, train-on-real classifiers) is computed by the
 first audit of a dataset and image size and read back by the others (`--reference-cache`, kept in
-RUNS_DIR/<dataset>/reference_cache): the same numbers, computed once.
+RUNS_DIR/<dataset>/reference_cache): the same numbers, computed once. Every `medsynth` command runs
+in this process through the command line's own main() (`--separate-processes`: one process each, as
+a user would run them), so lightning, monai and torch are imported once, not once per command.
 
 The goals of the issue are checked on PneumoniaMNIST for the best run by FID over its floor (28 and
 64 px models are scored in different feature spaces, so raw FIDs do not compare): FID within 2x of
@@ -33,12 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _cli import ROOT, grids_side_by_side, medsynth
+import _cli
+from _cli import ROOT, grids_side_by_side, medsynth, medsynth_output
 DATASETS = {"pneumoniamnist": ROOT / "../shared/data/medmnist/pneumoniamnist.npz",
             "breastmnist": ROOT / "../shared/data/medmnist/breastmnist.npz"}
 # recipe -> (family, the claim it bears on)
@@ -207,7 +208,11 @@ def main() -> None:
     parser.add_argument("--summarise", metavar="JSON", help="train nothing: the tables, goals, compare pages and "
                                                             "figures of the rows in an earlier --out file (also one "
                                                             "whose run was stopped part-way)")
+    parser.add_argument("--separate-processes", action="store_true",
+                        help="run every medsynth command as its own process (as a user would) instead of in this "
+                             "one, which skips ~30-50 imports of lightning / monai / torch; the numbers are the same")
     args = parser.parse_args()
+    _cli.IN_PROCESS = not args.separate_processes
     if args.summarise:
         done = json.loads(Path(args.summarise).read_text())
         for dataset, result in done.items():
@@ -251,7 +256,8 @@ def main() -> None:
                 else:
                     entry = {"run": medsynth("train", f"configs/{recipe}.yaml", f"data.path={data}",
                                              f"runs_dir={runs_dir}", *budget_overrides(recipe, epochs), *extra_train)}
-                    entry["minutes"] = (time.perf_counter() - start) / 60  # training alone
+                    # training alone, wall: in a separate process (--separate-processes) with its imports
+                    entry["minutes"] = (time.perf_counter() - start) / 60
                     medsynth("evaluate", "--real", data, "--fake", entry["run"], "--features", features[size],
                              *(["--image-size", str(size)] if size != 28 else []), *audit_here)
             except SystemExit as failure:  # one recipe failing must not lose the rows already measured
@@ -261,7 +267,8 @@ def main() -> None:
             rows[recipe] = {**entry, **row(evaluation_of(entry))}
             write_out(args.out, {**results, dataset: {"rows": rows, "partial": True}}, failed)
         results[dataset] = {**summarise(dataset, rows, args, epochs), "budget": {"epochs": epochs, "quick": args.quick,
-                                                                               "overrides": list(args.override)}}
+                                                                               "overrides": list(args.override),
+                                                                               "in_process": _cli.IN_PROCESS}}
         write_out(args.out, results, failed)
     if failed:
         raise SystemExit(f"{len(failed)} recipe(s) failed: {', '.join(failed)}")
@@ -273,13 +280,18 @@ def summarise(dataset: str, rows: dict, args, epochs: int) -> dict:
         grids_side_by_side({RECIPES[k][0]: r.get("grid") or Path(r["run"]) / "samples.png" for k, r in rows.items()},
                            Path(args.figures) / f"zoo_{dataset}.png")
     compare_page = Path(args.runs_dir) / f"compare_{dataset}.html"
-    print(subprocess.run([str(Path(sys.executable).with_name("medsynth")), "compare",
-                          *[r["run"] for r in rows.values()], "--out", str(compare_page), "--overwrite"],
-                         cwd=ROOT, capture_output=True, text=True).stdout)
+    try:  # compare needs two runs; its failure must not lose the table below
+        if len(rows) < 2:
+            raise SystemExit(f"{dataset}: one row, nothing to compare")
+        print(medsynth_output("compare", *[r["run"] for r in rows.values()], "--out", str(compare_page), "--overwrite"))
+    except SystemExit as failure:
+        print(failure, flush=True)
+        compare_page = None
     best = min(rows, key=lambda k: rows[k]["fid"] / max(rows[k]["fid_floor"], 1e-12))
     print(f"\n{dataset} ({epochs} epochs each)\n{table(rows)}\n\nhow far from each goal:\n{gaps(rows)}\n"
           f"best by FID / floor: {best}; goals: {goals(rows[best])}")
-    return {"rows": rows, "best_by_fid_over_floor": best, "goals": goals(rows[best]), "compare": str(compare_page)}
+    return {"rows": rows, "best_by_fid_over_floor": best, "goals": goals(rows[best]),
+            "compare": compare_page and str(compare_page)}
 
 
 def real_test_count(data: str) -> int:
