@@ -13,16 +13,19 @@ Stages (every score: MAE, PSNR and SSIM per whole volume inside the brain mask, 
 2. The L1 weight with the lowest validation MAE is the recipe's choice; that run is scored on the
    test pair (pat0001, pat0002), which chose nothing.
 3. CycleGAN (configs/cyclegan_brats.yaml with the same native-size slices and resize-conv
-   decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, scored
-   on the validation cases (with 2 training cases) and the test pair.
+   decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, once
+   per identity-loss weight (--cyclegan-identity, default the config's 5), scored on the
+   validation cases; the weight with the best validation SSIM (the measure its goal names) is
+   scored on the test pair.
 4. Segmentation: MONAI's UNet (configs/unet_brats.yaml, FLAIR + T1c in) trained on train +
    validation (four cases) for --seg-epochs, then the test pair segmented three times: with the
    real FLAIR, with the chosen pix2pix's FLAIR (`medsynth translate` of the T1c), and with the T1c
    copied into the FLAIR's place. Dice per region (whole tumour, core, enhancing) per case.
 
 With --cases 4, pix2pix and CycleGAN train on the four train + validation cases instead (the
-issue allows it "where it helps"): nothing is left to choose on, so --l1 must name one weight, the
-one the validation cases chose with two training cases; the test pair still chooses nothing.
+issue allows it "where it helps"): nothing is left to choose on, so --l1 and --cyclegan-identity
+must name one weight each, the one the validation cases chose with two training cases; the test
+pair still chooses nothing.
 The budget stays in epochs, so four cases get twice the batches (and wall time) of two.
 
 --ema DECAY: both translators translate with an exponential moving average of their generators'
@@ -37,27 +40,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _cli import ROOT, medsynth
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
 BRATS = ROOT.parent / "shared" / "data" / "brats2013"
 METRICS = ("mae", "psnr", "ssim")
 
 
 def _train(config: str, overrides: list[str], runs_dir: Path) -> Path:
-    cmd = [str(Path(sys.executable).with_name("medsynth")), "train", config, f"runs_dir={runs_dir}", *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if out.returncode:
-        raise SystemExit(f"{config} failed:\n{out.stderr[-3000:]}")
-    run = Path(out.stdout.strip().splitlines()[-1])
+    run = Path(medsynth("train", config, f"runs_dir={runs_dir}", *overrides))
     print(f"  -> {run} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     return run
 
@@ -104,6 +100,9 @@ def main() -> None:
     parser.add_argument("--l1", type=float, nargs="+", default=[100.0, 20.0], help="pix2pix L1 weights to try")
     parser.add_argument("--epochs", type=int, default=20, help="pix2pix epochs")
     parser.add_argument("--cyclegan-epochs", type=int, default=10)
+    parser.add_argument("--cyclegan-identity", type=float, nargs="+", default=[5.0],
+                        help="CycleGAN identity-loss weights to try (default: the config's 5); the one with the best "
+                             "validation SSIM is scored on the test pair")
     parser.add_argument("--seg-epochs", type=int, default=60)
     parser.add_argument("--skip", nargs="*", default=[], choices=["pix2pix", "cyclegan", "segmentation"])
     parser.add_argument("--ema", type=float, metavar="DECAY",
@@ -122,6 +121,8 @@ def main() -> None:
         parser.error("--skip pix2pix cyclegan leaves no translator to score")
     if args.cases == 4 and len(args.pix2pix_runs or args.l1) != 1:
         parser.error("--cases 4 leaves no validation case to choose on: give one --l1 weight (or one --pix2pix-runs)")
+    if args.cases == 4 and len(args.cyclegan_identity) != 1:
+        parser.error("--cases 4 leaves no validation case to choose on: give one --cyclegan-identity weight")
     for run in args.pix2pix_runs or []:  # a given run must have trained on the cases --cases says
         trained = len(list((ROOT / OmegaConf.load(Path(run) / "config.yaml").data.path / "train").iterdir()))
         if trained != args.cases:
@@ -169,15 +170,30 @@ def main() -> None:
         results["chosen_l1"] = chosen
         results["pix2pix_test"] = _score(p2p_run, None, work / "test_pix2pix.json")
 
-    # 3. CycleGAN at the same native size
+    # 3. CycleGAN at the same native size, per identity weight: chosen on validation SSIM (its goal's
+    # measure), scored on test
     if "cyclegan" not in args.skip:
-        run = _train("configs/cyclegan_brats.yaml",
-                     ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
-                      "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
-                      f"trainer.max_epochs={epochs[1]}", f"name=cyclegan_brats{suffix}", *data, *shared], runs_dir)
-        results["cyclegan"] = {**_run_facts(run), "test": _score(run, None, work / "test_cyclegan.json")}
-        if not four:
-            results["cyclegan"]["validation"] = _score(run, BRATS / "validation", work / "val_cyclegan.json")
+        candidates = {}
+        for identity in args.cyclegan_identity:
+            weight = f"{identity:g}"
+            run = _train("configs/cyclegan_brats.yaml",
+                         ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
+                          "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
+                          f"loss.identity_weight={identity}", f"trainer.max_epochs={epochs[1]}",
+                          f"name=cyclegan_brats{suffix}_identity_{weight}", *data, *shared], runs_dir)
+            candidates[weight] = {**_run_facts(run), "identity_weight": identity}
+            if not four:
+                val = candidates[weight]["validation"] = _score(run, BRATS / "validation",
+                                                                work / f"val_cyclegan_identity_{weight}.json")
+                print(f"  identity weight {weight}: validation SSIM {val['mean']['ssim']:.4f} (copying the T1c "
+                      f"{val['mean']['baseline_ssim']:.4f})", flush=True)
+        # four cases: the one weight given; two: the best validation SSIM (a NaN never wins)
+        chosen_identity = max(candidates, key=lambda w: -np.inf if four or np.isnan(
+            candidates[w]["validation"]["mean"]["ssim"]) else candidates[w]["validation"]["mean"]["ssim"])
+        results["chosen_identity"] = chosen_identity
+        results["cyclegan_candidates"] = candidates
+        run = Path(candidates[chosen_identity]["run"])
+        results["cyclegan"] = {**candidates[chosen_identity], "test": _score(run, None, work / "test_cyclegan.json")}
         if args.ema:  # the same run's last weights beside their average: what the EMA alone changed
             last = _last_weights(run, work / "cyclegan_last_weights")
             results["cyclegan_last_weights"] = {
@@ -268,11 +284,15 @@ def _print(results: dict) -> None:
         for l1, r in p2p.items():
             print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs{ema(r)} ({r['train_minutes']:.1f} min)",
                        r["validation"]))
+        for weight, r in (results.get("cyclegan_candidates") or {}).items():
+            many = len(results["cyclegan_candidates"]) > 1
+            chosen = " (chosen)" if many and weight == results["chosen_identity"] else ""
+            print(_row(f"CycleGAN, identity weight {weight}{chosen} ({b['cyclegan_epochs']} epochs{ema(r)}, "
+                       f"{r['train_minutes']:.1f} min)", r["validation"]))
         if c:
-            print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema(c)}, {c['train_minutes']:.1f} min)",
-                       c["validation"]))
             if "cyclegan_last_weights" in results:
-                print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["validation"]))
+                print(_row(f"  identity weight {results['chosen_identity']}'s last weights (no EMA)",
+                           results["cyclegan_last_weights"]["validation"]))
     print(f"\n## The test pair (L1 weight {results.get('chosen_l1')}; translators trained on {cases} cases)\n")
     print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
     print("|---|---|---|---|---|")
@@ -282,7 +302,8 @@ def _print(results: dict) -> None:
         print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs{ema(chosen)} "
                    f"({chosen['train_minutes']:.1f} min)", results["pix2pix_test"]))
     if c:
-        print(_row(f"CycleGAN ({b['cyclegan_epochs']} epochs{ema(c)}, {c['train_minutes']:.1f} min)", c["test"]))
+        print(_row(f"CycleGAN, identity weight {results['chosen_identity']} ({b['cyclegan_epochs']} epochs{ema(c)}, "
+                   f"{c['train_minutes']:.1f} min)", c["test"]))
         if "cyclegan_last_weights" in results:
             print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["test"]))
     if "segmentation" in results:
