@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # process. A new process pays the imports again (lightning, monai, torch: ~7 s on an AVX-512
 # machine, ~15 s on an AVX2-only one), which a benchmark of many short commands (the zoo's --quick)
 # pays some 30 times. Every command seeds what it draws, and what one command changes for the whole
-# process is put back (_main_here), so the numbers are the same either way; only wall times differ.
+# process is put back (_main_here), so a recipe that repeats run to run gives the same numbers either
+# way (checked on the zoo's --quick: RESULTS 2026-12-07); only wall times differ.
 IN_PROCESS = False
 
 

@@ -187,9 +187,11 @@ def main() -> None:
                                                                 work / f"val_cyclegan_identity_{weight}.json")
                 print(f"  identity weight {weight}: validation SSIM {val['mean']['ssim']:.4f} (copying the T1c "
                       f"{val['mean']['baseline_ssim']:.4f})", flush=True)
-        # four cases: the one weight given; two: the best validation SSIM (a NaN never wins)
-        chosen_identity = max(candidates, key=lambda w: -np.inf if four or np.isnan(
-            candidates[w]["validation"]["mean"]["ssim"]) else candidates[w]["validation"]["mean"]["ssim"])
+        def validation_ssim(weight: str) -> float:  # four cases: one weight, nothing to score; a NaN never wins
+            ssim = candidates[weight].get("validation", {}).get("mean", {}).get("ssim", np.nan)
+            return -np.inf if np.isnan(ssim) else ssim
+
+        chosen_identity = max(candidates, key=validation_ssim)
         results["chosen_identity"] = chosen_identity
         results["cyclegan_candidates"] = candidates
         run = Path(candidates[chosen_identity]["run"])

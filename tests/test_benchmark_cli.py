@@ -16,10 +16,15 @@ def in_process(monkeypatch):
     monkeypatch.setattr(_cli, "IN_PROCESS", True)
 
 
-def test_in_process_returns_the_last_line_printed(in_process):
+def test_in_process_returns_the_last_line_printed(in_process, tmp_path, monkeypatch):
+    import os
+
     from medsynth import __version__
 
+    monkeypatch.chdir(tmp_path)
+    argv = list(sys.argv)
     assert _cli.medsynth("--version") == f"medsynth {__version__}"
+    assert os.getcwd() == str(tmp_path) and sys.argv == argv  # put back, as after a separate process
 
 
 def test_in_process_failure_is_system_exit_with_the_commands_error(in_process, tmp_path):
