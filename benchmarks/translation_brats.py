@@ -14,9 +14,11 @@ Stages (every score: MAE, PSNR and SSIM per whole volume inside the brain mask, 
    test pair (pat0001, pat0002), which chose nothing.
 3. CycleGAN (configs/cyclegan_brats.yaml with the same native-size slices and resize-conv
    decoder; no 2.5D, its reverse generator needs one-channel images) for --cyclegan-epochs, once
-   per identity-loss weight (--cyclegan-identity, default the config's 5), scored on the
-   validation cases; the weight with the best validation SSIM (the measure its goal names) is
-   scored on the test pair.
+   per identity-loss weight (--cyclegan-identity, default the config's 5) and MIND structure-
+   consistency weight (--cyclegan-structure, default 0: off; Yang et al. 2018), every pair of the
+   two, scored on the validation cases; the pair with the best validation SSIM (the measure its
+   goal names) is scored on the test pair. --cyclegan-runs RUN ...: runs already trained at this
+   budget join the candidates instead of being trained again.
 4. Segmentation: MONAI's UNet (configs/unet_brats.yaml, FLAIR + T1c in) trained on train +
    validation (four cases) for --seg-epochs, then the test pair segmented three times: with the
    real FLAIR, with the chosen pix2pix's FLAIR (`medsynth translate` of the T1c), and with the T1c
@@ -103,6 +105,12 @@ def main() -> None:
     parser.add_argument("--cyclegan-identity", type=float, nargs="+", default=[5.0],
                         help="CycleGAN identity-loss weights to try (default: the config's 5); the one with the best "
                              "validation SSIM is scored on the test pair")
+    parser.add_argument("--cyclegan-structure", type=float, nargs="+", default=[0.0],
+                        help="CycleGAN MIND structure-consistency weights to try (loss.structure_weight; default 0, "
+                             "off), each with each --cyclegan-identity weight; chosen on validation SSIM as well")
+    parser.add_argument("--cyclegan-runs", nargs="+", metavar="RUN",
+                        help="CycleGAN runs already trained with this call's budget (their identity and structure "
+                             "weights read from their configs): scored instead of trained again")
     parser.add_argument("--seg-epochs", type=int, default=60)
     parser.add_argument("--skip", nargs="*", default=[], choices=["pix2pix", "cyclegan", "segmentation"])
     parser.add_argument("--ema", type=float, metavar="DECAY",
@@ -121,8 +129,10 @@ def main() -> None:
         parser.error("--skip pix2pix cyclegan leaves no translator to score")
     if args.cases == 4 and len(args.pix2pix_runs or args.l1) != 1:
         parser.error("--cases 4 leaves no validation case to choose on: give one --l1 weight (or one --pix2pix-runs)")
-    if args.cases == 4 and len(args.cyclegan_identity) != 1:
-        parser.error("--cases 4 leaves no validation case to choose on: give one --cyclegan-identity weight")
+    if args.cases == 4 and (len(args.cyclegan_identity) != 1 or len(args.cyclegan_structure) != 1
+                            or len(args.cyclegan_runs or []) > 1):
+        parser.error("--cases 4 leaves no validation case to choose on: give one --cyclegan-identity and one "
+                     "--cyclegan-structure weight (or one --cyclegan-runs)")
     for run in args.pix2pix_runs or []:  # a given run must have trained on the cases --cases says
         trained = len(list((ROOT / OmegaConf.load(Path(run) / "config.yaml").data.path / "train").iterdir()))
         if trained != args.cases:
@@ -170,32 +180,34 @@ def main() -> None:
         results["chosen_l1"] = chosen
         results["pix2pix_test"] = _score(p2p_run, None, work / "test_pix2pix.json")
 
-    # 3. CycleGAN at the same native size, per identity weight: chosen on validation SSIM (its goal's
+    # 3. CycleGAN at the same native size, per (identity, structure) weight: chosen on validation SSIM (its goal's
     # measure), scored on test
     if "cyclegan" not in args.skip:
         candidates = {}
-        for identity in args.cyclegan_identity:
-            weight = f"{identity:g}"
-            run = _train("configs/cyclegan_brats.yaml",
-                         ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
-                          "data.batch_size=4", "model.depth=5", "model.upsample=bilinear", "trainer.precision=32",
-                          f"loss.identity_weight={identity}", f"trainer.max_epochs={epochs[1]}",
-                          f"name=cyclegan_brats{suffix}_identity_{weight}", *data, *shared], runs_dir)
-            candidates[weight] = {**_run_facts(run), "identity_weight": identity}
+        for (identity, structure), given in _cyclegan_settings(args, epochs[1]).items():
+            label = f"identity {identity:g}, structure {structure:g}"
+            tag = f"identity_{identity:g}" + (f"_structure_{structure:g}" if structure else "")
+            run = given or _train("configs/cyclegan_brats.yaml",
+                                  ["data.image_size=null", "data.crop_to_mask=192", "data.min_mask_fraction=0.1",
+                                   "data.batch_size=4", "model.depth=5", "model.upsample=bilinear",
+                                   "trainer.precision=32", f"loss.identity_weight={identity}",
+                                   f"loss.structure_weight={structure}", f"trainer.max_epochs={epochs[1]}",
+                                   f"name=cyclegan_brats{suffix}_{tag}", *data, *shared], runs_dir)
+            candidates[label] = {**_run_facts(run), "identity_weight": identity, "structure_weight": structure}
             if not four:
-                val = candidates[weight]["validation"] = _score(run, BRATS / "validation",
-                                                                work / f"val_cyclegan_identity_{weight}.json")
-                print(f"  identity weight {weight}: validation SSIM {val['mean']['ssim']:.4f} (copying the T1c "
+                val = candidates[label]["validation"] = _score(run, BRATS / "validation",
+                                                               work / f"val_cyclegan_{tag}.json")
+                print(f"  {label}: validation SSIM {val['mean']['ssim']:.4f} (copying the T1c "
                       f"{val['mean']['baseline_ssim']:.4f})", flush=True)
-        def validation_ssim(weight: str) -> float:  # four cases: one weight, nothing to score; a NaN never wins
-            ssim = candidates[weight].get("validation", {}).get("mean", {}).get("ssim", np.nan)
+        def validation_ssim(label: str) -> float:  # four cases: one setting, nothing to score; a NaN never wins
+            ssim = candidates[label].get("validation", {}).get("mean", {}).get("ssim", np.nan)
             return -np.inf if np.isnan(ssim) else ssim
 
-        chosen_identity = max(candidates, key=validation_ssim)
-        results["chosen_identity"] = chosen_identity
+        chosen_setting = max(candidates, key=validation_ssim)
+        results["chosen_cyclegan"] = chosen_setting
         results["cyclegan_candidates"] = candidates
-        run = Path(candidates[chosen_identity]["run"])
-        results["cyclegan"] = {**candidates[chosen_identity], "test": _score(run, None, work / "test_cyclegan.json")}
+        run = Path(candidates[chosen_setting]["run"])
+        results["cyclegan"] = {**candidates[chosen_setting], "test": _score(run, None, work / "test_cyclegan.json")}
         if args.ema:  # the same run's last weights beside their average: what the EMA alone changed
             last = _last_weights(run, work / "cyclegan_last_weights")
             results["cyclegan_last_weights"] = {
@@ -209,6 +221,24 @@ def main() -> None:
     _print(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+
+
+def _cyclegan_settings(args, epochs: int) -> dict[tuple[float, float], Path | None]:
+    """(identity weight, structure weight) -> a given run (--cyclegan-runs) or None (to train): the
+    given runs' settings first, then every pair of --cyclegan-identity x --cyclegan-structure
+    that no given run has. A given run must have the budget and training cases of this call."""
+    settings: dict[tuple[float, float], Path | None] = {}
+    for run in map(Path, args.cyclegan_runs or []):
+        cfg = OmegaConf.load(run / "config.yaml")
+        trained = len(list((ROOT / cfg.data.path / "train").iterdir()))
+        if int(cfg.trainer.max_epochs) != epochs or trained != args.cases:
+            raise SystemExit(f"--cyclegan-runs {run}: {cfg.trainer.max_epochs} epochs on {trained} cases, not "
+                             f"{epochs} epochs on --cases {args.cases}")
+        settings[(float(cfg.loss.identity_weight), float(cfg.loss.get("structure_weight", 0.0)))] = run
+    for identity in args.cyclegan_identity:
+        for structure in args.cyclegan_structure:
+            settings.setdefault((identity, structure), None)
+    return settings
 
 
 def _run_facts(run: Path) -> dict:
@@ -286,14 +316,14 @@ def _print(results: dict) -> None:
         for l1, r in p2p.items():
             print(_row(f"pix2pix, L1 weight {l1}, {r['epochs']} epochs{ema(r)} ({r['train_minutes']:.1f} min)",
                        r["validation"]))
-        for weight, r in (results.get("cyclegan_candidates") or {}).items():
+        for label, r in (results.get("cyclegan_candidates") or {}).items():
             many = len(results["cyclegan_candidates"]) > 1
-            chosen = " (chosen)" if many and weight == results["chosen_identity"] else ""
-            print(_row(f"CycleGAN, identity weight {weight}{chosen} ({b['cyclegan_epochs']} epochs{ema(r)}, "
+            chosen = " (chosen)" if many and label == results["chosen_cyclegan"] else ""
+            print(_row(f"CycleGAN, {label}{chosen} ({b['cyclegan_epochs']} epochs{ema(r)}, "
                        f"{r['train_minutes']:.1f} min)", r["validation"]))
         if c:
             if "cyclegan_last_weights" in results:
-                print(_row(f"  identity weight {results['chosen_identity']}'s last weights (no EMA)",
+                print(_row(f"  {results['chosen_cyclegan']}: last weights (no EMA)",
                            results["cyclegan_last_weights"]["validation"]))
     print(f"\n## The test pair (L1 weight {results.get('chosen_l1')}; translators trained on {cases} cases)\n")
     print("| model | MAE [95% CI] | PSNR dB | SSIM | MAE per case |")
@@ -304,7 +334,7 @@ def _print(results: dict) -> None:
         print(_row(f"pix2pix, L1 weight {results['chosen_l1']}, {chosen['epochs']} epochs{ema(chosen)} "
                    f"({chosen['train_minutes']:.1f} min)", results["pix2pix_test"]))
     if c:
-        print(_row(f"CycleGAN, identity weight {results['chosen_identity']} ({b['cyclegan_epochs']} epochs{ema(c)}, "
+        print(_row(f"CycleGAN, {results['chosen_cyclegan']} ({b['cyclegan_epochs']} epochs{ema(c)}, "
                    f"{c['train_minutes']:.1f} min)", c["test"]))
         if "cyclegan_last_weights" in results:
             print(_row("  the same run's last weights (no EMA)", results["cyclegan_last_weights"]["test"]))

@@ -6,7 +6,7 @@ import torch
 from scipy.signal.windows import gaussian
 
 from medsynth.errors import MedsynthError
-from medsynth.losses import kl_categorical_uniform, kl_normal, reconstruction_loss
+from medsynth.losses import kl_categorical_uniform, kl_normal, mind_descriptor, reconstruction_loss, structure_loss
 from medsynth.msssim import ms_ssim, msssim_settings
 
 
@@ -77,3 +77,51 @@ def test_reconstruction_losses():
     assert torch.allclose(reconstruction_loss("bce", logits, x), bce, rtol=1e-4)
     perfect = torch.atanh(x.clamp(-0.999, 0.999))
     assert reconstruction_loss("msssim", perfect, x.clamp(-0.999, 0.999)).max() < 1e-2
+
+
+def _mind_reference(image: np.ndarray, sigma: float = 1.0, distance: int = 1) -> np.ndarray:
+    """MIND of one 2D or 3D array written from Heinrich et al.'s definition with scipy's Gaussian
+    filter and numpy indexing: K x spatial, K = 2 x the axes."""
+    from scipy.ndimage import gaussian_filter
+
+    image = image.astype(np.float64)
+    distances = []
+    for axis in range(image.ndim):
+        n = image.shape[axis]
+        for step in (-distance, distance):
+            neighbour = np.take(image, np.clip(np.arange(n) + step, 0, n - 1), axis=axis)
+            distances.append(gaussian_filter((image - neighbour) ** 2, sigma, mode="nearest", truncate=2.0))
+    d = np.stack(distances)
+    v = d.mean(0)
+    v = np.clip(v, 1e-3 * v.mean(), 1e3 * v.mean())
+    mind = np.exp(-d / v)
+    return mind / mind.max(0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 24, 20), (1, 2, 10, 12, 9)])
+def test_mind_matches_its_definition_written_with_scipy(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    x[0, 0, :4] = 0.3  # a flat band: the variance floor in play
+    got = mind_descriptor(x).numpy()
+    offsets = 2 * (len(shape) - 2)
+    assert got.shape == (shape[0], shape[1] * offsets, *shape[2:])
+    for b in range(shape[0]):
+        for c in range(shape[1]):
+            assert np.allclose(got[b, c * offsets:(c + 1) * offsets], _mind_reference(x[b, c].numpy()), atol=2e-5)
+
+
+def test_mind_ignores_which_way_the_contrast_goes():
+    """The reason to use MIND across contrasts: an affine intensity change, inverted or not,
+    leaves it as it is; moving the anatomy does not."""
+    torch.manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.randn(2, 1, 36, 36), 5, 1)  # smooth blobs, 32 px
+    assert torch.allclose(mind_descriptor(-2.5 * x + 0.7), mind_descriptor(x), atol=1e-5)
+    assert structure_loss(0.5 * x - 1, x).item() < 1e-5
+    moved = torch.roll(x, 3, dims=-1)
+    assert structure_loss(moved, x).item() > 0.05
+    assert structure_loss(x + 0.3 * torch.randn_like(x), x).item() > structure_loss(x + 0.03 * torch.randn_like(x), x)
+    flat = torch.full((1, 1, 16, 16), -1.0)
+    assert torch.equal(mind_descriptor(flat), torch.ones(1, 4, 16, 16))
+    with pytest.raises(MedsynthError, match="MIND needs"):
+        mind_descriptor(torch.zeros(2, 16))

@@ -251,10 +251,13 @@ def test_history_pool():
 def test_cyclegan_trains_both_directions(mini_brats, tmp_path):
     from medsynth.training import train
 
-    run = train("configs/cyclegan_brats.yaml", p2p(mini_brats, tmp_path / "runs"), log=lambda *_: None)
+    # with the MIND structure term too (the plain recipe trains in the EMA test below)
+    run = train("configs/cyclegan_brats.yaml", p2p(mini_brats, tmp_path / "runs", "loss.structure_weight=5"),
+                log=lambda *_: None)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished"
-    assert {"train/g_adv", "train/cycle", "train/identity", "train/d_loss"} <= set(summary["metrics"])
+    assert {"train/g_adv", "train/cycle", "train/identity", "train/structure", "train/d_loss"} <= set(summary["metrics"])
+    assert 0 < summary["metrics"]["train/structure"] < 2
     assert (run / "translation.json").is_file()
     recipe = load_run(run)
     x = torch.rand(2, 1, 48, 48) * 2 - 1

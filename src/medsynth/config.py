@@ -169,6 +169,7 @@ class LossConfig:
     feature_matching_weight: float = 10.0  # spade: L1 between discriminator features of real and drawn images
     cycle_weight: float = 10.0  # CycleGAN: lambda of the cycle-consistency L1
     identity_weight: float = 5.0  # CycleGAN: identity L1 (half the cycle weight in the paper); 0 switches it off
+    structure_weight: float = 0.0  # CycleGAN: MIND structure consistency between each translation and its source (0: off)
     history_pool: int = 50  # CycleGAN: earlier translations the discriminators also see (0: none)
     vaegan_layer: int = 2  # VAE-GAN: the discriminator block whose features measure reconstruction
     vaegan_gamma: float = 0.01  # VAE-GAN: decoder weight of that feature error against the GAN terms

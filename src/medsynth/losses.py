@@ -50,3 +50,61 @@ def reconstruction_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, *
     else:
         raise MedsynthError(f"unknown reconstruction loss '{kind}'")
     return err.flatten(1).sum(1)
+
+
+def mind_descriptor(images: torch.Tensor, sigma: float = 1.0, distance: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    """MIND, the modality independent neighbourhood descriptor (Heinrich et al. 2012), per pixel.
+
+    images: B x C x H x W (or B x C x D x H x W). For each offset r of the search region (the 2n
+    neighbours at `distance` along each of the n axes), the patch distance D_r(x) is the squared
+    difference I(x) - I(x + r) averaged over a Gaussian patch (sigma, truncated at 2 sigma; edges
+    replicated); V(x) = mean_r D_r(x), kept within 1e-3 to 1e3 times its mean over the image;
+    MIND_r(x) = exp(-D_r(x) / V(x)), divided by its maximum over r.
+    Returns B x (C * 2n) x spatial, values in (0, 1]. It describes where edges and shapes lie,
+    not which way the intensities go: MIND(a I + b) = MIND(I) for any a != 0, which is what lets
+    it compare a translation with its source in another contrast (Yang et al. 2018's
+    structure-constrained CycleGAN). Flat regions (V ~ 0) come out as all ones.
+    """
+    x = images.float()
+    dims = x.ndim - 2
+    if dims not in (2, 3):
+        raise MedsynthError(f"MIND needs B x C x H x W or B x C x D x H x W images, got shape {list(x.shape)}")
+    radius = int(2 * sigma + 0.5)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    conv = F.conv2d if dims == 2 else F.conv3d
+    batch, channels = x.shape[:2]
+
+    def smooth(d: torch.Tensor) -> torch.Tensor:  # separable Gaussian, one axis at a time, edges replicated
+        d = d.reshape(batch * channels, 1, *d.shape[2:])
+        for axis in range(dims):
+            pad = [0, 0] * dims
+            pad[2 * (dims - 1 - axis):2 * (dims - 1 - axis) + 2] = [radius, radius]
+            shape = [1, 1] + [1] * dims
+            shape[2 + axis] = len(kernel)
+            d = conv(F.pad(d, pad, mode="replicate"), kernel.view(shape))
+        return d.reshape(batch, channels, *d.shape[2:])
+
+    def shifted(axis: int, step: int) -> torch.Tensor:  # I(x + step along axis), edges replicated
+        n = x.shape[2 + axis]
+        index = torch.arange(n, device=x.device).add(step).clamp(0, n - 1)
+        return x.index_select(2 + axis, index)
+
+    distances = torch.stack([smooth((x - shifted(axis, step)) ** 2)
+                             for axis in range(dims) for step in (-distance, distance)], dim=2)
+    variance = distances.mean(2, keepdim=True)
+    # bounded by the image's own mean variance (Heinrich et al.'s implementation does the same):
+    # where a region is nearly flat, V ~ 0 would turn rounding noise into full-contrast descriptors
+    # and huge gradients
+    typical = variance.mean(dim=tuple(range(3, variance.ndim)), keepdim=True)
+    variance = torch.maximum(torch.minimum(variance, 1e3 * typical), 1e-3 * typical).clamp_min(eps)
+    mind = torch.exp(-distances / variance)
+    mind = mind / mind.amax(2, keepdim=True)
+    return mind.flatten(1, 2)
+
+
+def structure_loss(translated: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Mean |MIND(translated) - MIND(source)|: a scalar that is low when a translation keeps its
+    source's edges and shapes, whatever the contrast (images B x C x spatial, same shape)."""
+    return (mind_descriptor(translated) - mind_descriptor(source)).abs().mean()

@@ -9,7 +9,10 @@ discriminators: MONAI's PatchDiscriminator.
   adversarial_weight * adversarial + l1_weight (lambda, 100 in the paper) * L1.
 - CycleGAN (Zhu et al. 2017): G: A -> B and F: B -> A, D_B and D_A on single images; generator
   loss = adversarial terms of both directions + cycle_weight (10) * (|F(G(a)) - a| + |G(F(b)) - b|)
-  + identity_weight (5) * (|G(b) - b| + |F(a) - a|) (when A and B have the same channels);
+  + identity_weight (5) * (|G(b) - b| + |F(a) - a|) (when A and B have the same channels)
+  + structure_weight (0: off) * (|MIND(G(a)) - MIND(a)| + |MIND(F(b)) - MIND(b)|), the structure
+  consistency of Yang et al. 2018: MIND describes edges and shapes whatever the contrast, so it
+  asks each translation to keep its own source's anatomy, which the cycle asks only indirectly;
   each discriminator learns from a history pool of 50 earlier translations (Shrivastava et al.).
 
 model.ema_decay (both): an exponential moving average of the generators' weights kept beside them
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from medsynth.errors import MedsynthError
+from medsynth.losses import structure_loss
 from medsynth.models.adversarial import Adversary
 from medsynth.models.base import ManualRecipe, moving_average
 from medsynth.nets.unet_gan import build_discriminator, UNetGenerator
@@ -176,6 +180,9 @@ class CycleGANRecipe(TranslationRecipe):
 
         self.discriminator, self.discriminator_a = patch_d(b), patch_d(a)
         self.keep_averages()
+        if self.cfg.loss.structure_weight and a != b:
+            raise MedsynthError(f"loss.structure_weight compares each translation with its source channel by channel; "
+                                f"here the source has {a} channels and the target {b}")
         self.pools = (HistoryPool(self.cfg.loss.history_pool, self.cfg.seed),
                       HistoryPool(self.cfg.loss.history_pool, self.cfg.seed + 1))
 
@@ -205,6 +212,10 @@ class CycleGANRecipe(TranslationRecipe):
                         + (torch.tanh(self.generator_ba(real_a)) - real_a).abs().mean())
             g_loss = g_loss + l.identity_weight * identity
             terms["identity"] = identity
+        if l.structure_weight:
+            structure = structure_loss(fake_b, real_a) + structure_loss(fake_a, real_b)
+            g_loss = g_loss + l.structure_weight * structure
+            terms["structure"] = structure
         terms.update(d_terms)
         self.check_finite(g_loss, terms)
         self.optimise(opt_g, g_loss)
