@@ -134,10 +134,13 @@ def main() -> None:
         parser.error("--cases 4 leaves no validation case to choose on: give one --cyclegan-identity and one "
                      "--cyclegan-structure weight (or one --cyclegan-runs)")
     for run in args.pix2pix_runs or []:  # a given run must have trained on the cases --cases says
-        trained = len(list((ROOT / OmegaConf.load(Path(run) / "config.yaml").data.path / "train").iterdir()))
+        trained = len(list((ROOT / _given_config(run, "--pix2pix-runs").data.path / "train").iterdir()))
         if trained != args.cases:
             parser.error(f"--pix2pix-runs {run}: trained on {trained} cases, not --cases {args.cases}")
     runs_dir = (ROOT / args.runs_dir).resolve()
+    epochs = [1, 1, 1] if args.quick else [args.epochs, args.cyclegan_epochs, args.seg_epochs]
+    # given CycleGAN runs checked before anything trains (a refusal after pix2pix would waste it)
+    cyclegan_settings = {} if "cyclegan" in args.skip else _cyclegan_settings(args, epochs[1])
     work = runs_dir / f"work-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     shared = ["data.min_mask_fraction=0.95"] if args.quick else []  # both translators' overrides
@@ -145,7 +148,6 @@ def main() -> None:
         shared.append(f"model.ema_decay={args.ema}")
     if "pix2pix" in args.skip:
         args.skip.append("segmentation")  # it segments with the pix2pix run's FLAIR
-    epochs = [1, 1, 1] if args.quick else [args.epochs, args.cyclegan_epochs, args.seg_epochs]
     results: dict = {"budget": {"cyclegan_epochs": epochs[1], "seg_epochs": epochs[2]}, "training_cases": args.cases,
                      "ema_decay": args.ema}
     four = _four_cases(work) if args.cases == 4 else None
@@ -184,7 +186,7 @@ def main() -> None:
     # measure), scored on test
     if "cyclegan" not in args.skip:
         candidates = {}
-        for (identity, structure), given in _cyclegan_settings(args, epochs[1]).items():
+        for (identity, structure), given in cyclegan_settings.items():
             label = f"identity {identity:g}, structure {structure:g}"
             tag = f"identity_{identity:g}" + (f"_structure_{structure:g}" if structure else "")
             run = given or _train("configs/cyclegan_brats.yaml",
@@ -223,13 +225,21 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))
 
 
+def _given_config(run, flag: str):
+    """The config of a run named on the command line, or one message saying it is not a run."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise SystemExit(f"{flag} {run}: not a run directory (no config.yaml)")
+    return OmegaConf.load(path)
+
+
 def _cyclegan_settings(args, epochs: int) -> dict[tuple[float, float], Path | None]:
     """(identity weight, structure weight) -> a given run (--cyclegan-runs) or None (to train): the
     given runs' settings first, then every pair of --cyclegan-identity x --cyclegan-structure
     that no given run has. A given run must have the budget and training cases of this call."""
     settings: dict[tuple[float, float], Path | None] = {}
     for run in map(Path, args.cyclegan_runs or []):
-        cfg = OmegaConf.load(run / "config.yaml")
+        cfg = _given_config(run, "--cyclegan-runs")
         trained = len(list((ROOT / cfg.data.path / "train").iterdir()))
         if int(cfg.trainer.max_epochs) != epochs or trained != args.cases:
             raise SystemExit(f"--cyclegan-runs {run}: {cfg.trainer.max_epochs} epochs on {trained} cases, not "

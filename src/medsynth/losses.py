@@ -69,22 +69,13 @@ def mind_descriptor(images: torch.Tensor, sigma: float = 1.0, distance: int = 1,
     dims = x.ndim - 2
     if dims not in (2, 3):
         raise MedsynthError(f"MIND needs B x C x H x W or B x C x D x H x W images, got shape {list(x.shape)}")
-    radius = int(2 * sigma + 0.5)
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
-    kernel = kernel / kernel.sum()
-    conv = F.conv2d if dims == 2 else F.conv3d
-    batch, channels = x.shape[:2]
+    from monai.networks.layers import separable_filtering  # here: every recipe imports this module
+    from monai.networks.layers.convutils import gaussian_1d
 
-    def smooth(d: torch.Tensor) -> torch.Tensor:  # separable Gaussian, one axis at a time, edges replicated
-        d = d.reshape(batch * channels, 1, *d.shape[2:])
-        for axis in range(dims):
-            pad = [0, 0] * dims
-            pad[2 * (dims - 1 - axis):2 * (dims - 1 - axis) + 2] = [radius, radius]
-            shape = [1, 1] + [1] * dims
-            shape[2 + axis] = len(kernel)
-            d = conv(F.pad(d, pad, mode="replicate"), kernel.view(shape))
-        return d.reshape(batch, channels, *d.shape[2:])
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=2.0, approx="sampled", normalize=True).to(x.device)
+
+    def smooth(d: torch.Tensor) -> torch.Tensor:  # the Gaussian patch sum, per channel, edges replicated
+        return separable_filtering(d, [kernel] * dims, mode="replicate")
 
     def shifted(axis: int, step: int) -> torch.Tensor:  # I(x + step along axis), edges replicated
         n = x.shape[2 + axis]
